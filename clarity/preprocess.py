@@ -1,0 +1,331 @@
+"""N4 bias-field correction and intensity normalisation.
+
+The bias field is fitted by N4ITK (SimpleITK's ``N4BiasFieldCorrectionImageFilter``) on a shrunk
+copy of the volume, inside a tissue mask; the smooth log-field is then evaluated at full
+resolution slab by slab (separable linear interpolation) and divided out, so a volume larger than
+memory never needs more than one float slab at a time. The corrected volume is normalised for the
+network as contrast relative to the tissue background: ``(v - median) / median``, so background
+is ~0, a cell twice as bright as its surroundings is ~1 and the dark outside of the tissue is ~-1.
+
+Axis order is (z, y, x) throughout; shrink factors are per axis, in voxels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .io import ClarityInputError, atomic_write, read_volume, save_npy
+
+__all__ = [
+    "N4Config", "BiasField", "shrink_factors", "downsample", "tissue_mask", "fit_bias_field",
+    "Normalisation", "estimate_normalisation", "correct_volume", "preprocess_brain",
+    "background_cv", "load_bias_field",
+]
+
+NORM_CLIP = (-1.5, 30.0)
+
+
+@dataclass
+class N4Config:
+    """Parameters of the N4 fit.
+
+    shrink : int
+        Target shrink factor in y and x (z is shrunk less when the stack is thin).
+    iterations : int
+        Maximum iterations per fitting level.
+    levels : int
+        Number of fitting levels (the B-spline mesh doubles at each).
+    control_points : int
+        Initial control points per axis (>= spline order + 1 = 4).
+    slab : int
+        Planes per slab when the field is applied at full resolution.
+    """
+
+    shrink: int = 8
+    iterations: int = 40
+    levels: int = 3
+    control_points: int = 4
+    convergence: float = 1e-4
+    slab: int = 16
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def shrink_factors(shape: Sequence[int], shrink: int) -> tuple[int, int, int]:
+    """Per-axis shrink factors (z, y, x): ``shrink`` in y and x, and in z only as far as at
+    least 12 planes remain (thin light-sheet stacks keep their z resolution)."""
+    nz = int(shape[0])
+    fz = max(1, min(int(shrink), nz // 12))
+    return (fz, max(1, int(shrink)), max(1, int(shrink)))
+
+
+def downsample(volume, factors: Sequence[int], *, slab: int = 64) -> np.ndarray:
+    """Block-mean downsample of a (z, y, x) volume by integer ``factors`` (trailing voxels that do
+    not fill a block are dropped), read slab by slab so a memory-mapped volume stays on disk."""
+    fz, fy, fx = (int(f) for f in factors)
+    nz, ny, nx = (s // f for s, f in zip(volume.shape, (fz, fy, fx)))
+    if min(nz, ny, nx) < 1:
+        raise ClarityInputError(f"volume of shape {volume.shape} is too small to shrink by {factors}")
+    out = np.empty((nz, ny, nx), np.float32)
+    step = max(1, slab // fz)
+    for i in range(0, nz, step):
+        j = min(nz, i + step)
+        block = np.asarray(volume[i * fz:j * fz, : ny * fy, : nx * fx], dtype=np.float32)
+        out[i:j] = block.reshape(j - i, fz, ny, fy, nx, fx).mean(axis=(1, 3, 5))
+    return out
+
+
+def tissue_mask(small: np.ndarray, *, min_fraction: float = 0.02) -> np.ndarray:
+    """Tissue mask of a (shrunk) volume: Otsu threshold of the smoothed log intensity, largest
+    components kept, holes filled. Robust to a several-fold multiplicative field because it
+    works on log intensity. Falls back to all-tissue if the split is implausible."""
+    import SimpleITK as sitk
+
+    sm = ndi.gaussian_filter(np.log1p(np.clip(small, 0, None).astype(np.float32)), 1.0)
+    img = sitk.GetImageFromArray(sm)
+    otsu = sitk.OtsuThresholdImageFilter()
+    otsu.SetInsideValue(0)
+    otsu.SetOutsideValue(1)
+    otsu.Execute(img)
+    thr = otsu.GetThreshold()
+    mask = sm > thr
+    # a real dark outside is far below tissue; if the two Otsu classes are close it is all tissue
+    lo, hi = sm[~mask], sm[mask]
+    if mask.mean() < min_fraction or lo.size == 0 or (np.median(hi) - np.median(lo)) < np.log(2.0):
+        return np.ones_like(mask)
+    mask = ndi.binary_opening(mask, iterations=1)
+    mask = ndi.binary_fill_holes(mask)
+    return mask if mask.mean() >= min_fraction else np.ones_like(mask)
+
+
+@dataclass
+class BiasField:
+    """A smooth multiplicative bias field stored at low resolution.
+
+    ``log_field`` has shape ``small_shape``; voxel ``i`` of the full volume (per axis) maps to
+    low-res coordinate ``(i + 0.5) / factor - 0.5`` (block centres). ``block`` evaluates the field
+    on any box of the full volume by separable linear interpolation, without building the whole.
+    The field is scaled so that its median over the tissue is 1: dividing by it keeps intensities
+    in the acquisition's units.
+    """
+
+    log_field: np.ndarray
+    factors: tuple[int, int, int]
+    full_shape: tuple[int, int, int]
+    mask: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+    def _axis_weights(self, axis: int, index: np.ndarray):
+        n_small = self.log_field.shape[axis]
+        c = (np.asarray(index) + 0.5) / self.factors[axis] - 0.5
+        c = np.clip(c, 0, n_small - 1)
+        i0 = np.floor(c).astype(int)
+        i1 = np.minimum(i0 + 1, n_small - 1)
+        w = (c - i0).astype(np.float32)
+        return i0, i1, w
+
+    def block(self, box: Sequence[slice] | None = None, *, log: bool = False) -> np.ndarray:
+        """The field on ``box`` = (slice z, slice y, slice x) of the full volume (default: all)."""
+        box = tuple(box) if box is not None else (slice(None),) * 3
+        return self.at(*(np.arange(*b.indices(n)) for b, n in zip(box, self.full_shape)), log=log)
+
+    def at(self, zi, yi, xi, *, log: bool = False) -> np.ndarray:
+        """The field on the grid ``zi x yi x xi`` (1D full-resolution voxel indices per axis)."""
+        arr = self.log_field
+        for axis, index in enumerate((zi, yi, xi)):
+            i0, i1, w = self._axis_weights(axis, index)
+            a0 = np.take(arr, i0, axis=axis)
+            a1 = np.take(arr, i1, axis=axis)
+            shape = [1, 1, 1]
+            shape[axis] = -1
+            arr = a0 + (a1 - a0) * w.reshape(shape)
+        return arr.astype(np.float32) if log else np.exp(arr).astype(np.float32)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        with atomic_write(path) as tmp:
+            np.savez_compressed(tmp, log_field=self.log_field, factors=np.array(self.factors),
+                                full_shape=np.array(self.full_shape),
+                                mask=self.mask if self.mask is not None else np.zeros(0, bool),
+                                info=np.array(json.dumps(self.info)))
+        return path
+
+
+def load_bias_field(path: str | os.PathLike) -> BiasField:
+    path = Path(path)
+    try:
+        with np.load(path) as z:
+            mask = z["mask"] if z["mask"].size else None
+            return BiasField(z["log_field"], tuple(int(v) for v in z["factors"]),
+                             tuple(int(v) for v in z["full_shape"]), mask, json.loads(str(z["info"])))
+    except (OSError, KeyError, ValueError) as exc:
+        raise ClarityInputError(f"{path}: not a clarity bias field ({exc})") from None
+
+
+def fit_bias_field(volume, *, config: N4Config | None = None, mask: np.ndarray | None = None) -> BiasField:
+    """Fit an N4 bias field to a (z, y, x) volume on a shrunk copy.
+
+    Parameters
+    ----------
+    volume : array-like (z, y, x)
+        Raw intensities (any dtype; a memory map is read slab by slab).
+    config : N4Config, keyword-only
+    mask : bool array at the shrunk resolution, keyword-only
+        Tissue mask; default :func:`tissue_mask` of the shrunk volume.
+
+    Returns
+    -------
+    BiasField
+    """
+    import SimpleITK as sitk
+
+    cfg = config or N4Config()
+    t0 = time.perf_counter()
+    factors = shrink_factors(volume.shape, cfg.shrink)
+    small = downsample(volume, factors, slab=cfg.slab * 4)
+    if mask is None:
+        mask = tissue_mask(small)
+    offset = float(max(np.percentile(small[mask], 0.1), 0.0)) if mask.any() else 0.0
+    img = sitk.GetImageFromArray(np.clip(small, 1e-3, None).astype(np.float32))
+    img.SetSpacing([float(f) for f in factors[::-1]])
+    msk = sitk.GetImageFromArray(mask.astype(np.uint8))
+    msk.CopyInformation(img)
+    n4 = sitk.N4BiasFieldCorrectionImageFilter()
+    n4.SetMaximumNumberOfIterations([int(cfg.iterations)] * int(cfg.levels))
+    n4.SetNumberOfControlPoints([int(cfg.control_points)] * 3)
+    n4.SetConvergenceThreshold(float(cfg.convergence))
+    n4.SetNumberOfThreads(os.cpu_count() or 1)
+    n4.Execute(img, msk)
+    log_field = sitk.GetArrayFromImage(n4.GetLogBiasFieldAsImage(img)).astype(np.float32)
+    log_field -= np.median(log_field[mask]) if mask.any() else np.median(log_field)
+    info = {"n4": cfg.to_dict(), "factors": list(factors), "seconds": time.perf_counter() - t0,
+            "tissue_fraction": float(mask.mean()), "offset": offset,
+            "iterations_done": int(n4.GetElapsedIterations()),
+            "field_fold": float(np.exp(np.percentile(log_field[mask], 99) - np.percentile(log_field[mask], 1)))
+            if mask.any() else 1.0}
+    return BiasField(log_field, factors, tuple(int(s) for s in volume.shape), mask, info)
+
+
+@dataclass
+class Normalisation:
+    """Contrast normalisation ``(v - background) / background``, clipped to ``clip``.
+
+    ``background`` is the median corrected intensity of the tissue. Saved with every model so that
+    detection normalises exactly as training did.
+    """
+
+    background: float
+    method: str = "contrast"
+    clip: tuple[float, float] = NORM_CLIP
+
+    def apply(self, corrected: np.ndarray) -> np.ndarray:
+        out = (np.asarray(corrected, np.float32) - self.background) / self.background
+        return np.clip(out, *self.clip, out=out)
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "background": float(self.background), "clip": list(self.clip)}
+
+
+def estimate_normalisation(volume, field: BiasField, *, stride: Sequence[int] = (2, 4, 4)) -> Normalisation:
+    """Background level of the corrected tissue from a strided sample of the volume."""
+    sz, sy, sx = stride
+    sample = np.asarray(volume[::sz, ::sy, ::sx], np.float32)
+    fld = field.at(*(np.arange(0, n, s) for n, s in zip(field.full_shape, stride)))
+    corr = sample / fld
+    if field.mask is not None:
+        # nearest low-res mask voxel for every sampled voxel
+        idx = [np.minimum((np.arange(0, n, s) // f), m - 1) for n, s, f, m in
+               zip(field.full_shape, stride, field.factors, field.mask.shape)]
+        m = field.mask[np.ix_(*idx)]
+        vals = corr[m] if m.any() else corr.ravel()
+    else:
+        vals = corr.ravel()
+    bg = float(np.median(vals))
+    if not np.isfinite(bg) or bg <= 0:
+        bg = float(np.mean(vals)) if np.mean(vals) > 0 else 1.0
+    return Normalisation(background=bg)
+
+
+def correct_volume(volume, field: BiasField, norm: Normalisation, *, out: np.ndarray | None = None,
+                   slab: int = 16, box: Sequence[slice] | None = None, progress: bool = False) -> np.ndarray:
+    """Divide out the field and normalise, slab by slab.
+
+    ``volume`` may be the whole volume (``box=None``) or a block cut from it at ``box`` (full-volume
+    coordinates), which is how chunked detection applies a field fitted once on the whole brain.
+    Writes into ``out`` (e.g. a ``.npy`` memory map) if given. Returns float32 (z, y, x).
+    """
+    from tqdm.auto import tqdm
+
+    box = tuple(box) if box is not None else tuple(slice(0, s) for s in volume.shape)
+    z0 = box[0].indices(field.full_shape[0])[0]
+    if out is None:
+        out = np.empty(volume.shape, np.float32)
+    for i in tqdm(range(0, volume.shape[0], slab), desc="apply field", disable=not progress, leave=False):
+        j = min(volume.shape[0], i + slab)
+        fld = field.block((slice(z0 + i, z0 + j), box[1], box[2]))
+        out[i:j] = norm.apply(np.asarray(volume[i:j], np.float32) / fld)
+    return out
+
+
+def background_cv(small: np.ndarray, mask: np.ndarray, *, sigma: float = 2.0, cell_percentile: float = 90.0) -> float:
+    """Coefficient of variation of the smoothed tissue background (lower = more even).
+
+    The (shrunk) volume is smoothed with a Gaussian of ``sigma`` voxels; voxels of the tissue mask
+    above the ``cell_percentile``-th percentile (cells, debris) are excluded; returns std / mean.
+    """
+    sm = ndi.gaussian_filter(small.astype(np.float32), sigma)
+    vals = sm[mask]
+    if vals.size < 10:
+        vals = sm.ravel()
+    vals = vals[vals <= np.percentile(vals, cell_percentile)]
+    return float(vals.std() / vals.mean()) if vals.mean() > 0 else float("nan")
+
+
+def preprocess_brain(volume_path: str | os.PathLike, corrected_path: str | os.PathLike,
+                     field_path: str | os.PathLike, *, config: N4Config | None = None,
+                     progress: bool = True) -> dict:
+    """N4-correct and normalise one brain; write the corrected float32 ``.npy`` and the field.
+
+    The raw volume is only read (memory-mapped where possible). The corrected volume is written
+    slab by slab into a temporary ``.npy`` memory map beside ``corrected_path`` and renamed into
+    place at the end; the field (low resolution, ``.npz``) likewise.
+
+    Returns
+    -------
+    dict
+        ``seconds``, ``cv_before``, ``cv_after`` (background CV, see :func:`background_cv`),
+        ``normalisation`` and the N4 info.
+    """
+    cfg = config or N4Config()
+    t0 = time.perf_counter()
+    vol = read_volume(volume_path, mmap=True)
+    field = fit_bias_field(vol, config=cfg)
+    norm = estimate_normalisation(vol, field)
+    corrected_path = Path(corrected_path)
+    with atomic_write(corrected_path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=vol.shape)
+        correct_volume(vol, field, norm, out=out, slab=cfg.slab, progress=progress)
+        out.flush()
+        small_after = downsample(out, field.factors)
+        del out
+    small_before = downsample(vol, field.factors)
+    mask = field.mask
+    field.info.update({"normalisation": norm.to_dict(), "source": str(volume_path)})
+    field.save(field_path)
+    stats = {
+        "seconds": time.perf_counter() - t0,
+        "cv_before": background_cv(small_before, mask),
+        "cv_after": background_cv(small_after + 1.0, mask),  # contrast units: background at 1
+        "normalisation": norm.to_dict(),
+        **{k: v for k, v in field.info.items() if k in ("factors", "tissue_fraction", "field_fold", "iterations_done")},
+    }
+    return stats

@@ -1,0 +1,488 @@
+"""Seeded, resumable training of :class:`clarity.model.CellCNN` on a :class:`PatchSet`.
+
+Patches are (N, P, P, P) float32 arrays with axes (z, y, x), in voxels; labels are
+``PatchSet.label`` (1 = cell, 0 = not a cell).
+
+One call of :func:`train_model` writes into ``out_dir``:
+
+``checkpoint.pt``  after every epoch (weights, optimiser, scheduler, RNG states, history, best
+                   state), so ``resume=True`` continues after a crash where it stopped;
+``history.csv``    one row per epoch (losses, validation ROC/PR AUC, learning rate, seconds);
+``model.pt``       the best model by validation ROC AUC (validation loss when the validation
+                   set has one class only, training loss without a validation set), with its
+                   normalisation, max-F1 threshold and provenance (see :func:`clarity.model.save_model`),
+                   plus ``config.json`` beside it.
+
+Every random choice (initial weights, batch order, augmentation, dropout) derives from
+``TrainConfig.seed`` and the epoch number, so the same seed and data give the same weights on
+the same machine, and a resumed run gives the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .io import ClarityInputError, atomic_write
+from .model import CellCNN, ModelConfig, pick_device, save_model
+from .sampling import PatchSet
+
+__all__ = ["TrainConfig", "TrainResult", "augment", "train_model", "max_f1_threshold"]
+
+CHECKPOINT_FORMAT = "clarity-train-checkpoint"
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_roc_auc", "val_pr_auc", "lr", "seconds"]
+
+
+# --------------------------------------------------------------------------------------------
+# configuration and result
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """Options of :func:`train_model`.
+
+    Attributes
+    ----------
+    epochs : int
+        Maximum number of passes over the training set.
+    batch_size : int
+        Patches per optimiser step.
+    lr, weight_decay : float
+        AdamW learning rate and decoupled weight decay.
+    seed : int
+        Seeds initial weights, batch order, augmentation and dropout.
+    patience : int
+        Stop after this many epochs without improvement of the monitored metric (validation
+        ROC AUC, else validation loss, else training loss); 0 disables early stopping.
+    balance : {"weighted", "sampler", "none"}
+        Class balance: ``pos_weight = n_neg / n_pos`` in the BCE loss, or class-balanced
+        sampling with replacement (epoch length = training set size), or nothing.
+    augment : bool
+        Random flips along z, y, x and 90-degree rotations in the y-x plane.
+    lr_schedule : {"plateau", "cosine", "none"}
+        ``"plateau"`` halves the learning rate after 2 epochs without improvement of the
+        monitored metric; ``"cosine"`` anneals from ``lr`` to 0 over ``epochs``.
+    num_threads : int or None
+        ``torch.set_num_threads`` during training (restored afterwards); None keeps torch's.
+    eval_batch_size : int
+        Batch size for validation scoring.
+    """
+
+    epochs: int = 15
+    batch_size: int = 256
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    patience: int = 4
+    balance: str = "weighted"
+    augment: bool = True
+    lr_schedule: str = "plateau"
+    num_threads: int | None = None
+    eval_batch_size: int = 2048
+
+    def __post_init__(self):
+        if self.balance not in ("weighted", "sampler", "none"):
+            raise ValueError(f"balance must be 'weighted', 'sampler' or 'none', not {self.balance!r}")
+        if self.lr_schedule not in ("plateau", "cosine", "none"):
+            raise ValueError(f"lr_schedule must be 'plateau', 'cosine' or 'none', not {self.lr_schedule!r}")
+        if self.epochs < 0 or self.batch_size < 2 or self.lr <= 0 or self.patience < 0:
+            raise ValueError(f"invalid TrainConfig {self}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return cls(**{k: v for k, v in dict(d).items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_model` returns.
+
+    Attributes
+    ----------
+    model : CellCNN
+        The best model (eval mode).
+    history : pandas.DataFrame
+        Columns epoch, train_loss, val_loss, val_roc_auc, val_pr_auc, lr, seconds.
+    best_epoch : int
+        1-based epoch of the best model.
+    out_dir, model_path : Path
+    threshold : float
+        Max-F1 probability threshold on the validation set (0.5 without one).
+    """
+
+    model: CellCNN
+    history: "pandas.DataFrame"  # noqa: F821
+    best_epoch: int
+    out_dir: Path
+    model_path: Path
+    threshold: float = 0.5
+
+
+# --------------------------------------------------------------------------------------------
+# augmentation
+# --------------------------------------------------------------------------------------------
+_PERM_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def _perm_tables(shape: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+    """(T, z*y*x) voxel index tables of the distinct flip/rotation transforms of ``shape``."""
+    key = (tuple(shape), str(device))
+    if key not in _PERM_CACHE:
+        z, y, x = shape
+        idx = torch.arange(z * y * x).reshape(z, y, x)
+        ks = (0, 1, 2, 3) if y == x else (0, 2)  # 90 degrees only when y-x is square
+        tables = []
+        for fz in (False, True):
+            for fy in (False, True):
+                for k in ks:  # flip y then rotate: with rot 180 this also gives flip x
+                    t = idx.flip(0) if fz else idx
+                    t = t.flip(1) if fy else t
+                    tables.append(torch.rot90(t, k, dims=(1, 2)).reshape(-1))
+        _PERM_CACHE[key] = torch.stack(tables).to(device)
+    return _PERM_CACHE[key]
+
+
+def augment(batch: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Randomly flip (z, y, x) and rotate by multiples of 90 degrees in the y-x plane.
+
+    z is never rotated into y or x (its voxel size differs). Each patch gets one of the 16
+    distinct transforms (8 when y != x: flips only and 180-degree rotations), uniformly.
+
+    Parameters
+    ----------
+    batch : tensor, shape (B, 1, z, y, x) or (B, z, y, x)
+    rng : numpy.random.Generator
+        Source of the random choices.
+
+    Returns
+    -------
+    tensor of the same shape, dtype and device; every patch is a permutation of its voxels.
+    """
+    if batch.ndim not in (4, 5):
+        raise ValueError(f"expected (B, [1,] z, y, x), got {tuple(batch.shape)}")
+    n = batch.shape[0]
+    if n == 0:
+        return batch
+    tables = _perm_tables(tuple(batch.shape[-3:]), batch.device)
+    choice = torch.from_numpy(rng.integers(0, len(tables), size=n)).to(batch.device)
+    flat = batch.reshape(n, -1)
+    return torch.gather(flat, 1, tables[choice]).reshape(batch.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+def max_f1_threshold(labels: np.ndarray, scores: np.ndarray, *, default: float = 0.5) -> float:
+    """Probability threshold maximising F1 of ``scores >= t`` (``default`` for one class)."""
+    from sklearn.metrics import precision_recall_curve
+
+    labels = np.asarray(labels).astype(int)
+    if labels.min(initial=0) == labels.max(initial=0):
+        return float(default)
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return float(thresholds[int(np.argmax(f1[:-1]))])
+
+
+def _metrics(labels: np.ndarray, logits: np.ndarray) -> dict:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y = torch.from_numpy(labels.astype(np.float32))
+    loss = float(F.binary_cross_entropy_with_logits(torch.from_numpy(logits), y))
+    two = 0 < labels.sum() < len(labels)
+    prob = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    return {"val_loss": loss,
+            "val_roc_auc": float(roc_auc_score(labels, prob)) if two else float("nan"),
+            "val_pr_auc": float(average_precision_score(labels, prob)) if two else float("nan"),
+            "prob": prob}
+
+
+def _logits(model: CellCNN, x: torch.Tensor, *, batch_size: int, fmt) -> np.ndarray:
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(x), batch_size):
+            out.append(model(x[s:s + batch_size].contiguous(memory_format=fmt)).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
+
+
+@contextlib.contextmanager
+def _torch_settings(device: torch.device, num_threads: int | None) -> Iterator[None]:
+    """Deterministic algorithms and a thread count for the duration of training, then restore."""
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    prev_threads = torch.get_num_threads()
+    prev_cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if num_threads:
+        torch.set_num_threads(int(num_threads))
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*deterministic.*")
+            yield
+    finally:
+        torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
+        torch.set_num_threads(prev_threads)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = prev_cudnn
+
+
+def _history_frame(rows: list[dict]):
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS).astype({"epoch": int})
+
+
+def _write_history(path: Path, rows: list[dict]) -> None:
+    with atomic_write(path) as tmp:
+        _history_frame(rows).to_csv(tmp, index=False)
+
+
+def _state_copy(model: CellCNN) -> dict:
+    return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def _check_set(ps: PatchSet, name: str, p: int) -> None:
+    if len(ps) == 0:
+        raise ClarityInputError(f"{name}: empty patch set")
+    if ps.patches.shape[1:] != (p, p, p):
+        raise ClarityInputError(f"{name}: patches of shape {ps.patches.shape[1:]} do not match "
+                                f"the model's patch size {p}")
+
+
+# --------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------
+def train_model(train_set: PatchSet, val_set: PatchSet | None, *,
+                model_config: ModelConfig | None = None, config: TrainConfig | None = None,
+                out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
+                device: str | torch.device | None = None) -> TrainResult:
+    """Train a :class:`CellCNN` with AdamW and BCE loss, checkpointing every epoch.
+
+    Parameters
+    ----------
+    train_set : PatchSet
+        Patches (N, P, P, P), axes (z, y, x), and labels; ``train_set.meta["normalisation"]``
+        is stored with the model.
+    val_set : PatchSet or None
+        Validation patches: model selection, early stopping and the decision threshold.
+    model_config : ModelConfig, keyword-only
+        Default ``ModelConfig(patch_size=train_set.patch_size)``.
+    config : TrainConfig, keyword-only
+    out_dir : path, keyword-only
+        Receives ``checkpoint.pt``, ``history.csv``, ``model.pt`` and ``config.json``.
+    resume : bool, keyword-only
+        Continue from ``out_dir/checkpoint.pt`` if there is one (same model config needed);
+        epochs already done are not redone. A run that stopped early stays stopped.
+        ``False`` starts over and overwrites.
+    progress : bool, keyword-only
+        tqdm progress bars (epochs and batches).
+    device : str or torch.device, keyword-only
+        Default: CUDA when available, else CPU.
+
+    Returns
+    -------
+    TrainResult
+    """
+    from tqdm.auto import tqdm
+
+    config = config or TrainConfig()
+    model_config = model_config or ModelConfig(patch_size=train_set.patch_size)
+    p = model_config.patch_size
+    _check_set(train_set, "training set", p)
+    if val_set is not None and len(val_set) == 0:
+        val_set = None
+    if val_set is not None:
+        _check_set(val_set, "validation set", p)
+    y_train = train_set.label.astype(np.float32)
+    n_pos = int(y_train.sum())
+    n_neg = len(y_train) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ClarityInputError(f"training set has {n_pos} positive and {n_neg} negative patches; "
+                                "both classes are needed")
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path, hist_path, model_path = out_dir / "checkpoint.pt", out_dir / "history.csv", out_dir / "model.pt"
+    dev = pick_device(device)
+    fmt = torch.channels_last_3d if dev.type == "cpu" else torch.contiguous_format
+
+    y_val = val_set.label.astype(np.int64) if val_set is not None else None
+    val_two_classes = val_set is not None and 0 < y_val.sum() < len(y_val)
+    monitor = "val_roc_auc" if val_two_classes else ("val_loss" if val_set is not None else "train_loss")
+    maximise = monitor == "val_roc_auc"
+
+    with _torch_settings(dev, config.num_threads):
+        torch.manual_seed(config.seed)
+        model = CellCNN(model_config).to(dev).to(memory_format=fmt)
+        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        sched = (torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max" if maximise else "min",
+                                                            factor=0.5, patience=1)
+                 if config.lr_schedule == "plateau" else None)
+        state = {"epoch": 0, "history": [], "best_state": None, "best_epoch": 0,
+                 "best_metric": None, "best_threshold": 0.5, "bad_epochs": 0, "stopped": False}
+
+        if resume and ckpt_path.exists():
+            try:
+                ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+                if ck.get("format") != CHECKPOINT_FORMAT:
+                    raise ValueError("format tag missing")
+            except Exception as exc:
+                raise ClarityInputError(f"{ckpt_path}: unreadable training checkpoint ({exc}); "
+                                        "delete it or pass resume=False") from None
+            if ModelConfig.from_dict(ck["model_config"]) != model_config:
+                raise ClarityInputError(
+                    f"{ckpt_path}: checkpoint of model config {ck['model_config']} does not match "
+                    f"{model_config.to_dict()}; pass resume=False or use another out_dir")
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            if sched is not None and ck.get("scheduler"):
+                sched.load_state_dict(ck["scheduler"])
+            torch.set_rng_state(ck["rng"]["torch"])
+            for k in state:
+                state[k] = ck[k]
+
+        x_train = torch.from_numpy(train_set.patches).unsqueeze(1).to(dev)
+        t_train = torch.from_numpy(y_train).to(dev)
+        x_val = torch.from_numpy(val_set.patches).unsqueeze(1).to(dev) if val_set is not None else None
+        pos_weight = (torch.tensor(n_neg / n_pos, device=dev) if config.balance == "weighted" else None)
+        sample_p = None
+        if config.balance == "sampler":
+            sample_p = np.where(y_train > 0, 0.5 / n_pos, 0.5 / n_neg)
+            sample_p /= sample_p.sum()
+
+        start = state["epoch"] + 1
+        epochs = tqdm(range(start, config.epochs + 1), desc="training", unit="epoch",
+                      disable=not progress or state["stopped"], initial=start - 1, total=config.epochs)
+        for epoch in epochs:
+            if state["stopped"]:
+                break
+            t0 = time.perf_counter()
+            eseed = _epoch_seed(config.seed, epoch)
+            rng = np.random.default_rng(eseed)
+            torch.manual_seed(eseed)  # dropout
+            if config.lr_schedule == "cosine":
+                for g in opt.param_groups:
+                    g["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / max(config.epochs, 1)))
+            lr = float(opt.param_groups[0]["lr"])
+            n = len(y_train)
+            order = (rng.choice(n, size=n, p=sample_p) if sample_p is not None else rng.permutation(n))
+            order = torch.from_numpy(order).to(dev)
+            model.train()
+            total, seen = 0.0, 0
+            batches = tqdm(range(0, n, config.batch_size), desc=f"epoch {epoch}", unit="batch",
+                           leave=False, disable=not progress)
+            for s in batches:
+                idx = order[s:s + config.batch_size]
+                if len(idx) < 2:  # BatchNorm needs two samples
+                    continue
+                xb = x_train[idx]
+                if config.augment:
+                    xb = augment(xb, rng)
+                xb = xb.contiguous(memory_format=fmt)
+                loss = F.binary_cross_entropy_with_logits(model(xb), t_train[idx], pos_weight=pos_weight)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss) * len(idx)
+                seen += len(idx)
+            row = {"epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": float("nan"),
+                   "val_roc_auc": float("nan"), "val_pr_auc": float("nan"), "lr": lr}
+            val_prob = None
+            if x_val is not None:
+                m = _metrics(y_val, _logits(model, x_val, batch_size=config.eval_batch_size, fmt=fmt))
+                val_prob = m.pop("prob")
+                row.update(m)
+            row["seconds"] = time.perf_counter() - t0
+
+            metric = row[monitor]
+            best = state["best_metric"]
+            improved = best is None or (not math.isnan(metric) and (
+                math.isnan(best) or (metric > best if maximise else metric < best)))
+            if improved:
+                state.update(best_metric=float(metric), best_epoch=epoch, bad_epochs=0,
+                             best_state=_state_copy(model),
+                             best_threshold=(max_f1_threshold(y_val, val_prob) if val_prob is not None
+                                             else 0.5))
+            else:
+                state["bad_epochs"] += 1
+            if sched is not None:
+                sched.step(metric)
+            state["history"].append(row)
+            state["epoch"] = epoch
+            if config.patience and state["bad_epochs"] >= config.patience:
+                state["stopped"] = True
+            ck = {"format": CHECKPOINT_FORMAT, "model": _state_copy(model), "optimizer": opt.state_dict(),
+                  "scheduler": sched.state_dict() if sched is not None else None,
+                  "rng": {"torch": torch.get_rng_state(), "epoch_seed": eseed},
+                  "model_config": model_config.to_dict(), "train_config": config.to_dict(),
+                  "monitor": monitor, **state}
+            _write_history(hist_path, state["history"])
+            if improved:
+                model_path = _save_best(model_path, model_config, state, train_set, val_set, config,
+                                        monitor, dev)
+            with atomic_write(ckpt_path) as tmp:
+                torch.save(ck, tmp)
+            epochs.set_postfix(loss=f"{row['train_loss']:.4f}", auc=f"{row['val_roc_auc']:.4f}")
+            if state["stopped"]:
+                break
+        epochs.close()
+
+        if state["best_state"] is None:  # epochs=0 and nothing to resume: an untrained model
+            state["best_state"] = _state_copy(model)
+        if not hist_path.exists():
+            _write_history(hist_path, state["history"])
+        model_path = _save_best(model_path, model_config, state, train_set, val_set, config, monitor, dev)
+        best = CellCNN(model_config)
+        best.load_state_dict(state["best_state"])
+        best.to(dev).eval()
+    return TrainResult(model=best, history=_history_frame(state["history"]),
+                       best_epoch=int(state["best_epoch"]), out_dir=out_dir, model_path=model_path,
+                       threshold=float(state["best_threshold"]))
+
+
+def _save_best(path: Path, model_config: ModelConfig, state: dict, train_set: PatchSet,
+               val_set: PatchSet | None, config: TrainConfig, monitor: str, dev) -> Path:
+    model = CellCNN(model_config)
+    model.load_state_dict(state["best_state"])
+    hist = {r["epoch"]: r for r in state["history"]}
+    best_row = hist.get(state["best_epoch"], {})
+    meta = {k: v for k, v in train_set.meta.items() if k != "normalisation"}
+    provenance = {
+        "train_brains": sorted(set(train_set.brain.tolist())),
+        "val_brains": sorted(set(val_set.brain.tolist())) if val_set is not None else [],
+        "seed": config.seed,
+        "model_config": model_config.to_dict(),
+        "train_config": config.to_dict(),
+        "n_train": len(train_set), "n_train_pos": int(train_set.label.sum()),
+        "n_val": len(val_set) if val_set is not None else 0,
+        "n_val_pos": int(val_set.label.sum()) if val_set is not None else 0,
+        "best_epoch": int(state["best_epoch"]), "epochs_run": int(state["epoch"]),
+        "monitor": monitor,
+        "best_metrics": {k: best_row.get(k) for k in ("train_loss", "val_loss", "val_roc_auc",
+                                                       "val_pr_auc")},
+        "device": str(dev),
+        "patchset_meta": meta,
+    }
+    return save_model(path, model, normalisation=train_set.meta.get("normalisation", {}),
+                      threshold=float(state["best_threshold"]), provenance=provenance)
