@@ -71,6 +71,9 @@ def atomic_write(path: str | os.PathLike, *, suffix: str | None = None) -> Itera
     tmp = Path(tmp)
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
     finally:
         if tmp.exists():

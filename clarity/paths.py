@@ -34,15 +34,21 @@ class Paths:
     run : str
         Name of the run: models go to ``models_dir/<run>``, reports to ``reports_dir/<run>``.
     models_root, reports_root : path, optional
-        Defaults: ``<project>/models`` and ``<project>/reports``.
+        Defaults: ``$CLARITY_MODELS_ROOT`` / ``$CLARITY_REPORTS_ROOT`` if set, else
+        ``<project>/models`` and ``<project>/reports``.
     """
 
     data_dir: Path = DEFAULT_DATA_DIR
     run: str = "default"
-    models_root: Path = PROJECT_ROOT / "models"
-    reports_root: Path = PROJECT_ROOT / "reports"
+    models_root: Path | None = None
+    reports_root: Path | None = None
 
     def __post_init__(self):
+        # roots default to $CLARITY_MODELS_ROOT / $CLARITY_REPORTS_ROOT, else <project>/models|reports
+        if self.models_root is None:
+            object.__setattr__(self, "models_root", Path(os.environ.get("CLARITY_MODELS_ROOT") or PROJECT_ROOT / "models"))
+        if self.reports_root is None:
+            object.__setattr__(self, "reports_root", Path(os.environ.get("CLARITY_REPORTS_ROOT") or PROJECT_ROOT / "reports"))
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().resolve())
         object.__setattr__(self, "models_root", Path(self.models_root).expanduser().resolve())
         object.__setattr__(self, "reports_root", Path(self.reports_root).expanduser().resolve())

@@ -125,3 +125,227 @@ class PatchSet:
                            z["truth"], json.loads(str(z["meta"])))
         except (KeyError, ValueError, OSError) as exc:
             raise ClarityInputError(f"{path}: not a clarity patch set ({exc})") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# geometry
+# ----------------------------------------------------------------------------------------------
+def cut_patches(volume, centres, *, size: int = 12) -> np.ndarray:
+    """Cut cubes of edge ``size`` centred on ``centres`` (N, 3) (z, y, x) from a volume.
+
+    Patch ``i`` covers ``[c - size//2, c - size//2 + size)`` per axis; parts outside the volume are
+    filled by edge replication. Works on memory maps (only the cubes are read).
+
+    Returns float32 (N, size, size, size).
+    """
+    c = np.rint(np.asarray(centres, dtype=float)).astype(np.int64).reshape(-1, 3)
+    shape = np.array(volume.shape[:3])
+    out = np.empty((len(c), size, size, size), np.float32)
+    lo_all = c - size // 2
+    for i, lo in enumerate(lo_all):
+        hi = lo + size
+        if np.all(lo >= 0) and np.all(hi <= shape):
+            out[i] = volume[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        else:
+            a = np.clip(lo, 0, shape)
+            b = np.clip(hi, 0, shape)
+            if np.any(b <= a):  # centre far outside: clamp to the nearest voxel
+                a = np.clip(lo, 0, shape - 1)
+                b = a + 1
+            block = np.asarray(volume[a[0]:b[0], a[1]:b[1], a[2]:b[2]], np.float32)
+            pad = [(int(a[k] - lo[k]), int(hi[k] - b[k])) for k in range(3)]
+            pad = [(max(p, 0), max(q, 0)) for p, q in pad]
+            out[i] = np.pad(block, pad, mode="edge")[:size, :size, :size]
+    return out
+
+
+def nearest_distance(points, reference) -> np.ndarray:
+    """Distance (voxels) from each of ``points`` (N, 3) to the nearest of ``reference`` (M, 3);
+    inf where ``reference`` is empty."""
+    from scipy.spatial import cKDTree
+
+    points = np.asarray(points, float).reshape(-1, 3)
+    reference = np.asarray(reference, float).reshape(-1, 3)
+    if len(reference) == 0 or len(points) == 0:
+        return np.full(len(points), np.inf)
+    return cKDTree(reference).query(points)[0]
+
+
+def near_negative_centres(annotations, shape, *, n: int, dmin: float = 6.0, dmax: float = 20.0,
+                          rng: np.random.Generator, exclude=None, max_tries: int = 50) -> np.ndarray:
+    """The seed's negatives: ``n`` integer centres whose nearest annotation is ``dmin``-``dmax``
+    voxels away, drawn at a uniform random distance and direction from a random annotated cell.
+
+    ``exclude`` (K, 3): further points (e.g. reviewed cells) that must also be >= ``dmin`` away.
+    May return fewer than ``n`` if the volume is too crowded.
+    """
+    ann = np.asarray(annotations, float).reshape(-1, 3)
+    if len(ann) == 0 or n <= 0:
+        return np.zeros((0, 3), np.int64)
+    avoid = ann if exclude is None or len(exclude) == 0 else np.vstack([ann, np.asarray(exclude, float)])
+    hi = np.array(shape[:3]) - 1
+    got = []
+    need = n
+    for _ in range(max_tries):
+        k = max(need * 2, 64)
+        base = ann[rng.integers(len(ann), size=k)]
+        v = rng.standard_normal((k, 3))
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        d = rng.uniform(dmin, dmax, size=(k, 1))
+        c = np.rint(base + v * d)
+        c = c[np.all((c >= 0) & (c <= hi), axis=1)]
+        dist = nearest_distance(c, avoid)
+        c = c[(dist >= dmin) & (nearest_distance(c, ann) <= dmax)]
+        got.append(c[:need])
+        need -= len(got[-1])
+        if need <= 0:
+            break
+    return np.concatenate(got).astype(np.int64)[:n]
+
+
+def background_centres(volume, annotations, *, n: int, dmin: float = 20.0, rng: np.random.Generator,
+                       min_value: float = -0.5, exclude=None, max_tries: int = 50) -> np.ndarray:
+    """``n`` random tissue voxels (normalised value > ``min_value``) at least ``dmin`` voxels from
+    every annotation (and from ``exclude``)."""
+    if n <= 0:
+        return np.zeros((0, 3), np.int64)
+    ann = np.asarray(annotations, float).reshape(-1, 3)
+    avoid = ann if exclude is None or len(exclude) == 0 else np.vstack([ann, np.asarray(exclude, float)])
+    shape = np.array(volume.shape[:3])
+    got, need = [], n
+    for _ in range(max_tries):
+        c = rng.integers(0, shape, size=(max(need * 2, 64), 3))
+        vals = np.asarray([volume[tuple(p)] for p in c])
+        c = c[(vals > min_value) & (nearest_distance(c, avoid) >= dmin)]
+        got.append(c[:need])
+        need -= len(got[-1])
+        if need <= 0:
+            break
+    return np.concatenate(got).astype(np.int64)[:n]
+
+
+# ----------------------------------------------------------------------------------------------
+# drawing a patch set
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class SamplingConfig:
+    """How patches are drawn (lengths in voxels)."""
+
+    patch_size: int = 12
+    neg_per_pos: float = 10.0          # the seed: ten times as many negatives as positives
+    near_min: float = 6.0
+    near_max: float = 20.0
+    background_per_pos: float = 0.0    # extra random tissue negatives (x positives)
+    truth_radius: float = 4.0          # a patch "contains a cell" if a true centre is this close
+    use_review: bool = True            # reviewed cells -> positives, non-cells -> hard negatives
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+        return asdict(self)
+
+
+def _truth_flags(centres, truth, radius) -> np.ndarray:
+    if truth is None:
+        return np.full(len(centres), -1, np.int8)
+    return (nearest_distance(centres, truth) <= radius).astype(np.int8)
+
+
+def sample_brain(volume, annotations, *, brain: str, config: SamplingConfig | None = None,
+                 truth=None, hard_negatives=None, hard_positives=None, review: dict | None = None,
+                 seed: int | None = None) -> PatchSet:
+    """Draw the patches of one brain.
+
+    Parameters
+    ----------
+    volume : array (z, y, x)
+        The corrected, normalised volume (``data/interim/<brain>_corrected.npy``).
+    annotations : (N, 3)
+        Annotated cell centres (z, y, x), voxels -> positives, origin ``annotated``.
+    config : SamplingConfig
+    truth : (M, 3), optional
+        Complete truth (synthetic data): sets :attr:`PatchSet.truth` of every patch.
+    hard_negatives, hard_positives : (K, 3), optional
+        A previous model's false positives (added as negatives, origin ``hard_fp``) and false
+        negatives (added again as positives, origin ``hard_fn``).
+    review : dict, optional
+        ``{"cell": (A, 3), "not_cell": (B, 3)}`` from :func:`clarity.review.review_labels`:
+        reviewed cells become positives (``review_cell``), reviewed non-cells hard negatives
+        (``review_noncell``); no random negative is drawn within ``near_min`` of a reviewed cell.
+    seed : int, optional
+        Overrides ``config.seed``; the brain name is mixed in so brains differ.
+    """
+    cfg = config or SamplingConfig()
+    base_seed = cfg.seed if seed is None else seed
+    rng = np.random.default_rng([base_seed, *[ord(ch) for ch in brain]])
+    ann = np.rint(np.asarray(annotations, float).reshape(-1, 3)).astype(np.int64)
+    review = review if (review is not None and cfg.use_review) else {}
+    rev_cell = np.asarray(review.get("cell", np.zeros((0, 3))), float).reshape(-1, 3)
+    rev_non = np.asarray(review.get("not_cell", np.zeros((0, 3))), float).reshape(-1, 3)
+    groups: list[tuple[np.ndarray, int, str]] = [(ann, 1, "annotated")]
+    n_neg = int(round(cfg.neg_per_pos * len(ann)))
+    groups.append((near_negative_centres(ann, volume.shape, n=n_neg, dmin=cfg.near_min,
+                                         dmax=cfg.near_max, rng=rng, exclude=rev_cell), 0, "near"))
+    n_bg = int(round(cfg.background_per_pos * len(ann)))
+    if n_bg:
+        groups.append((background_centres(volume, ann, n=n_bg, dmin=cfg.near_max, rng=rng,
+                                          exclude=rev_cell), 0, "background"))
+    if hard_negatives is not None and len(hard_negatives):
+        groups.append((np.asarray(hard_negatives, float).reshape(-1, 3), 0, "hard_fp"))
+    if hard_positives is not None and len(hard_positives):
+        groups.append((np.asarray(hard_positives, float).reshape(-1, 3), 1, "hard_fn"))
+    if len(rev_cell):
+        groups.append((rev_cell, 1, "review_cell"))
+    if len(rev_non):
+        groups.append((rev_non, 0, "review_noncell"))
+    centres = np.concatenate([g[0] for g in groups]).reshape(-1, 3)
+    centres = np.rint(centres).astype(np.int64)
+    label = np.concatenate([np.full(len(g[0]), g[1], np.int8) for g in groups])
+    origin = np.concatenate([np.full(len(g[0]), g[2], dtype=object) for g in groups]).astype(str)
+    patches = cut_patches(volume, centres, size=cfg.patch_size)
+    return PatchSet(patches, np.full(len(centres), brain), centres, label, origin,
+                    _truth_flags(centres, truth, cfg.truth_radius),
+                    {"patch_size": cfg.patch_size, "sampling": cfg.to_dict()})
+
+
+def sample_dataset(paths, *, brains: Sequence[str] | None = None, config: SamplingConfig | None = None,
+                   hard_examples: dict | None = None, progress: bool = True) -> PatchSet:
+    """Draw the patch set of a data root from its corrected volumes.
+
+    Reads ``data/interim/<brain>_corrected.npy`` (run preprocessing first), annotations from
+    ``data/raw``, truth from ``data/truth`` where present and, if ``config.use_review``, the review
+    decisions in ``data/labels/review.csv``. ``hard_examples`` maps brain ->
+    ``{"fp": (K, 3), "fn": (L, 3)}``. The normalisation of each brain is recorded in ``meta``.
+    """
+    from tqdm.auto import tqdm
+
+    from .io import list_brains, read_volume
+    from .preprocess import load_bias_field
+
+    cfg = config or SamplingConfig()
+    review = {}
+    if cfg.use_review and Path(paths.review_csv).exists():
+        from .review import ReviewStore, review_labels
+
+        review = review_labels(ReviewStore(paths.review_csv))
+    sets = []
+    norms = {}
+    for b in tqdm(list_brains(paths.data_dir, names=brains), desc="sampling", disable=not progress):
+        corrected = paths.corrected(b.name)
+        if not corrected.exists():
+            raise ClarityInputError(f"{corrected}: missing corrected volume of {b.name}; run preprocessing "
+                                    "(notebook 01_preprocess) first")
+        vol = read_volume(corrected, mmap=True, check_finite=False)
+        ann = b.points(shape=vol.shape, on_outside="drop")
+        truth = b.truth_points(shape=vol.shape)
+        hx = (hard_examples or {}).get(b.name, {})
+        sets.append(sample_brain(vol, ann, brain=b.name, config=cfg, truth=truth,
+                                 hard_negatives=hx.get("fp"), hard_positives=hx.get("fn"),
+                                 review=review.get(b.name)))
+        if paths.field(b.name).exists():
+            norms[b.name] = load_bias_field(paths.field(b.name)).info.get("normalisation", {})
+    out = PatchSet.concat(sets)
+    out.meta.update({"normalisation": next(iter(norms.values()), {}), "normalisation_per_brain": norms,
+                     "brains": [str(s.brain[0]) for s in sets if len(s)],
+                     "review_labels_used": bool(review), "data_dir": str(paths.data_dir)})
+    return out

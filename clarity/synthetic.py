@@ -365,7 +365,7 @@ def write_dataset(data_dir: str | os.PathLike, *, n_brains: int = 8, seed: int =
         b = make_brain(seed * 1000 + i, config=config, **overrides)
         cfg_used = b.config
         with atomic_write(vol_path) as tmp:
-            tifffile.imwrite(tmp, b.volume, metadata={"axes": "ZYX"})
+            tifffile.imwrite(tmp, b.volume, photometric="minisblack", metadata={"axes": "ZYX"})
         write_points_csv(raw / f"{name}.csv", b.annotated)
         write_points_csv(truth / f"{name}.csv", np.round(b.cells, 2),
                          columns={"radius": np.round(b.radius, 2), "contrast": np.round(b.contrast, 3),

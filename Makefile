@@ -1,0 +1,62 @@
+# clarity: `make help` lists the targets. Quick start: `make report`, then `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON   ?= $(shell command -v python3.11 || command -v python3)
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+# CPU build by default; GPU users: make report TORCH_SPEC="torch==2.13.0" TORCH_INDEX=<your wheel index>
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+DATA_DIR ?= data
+RUN      ?= default
+SEED     ?= 0
+PARAMS   ?=
+SMOKE_DIR ?= /tmp/clarity-smoke
+STAMP    := $(VENV)/.installed
+
+REPORT_ARGS := --data-dir $(DATA_DIR) --run $(RUN) --seed $(SEED) $(if $(PARAMS),--params $(PARAMS),)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+.PHONY: help
+help: ## List the targets (variables: DATA_DIR, RUN, SEED, PARAMS, TORCH_SPEC)
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+.PHONY: install
+install: $(STAMP) ## Create .venv and install clarity with pinned torch (TORCH_SPEC)
+
+.PHONY: data
+data: $(STAMP) ## Build the default synthetic dataset in DATA_DIR (8 brains, kept if present)
+	$(PY) -m clarity make-data --data-dir $(DATA_DIR) --seed $(SEED) $(if $(PARAMS),--params $(PARAMS),)
+
+.PHONY: report
+report: $(STAMP) ## Main job: build data if DATA_DIR/raw is empty, run the notebooks into reports/RUN
+	$(PY) -m clarity report $(REPORT_ARGS)
+
+.PHONY: smoke
+smoke: $(STAMP) ## The whole report on tiny data with notebooks/params/smoke.yaml (SMOKE_DIR)
+	$(PY) -m clarity report --data-dir $(SMOKE_DIR)/data --run smoke --params notebooks/params/smoke.yaml \
+	  --reports-root $(SMOKE_DIR)/reports --models-root $(SMOKE_DIR)/models
+
+.PHONY: test
+test: $(STAMP) ## Run the test suite (notebooks included, on tiny data)
+	$(PY) -m pytest
+
+.PHONY: bench
+bench: $(STAMP) ## Print speed and memory figures (training, inference, whole-volume detection)
+	$(PY) bench/bench_model.py
+	$(PY) bench/bench_detect.py
+
+.PHONY: strip
+strip: $(STAMP) ## Strip outputs from the committed notebooks
+	$(VENV)/bin/nbstripout --keep-metadata-keys cell.metadata.tags notebooks/*.ipynb
+
+.PHONY: clean
+clean: ## Remove generated data, models and reports of RUN (raw data is kept)
+	rm -rf $(DATA_DIR)/interim $(DATA_DIR)/processed models/$(RUN) reports/$(RUN)

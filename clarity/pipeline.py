@@ -1,0 +1,152 @@
+"""The headless report: build the data if needed, then run the numbered notebooks with papermill.
+
+Executed copies go to ``reports/<run>/`` (never over the sources). Parameters are passed by
+papermill (no editing of notebooks): ``DATA_DIR``, ``RUN`` and ``SEED`` always, plus any value of an
+optional YAML parameter file whose key the notebook declares in its ``parameters`` cell. A
+notebook that runs once per split (``04a_validate_fold``) is run for every split; a split whose
+``reports/<run>/folds/<split>/done.json`` exists is skipped, so rerunning after a failure resumes.
+A failed notebook leaves papermill's executed copy (with the error) in ``reports/<run>/`` and a
+one-line message; the other splits still run, and the command exits non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .paths import PROJECT_ROOT, Paths
+
+NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+
+
+@dataclass(frozen=True)
+class Step:
+    notebook: str              # file stem in notebooks/
+    per_split: bool = False    # run once per validation split (SPLIT parameter)
+
+
+STEPS: tuple[Step, ...] = (
+    Step("01_preprocess"),
+    Step("02_sample"),
+    Step("03_train"),
+    Step("04a_validate_fold", per_split=True),
+    Step("04b_cv_summary"),
+    Step("05_inspect_false_positives"),
+    Step("06_detect"),
+)
+
+
+def load_params(path: str | os.PathLike | None) -> dict:
+    """Read a flat YAML parameter file (``KEY: value``); ``{}`` for ``None``."""
+    if not path:
+        return {}
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        from .io import ClarityInputError
+
+        raise ClarityInputError(f"{path}: no such parameter file")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        from .io import ClarityInputError
+
+        raise ClarityInputError(f"{path}: a parameter file must be a mapping KEY: value")
+    return data
+
+
+def splits(params: dict) -> list[str]:
+    """Validation splits: ``coarse`` (random patch split, the seed's Table 1) then ``fold1``..``foldK``."""
+    k = int(params.get("N_FOLDS", 4))
+    out = ["coarse"] if params.get("COARSE", True) else []
+    return out + [f"fold{i}" for i in range(1, k + 1)]
+
+
+def ensure_dataset(paths: Paths, *, seed: int, params: dict, progress: bool = True) -> bool:
+    """Write the synthetic dataset if ``<data>/raw`` is empty; returns whether it did."""
+    raw = paths.raw
+    if raw.exists() and any(p for p in raw.iterdir() if not p.name.startswith(".")):
+        return False
+    from .synthetic import write_dataset
+
+    kw = {}
+    if "SYNTH_SHAPE" in params:
+        kw["shape"] = tuple(int(v) for v in params["SYNTH_SHAPE"])
+    if "SYNTH_DENSITY" in params:
+        kw["cell_density"] = float(params["SYNTH_DENSITY"])
+    print(f"[clarity] {raw} is empty: writing the synthetic dataset (seed {seed})", flush=True)
+    write_dataset(paths.data_dir, n_brains=int(params.get("N_BRAINS", 8)), seed=seed, progress=progress, **kw)
+    return True
+
+
+def _declared(notebook: Path) -> set[str]:
+    import papermill as pm
+
+    return set(pm.inspect_notebook(str(notebook)).keys())
+
+
+def run_notebook(notebook: Path, output: Path, parameters: dict, *, cwd: Path) -> None:
+    import papermill as pm
+
+    declared = _declared(notebook)
+    params = {k: v for k, v in parameters.items() if k in declared}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    pm.execute_notebook(str(notebook), str(output), parameters=params, cwd=str(cwd),
+                        kernel_name="python3", progress_bar=False, log_output=False)
+
+
+def run_report(paths: Paths, *, seed: int = 0, params_file: str | os.PathLike | None = None,
+               only: Sequence[str] | None = None, progress: bool = True) -> int:
+    """Run the whole report. Returns 0 if every notebook succeeded, else 1."""
+    import papermill as pm
+
+    params = load_params(params_file)
+    ensure_dataset(paths, seed=seed, params=params, progress=progress)
+    # roots reach the kernels through the environment (see clarity.paths.Paths)
+    os.environ["CLARITY_MODELS_ROOT"] = str(paths.models_root)
+    os.environ["CLARITY_REPORTS_ROOT"] = str(paths.reports_root)
+    base = {**params, "DATA_DIR": str(paths.data_dir), "RUN": paths.run, "SEED": int(seed)}
+    out_dir = paths.reports
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failures = []
+    t_start = time.perf_counter()
+    for step in STEPS:
+        if only and step.notebook not in only:
+            continue
+        src = NOTEBOOK_DIR / f"{step.notebook}.ipynb"
+        if not src.exists():
+            print(f"[clarity] {src.name}: not present yet, skipped", flush=True)
+            continue
+        jobs = [(s, out_dir / f"{step.notebook}_{s}.ipynb") for s in splits(params)] if step.per_split \
+            else [(None, out_dir / f"{step.notebook}.ipynb")]
+        for split, output in jobs:
+            if split is not None and (out_dir / "folds" / split / "done.json").exists():
+                print(f"[clarity] {step.notebook} [{split}]: already done, skipped "
+                      f"(delete {out_dir / 'folds' / split} to redo)", flush=True)
+                continue
+            p = dict(base)
+            if split is not None:
+                p["SPLIT"] = split
+            label = f"{step.notebook}" + (f" [{split}]" if split else "")
+            t0 = time.perf_counter()
+            print(f"[clarity] {label} ...", flush=True)
+            try:
+                run_notebook(src, output, p, cwd=NOTEBOOK_DIR)
+            except pm.PapermillExecutionError as exc:
+                failures.append(label)
+                print(f"[clarity] {label} FAILED: {exc.ename}: {exc.evalue} -- see {output}", flush=True)
+                continue  # the other splits of a per-split step still run
+            print(f"[clarity] {label} done in {time.perf_counter() - t0:.0f} s -> {output}", flush=True)
+        if failures:
+            break  # later stages need this one
+    total = time.perf_counter() - t_start
+    if failures:
+        print(f"[clarity] report {paths.run}: {len(failures)} failed ({', '.join(failures)}) after {total:.0f} s; "
+              "fix and rerun: finished splits are not redone", file=sys.stderr, flush=True)
+        return 1
+    print(f"[clarity] report {paths.run} complete in {total:.0f} s: {out_dir}", flush=True)
+    return 0

@@ -1,0 +1,98 @@
+"""Figures shared by the notebooks. Images are shown with axes (y, x); slices are z planes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_write
+
+
+def save_figure(fig, path: str | os.PathLike, *, dpi: int = 110) -> Path:
+    """Save a matplotlib figure atomically (PNG by extension)."""
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def _limits(img, lo=1.0, hi=99.8):
+    v = np.asarray(img, np.float32)
+    return float(np.percentile(v, lo)), float(np.percentile(v, hi))
+
+
+def preprocess_figure(raw, corrected, field, *, z: int | None = None, title: str = ""):
+    """The seed's Figure 5: a raw plane, the estimated bias field and the corrected plane.
+
+    ``raw`` and ``corrected`` are (z, y, x) volumes (memory maps are fine); ``field`` the field on
+    the same plane, (y, x). Plane ``z`` defaults to the middle.
+    """
+    import matplotlib.pyplot as plt
+
+    z = raw.shape[0] // 2 if z is None else int(z)
+    r = np.asarray(raw[z], np.float32)
+    c = np.asarray(corrected[z], np.float32)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.2), constrained_layout=True)
+    for ax, img, name, cmap in ((axes[0], r, "raw", "gray"), (axes[1], field, "estimated bias field", "magma"),
+                                (axes[2], c, "N4-corrected, normalised", "gray")):
+        vmin, vmax = _limits(img) if name != "estimated bias field" else (None, None)
+        im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax)
+        ax.set_title(f"{name} (z={z})")
+        ax.axis("off")
+        fig.colorbar(im, ax=ax, shrink=0.7)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def profile_figure(raw, corrected, *, mask=None, title: str = ""):
+    """Mean intensity per z plane and per y row, before and after correction (each scaled to its
+    own mean), which shows depth attenuation and the illumination gradient being removed."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.5), constrained_layout=True)
+    for arr, name in ((raw, "raw"), (corrected, "corrected")):
+        a = np.asarray(arr, np.float32)
+        if name == "corrected":
+            a = a + 1.0  # contrast units: background at 1
+        w = np.ones_like(a, bool) if mask is None else mask
+        pz = np.array([a[i][w[i]].mean() if w[i].any() else np.nan for i in range(a.shape[0])])
+        py = np.array([a[:, j][w[:, j]].mean() if w[:, j].any() else np.nan for j in range(a.shape[1])])
+        axes[0].plot(pz / np.nanmean(pz), label=name)
+        axes[1].plot(py / np.nanmean(py), label=name)
+    axes[0].set_xlabel("z (plane)")
+    axes[1].set_xlabel("y (row)")
+    for ax in axes:
+        ax.set_ylabel("mean tissue intensity / overall mean")
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def patch_gallery(patches, *, titles=None, ncols: int = 10, vmin: float = -0.5, vmax: float = 3.0,
+                  title: str = ""):
+    """Central z-slice (top) and max projection along z (bottom) of each (P, P, P) patch.
+
+    ``patches`` (N, P, P, P) normalised intensities, axes (z, y, x); up to ``ncols`` per row.
+    """
+    import matplotlib.pyplot as plt
+
+    patches = np.asarray(patches)
+    n = len(patches)
+    nrows = max(1, int(np.ceil(n / ncols)))
+    fig, axes = plt.subplots(2 * nrows, ncols, figsize=(1.3 * ncols, 2.7 * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, p in enumerate(patches):
+        r, c = divmod(i, ncols)
+        axes[2 * r, c].imshow(p[p.shape[0] // 2], cmap="gray", vmin=vmin, vmax=vmax)
+        axes[2 * r + 1, c].imshow(p.max(axis=0), cmap="magma", vmin=vmin, vmax=vmax)
+        if titles is not None:
+            axes[2 * r, c].set_title(titles[i], fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,32 @@
+"""Shared fixtures: seeded synthetic volumes with known cell centres, written into temp data roots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from clarity.synthetic import make_brain
+
+SMALL = dict(shape=(24, 64, 64), n_tubes=6, n_debris=4, cell_density=4e-4)
+
+
+@pytest.fixture(scope="session")
+def small_brain():
+    """One small synthetic brain (24 x 64 x 64) with complete truth."""
+    return make_brain(7, **SMALL)
+
+
+@pytest.fixture()
+def data_root(tmp_path, small_brain):
+    """A data root with two small brains: raw/<b>.tif + .csv, truth/<b>.csv."""
+    from clarity.io import write_points_csv
+
+    root = tmp_path / "data"
+    (root / "raw").mkdir(parents=True)
+    (root / "truth").mkdir()
+    for name, b in (("b1", small_brain), ("b2", make_brain(8, **SMALL))):
+        tifffile.imwrite(root / "raw" / f"{name}.tif", b.volume, photometric="minisblack")
+        write_points_csv(root / "raw" / f"{name}.csv", b.annotated)
+        write_points_csv(root / "truth" / f"{name}.csv", b.cells)
+    return root

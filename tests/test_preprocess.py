@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from clarity import preprocess
+from clarity.paths import Paths
+
+
+def _field_volume(shape=(24, 96, 96), seed=0):
+    """Uniform textured tissue under a known smooth 4-fold field (z, y, x)."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*(np.linspace(0, 1, n) for n in shape), indexing="ij")
+    field = np.exp(np.log(4.0) * (0.6 * x + 0.4 * y * (1 - z)))
+    field /= np.median(field)
+    tissue = 300 * (1 + 0.05 * rng.standard_normal(shape))
+    return (tissue * field).astype(np.float32), field.astype(np.float32)
+
+
+def test_n4_reduces_known_field():
+    vol, field = _field_volume()
+    est = preprocess.fit_bias_field(vol, config=preprocess.N4Config(shrink=4, iterations=30))
+    corrected = vol / est.block()
+    cv_before = vol.std() / vol.mean()
+    cv_after = corrected.std() / corrected.mean()
+    assert cv_after < 0.5 * cv_before
+    r = np.corrcoef(np.log(est.block()).ravel(), np.log(field).ravel())[0, 1]
+    assert r > 0.9
+
+
+def test_field_block_matches_whole():
+    vol, _ = _field_volume((16, 40, 48))
+    est = preprocess.fit_bias_field(vol, config=preprocess.N4Config(shrink=4, iterations=10, levels=2))
+    whole = est.block()
+    box = (slice(3, 11), slice(7, 30), slice(0, 48))
+    np.testing.assert_allclose(est.block(box), whole[box], rtol=1e-6)
+    assert whole.shape == vol.shape
+
+
+def test_shrink_factors_keep_thin_stacks():
+    assert preprocess.shrink_factors((26, 1116, 627), 8) == (2, 8, 8)
+    assert preprocess.shrink_factors((96, 384, 384), 8) == (8, 8, 8)
+    assert preprocess.shrink_factors((5, 100, 100), 4) == (1, 4, 4)
+
+
+def test_preprocess_dataset_writes_interim_and_keeps_raw(data_root):
+    paths = Paths(data_dir=data_root, run="t")
+    raw_bytes = (data_root / "raw" / "b1.tif").read_bytes()
+    table = preprocess.preprocess_dataset(paths, config=preprocess.N4Config(shrink=4, iterations=10),
+                                          progress=False)
+    assert list(table.brain) == ["b1", "b2"]
+    assert (table.cv_after < table.cv_before).all()
+    c = np.load(paths.corrected("b1"))
+    assert c.dtype == np.float32 and c.shape == (24, 64, 64) and np.isfinite(c).all()
+    # normalised: tissue background near 0, outside near -1
+    assert abs(np.median(c[c > -0.5])) < 0.3
+    f = preprocess.load_bias_field(paths.field("b1"))
+    assert f.info["normalisation"]["background"] > 0
+    assert (data_root / "raw" / "b1.tif").read_bytes() == raw_bytes
+    assert not list(paths.interim.glob(".*tmp*"))
