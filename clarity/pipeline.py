@@ -102,13 +102,25 @@ def run_notebook(notebook: Path, output: Path, parameters: dict, *, cwd: Path) -
 def run_report(paths: Paths, *, seed: int = 0, params_file: str | os.PathLike | None = None,
                only: Sequence[str] | None = None, progress: bool = True) -> int:
     """Run the whole report. Returns 0 if every notebook succeeded, else 1."""
-    import papermill as pm
-
     params = load_params(params_file)
     ensure_dataset(paths, seed=seed, params=params, progress=progress)
-    # roots reach the kernels through the environment (see clarity.paths.Paths)
+    # roots reach the kernels through the environment (see clarity.paths.Paths); restored after
+    saved = {k: os.environ.get(k) for k in ("CLARITY_MODELS_ROOT", "CLARITY_REPORTS_ROOT")}
     os.environ["CLARITY_MODELS_ROOT"] = str(paths.models_root)
     os.environ["CLARITY_REPORTS_ROOT"] = str(paths.reports_root)
+    try:
+        return _run_steps(paths, params, seed=seed, only=only)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run_steps(paths: Paths, params: dict, *, seed: int, only) -> int:
+    import papermill as pm
+
     base = {**params, "DATA_DIR": str(paths.data_dir), "RUN": paths.run, "SEED": int(seed)}
     out_dir = paths.reports
     out_dir.mkdir(parents=True, exist_ok=True)

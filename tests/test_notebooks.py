@@ -1,0 +1,78 @@
+"""Every notebook runs headless through papermill on tiny data (notebooks/params/smoke.yaml),
+exactly as `make report` runs them: the pipeline is tested end to end, not just its parts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from clarity import pipeline
+from clarity.paths import PROJECT_ROOT, Paths
+
+SMOKE = PROJECT_ROOT / "notebooks" / "params" / "smoke.yaml"
+pytestmark = [pytest.mark.slow, pytest.mark.notebooks]
+
+
+@pytest.fixture(scope="session")
+def smoke_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smoke")
+    paths = Paths(data_dir=root / "data", run="smoke", models_root=root / "models", reports_root=root / "reports")
+    rc = pipeline.run_report(paths, seed=0, params_file=SMOKE, progress=False)
+    return paths, rc
+
+
+def test_source_notebooks_are_clean_and_parameterised():
+    for nb_path in sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(nb_path, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), nb_path.name
+        tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, f"{nb_path.name}: needs exactly one cell tagged 'parameters'"
+        for key in ("DATA_DIR", "RUN", "SEED"):
+            assert key in tagged[0].source, f"{nb_path.name}: parameters cell lacks {key}"
+
+
+def test_smoke_report_runs_every_notebook(smoke_report):
+    paths, rc = smoke_report
+    assert rc == 0
+    for step in pipeline.STEPS:
+        if not (pipeline.NOTEBOOK_DIR / f"{step.notebook}.ipynb").exists():
+            continue
+        outs = sorted(paths.reports.glob(f"{step.notebook}*.ipynb"))
+        assert outs, f"no executed copy of {step.notebook}"
+        for out in outs:
+            nb = nbformat.read(out, as_version=4)
+            assert nb.metadata["papermill"]["parameters"]["DATA_DIR"] == str(paths.data_dir)
+            errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+            assert not errors, f"{out.name}: {errors[:1]}"
+    # the sources were never overwritten
+    for nb_path in (PROJECT_ROOT / "notebooks").glob("*.ipynb"):
+        assert not any(c.get("outputs") for c in nbformat.read(nb_path, as_version=4).cells)
+
+
+def test_smoke_report_outputs(smoke_report):
+    paths, _ = smoke_report
+    assert paths.corrected("brain01").exists()
+    assert paths.patchset().exists()
+    m = json.loads((paths.reports / "01_preprocess_metrics.json").read_text())
+    assert m["cv_after_mean"] < m["cv_before_mean"]
+    if (pipeline.NOTEBOOK_DIR / "04b_cv_summary.ipynb").exists():
+        cv = pd.read_csv(paths.reports / "cv_metrics.csv")
+        assert {"cnn", "log", "template"} <= set(cv.variant)
+        assert (paths.reports / "summary.md").exists()
+        assert (paths.models / "final.pt").exists()
+
+
+def test_rerun_resumes_finished_splits(smoke_report):
+    paths, _ = smoke_report
+    if not (pipeline.NOTEBOOK_DIR / "04a_validate_fold.ipynb").exists():
+        pytest.skip("validation notebook not present")
+    done = paths.reports / "folds" / "fold1" / "done.json"
+    before = done.stat().st_mtime_ns
+    rc = pipeline.run_report(paths, seed=0, params_file=SMOKE, only=["04a_validate_fold"], progress=False)
+    assert rc == 0
+    assert done.stat().st_mtime_ns == before  # not redone
