@@ -30,12 +30,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
+# OpenMP threads that sleep instead of spinning at barriers: on a shared machine with few
+# cores, spinning threads slow 3D-convolution training down up to 10x. Effective only when
+# clarity.model is imported before torch; an explicit OMP_WAIT_POLICY is left alone.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .io import ClarityInputError, atomic_write
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from .io import ClarityInputError, atomic_write  # noqa: E402
 
 __all__ = [
     "ModelConfig",
@@ -231,6 +236,8 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 def _prepare(model: CellCNN, device) -> tuple[CellCNN, torch.device]:
     dev = pick_device(device) if device is not None else next(model.parameters()).device
     model = model.to(dev)
+    if dev.type == "cpu":  # oneDNN 3D convolutions run ~1.5x faster channels-last
+        model = model.to(memory_format=torch.channels_last_3d)
     model.eval()
     return model, dev
 
