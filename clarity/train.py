@@ -193,15 +193,14 @@ def augment(batch: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 # helpers
 # --------------------------------------------------------------------------------------------
 def max_f1_threshold(labels: np.ndarray, scores: np.ndarray, *, default: float = 0.5) -> float:
-    """Probability threshold maximising F1 of ``scores >= t`` (``default`` for one class)."""
-    from sklearn.metrics import precision_recall_curve
+    """Probability threshold maximising F1 of ``scores >= t`` (``default`` when ``labels`` hold one
+    class only); see :func:`clarity.evaluate.threshold_max_f1`."""
+    from .evaluate import threshold_max_f1
 
     labels = np.asarray(labels).astype(int)
     if labels.min(initial=0) == labels.max(initial=0):
         return float(default)
-    precision, recall, thresholds = precision_recall_curve(labels, scores)
-    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-    return float(thresholds[int(np.argmax(f1[:-1]))])
+    return threshold_max_f1(labels, scores)
 
 
 def _metrics(labels: np.ndarray, logits: np.ndarray) -> dict:
