@@ -345,7 +345,10 @@ def sample_dataset(paths, *, brains: Sequence[str] | None = None, config: Sampli
         if paths.field(b.name).exists():
             norms[b.name] = load_bias_field(paths.field(b.name)).info.get("normalisation", {})
     out = PatchSet.concat(sets)
-    out.meta.update({"normalisation": next(iter(norms.values()), {}), "normalisation_per_brain": norms,
+    # the method travels with the model; the background level is measured anew on every volume
+    first = next(iter(norms.values()), {})
+    method = {k: v for k, v in first.items() if k != "background"}
+    out.meta.update({"normalisation": method, "normalisation_per_brain": norms,
                      "brains": [str(s.brain[0]) for s in sets if len(s)],
                      "review_labels_used": bool(review), "data_dir": str(paths.data_dir)})
     return out

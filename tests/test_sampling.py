@@ -91,5 +91,6 @@ def test_sample_dataset_needs_preprocessing_then_works(data_root):
     preprocess_dataset(paths, config=N4Config(shrink=4, iterations=5, levels=1), progress=False)
     ps = sampling.sample_dataset(paths, progress=False)
     assert set(ps.brain) == {"b1", "b2"}
-    assert ps.meta["normalisation"]["background"] > 0
+    assert ps.meta["normalisation"]["method"] == "contrast"
+    assert ps.meta["normalisation_per_brain"]["b1"]["background"] > 0
     assert (ps.truth[ps.label == 1] == 1).all()
