@@ -121,7 +121,13 @@ def run_report(paths: Paths, *, seed: int = 0, params_file: str | os.PathLike | 
 def _run_steps(paths: Paths, params: dict, *, seed: int, only) -> int:
     import papermill as pm
 
-    base = {**params, "DATA_DIR": str(paths.data_dir), "RUN": paths.run, "SEED": int(seed)}
+    base = {"DATA_DIR": str(paths.data_dir), "RUN": paths.run, "SEED": int(seed)}
+    if paths.truth.is_dir() and any(paths.truth.glob("*.csv")):
+        # headless on synthetic data (complete truth): notebook 05's clearly named simulated reviewer
+        # decides from truth, into a store of this run, never into the human one (labels/review.csv)
+        base.update({"SIMULATE_REVIEWER": True, "REVIEW_CSV": str(paths.reports / "review_simulated.csv")})
+    base.update(params)
+    base.update({"DATA_DIR": str(paths.data_dir), "RUN": paths.run, "SEED": int(seed)})
     out_dir = paths.reports
     out_dir.mkdir(parents=True, exist_ok=True)
     failures = []

@@ -34,6 +34,13 @@ def test_source_notebooks_are_clean_and_parameterised():
         assert len(tagged) == 1, f"{nb_path.name}: needs exactly one cell tagged 'parameters'"
         for key in ("DATA_DIR", "RUN", "SEED"):
             assert key in tagged[0].source, f"{nb_path.name}: parameters cell lacks {key}"
+        # papermill must parse every parameter line, or the pipeline silently never passes it
+        import re
+
+        import papermill as pm
+
+        names = {ln.split(":")[0].strip() for ln in tagged[0].source.splitlines() if re.match(r"^[A-Z_0-9]+\s*:", ln)}
+        assert names == set(pm.inspect_notebook(str(nb_path))), f"{nb_path.name}: unparseable parameter line"
 
 
 def test_smoke_report_runs_every_notebook(smoke_report):
