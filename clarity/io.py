@@ -309,14 +309,16 @@ def lazy_volume(path: str | os.PathLike, *, chunks=None):
                   for f in files]
         arr = da.concatenate(planes, axis=0)
         return arr.rechunk(chunks or (16, -1, -1))
-    vol = read_volume(path, mmap=True, check_finite=False)
-    if isinstance(vol, np.memmap) or path.suffix.lower() == ".npy":
-        return da.from_array(vol, chunks=chunks or (16, -1, -1))
-    # compressed TIFF: pages on demand
+    if path.suffix.lower() == ".npy":
+        return da.from_array(read_volume(path, mmap=True, check_finite=False), chunks=chunks or (16, -1, -1))
     import tifffile
 
-    shape3 = vol.shape
-    del vol
+    shape3 = volume_shape(path)
+    try:
+        vol = tifffile.memmap(path, mode="r").reshape(shape3)
+        return da.from_array(vol, chunks=chunks or (16, -1, -1))
+    except Exception:
+        pass  # compressed or tiled: pages on demand, never the whole file
 
     def load_page(i):
         with tifffile.TiffFile(path) as tif:

@@ -66,6 +66,16 @@ def splits(params: dict) -> list[str]:
     return out + [f"fold{i}" for i in range(1, k + 1)]
 
 
+def synthetic_kwargs(params: dict) -> dict:
+    """Generator options of a parameter file: ``SYNTH_SHAPE`` (z, y, x) and ``SYNTH_DENSITY``."""
+    kw = {}
+    if "SYNTH_SHAPE" in params:
+        kw["shape"] = tuple(int(v) for v in params["SYNTH_SHAPE"])
+    if "SYNTH_DENSITY" in params:
+        kw["cell_density"] = float(params["SYNTH_DENSITY"])
+    return kw
+
+
 def ensure_dataset(paths: Paths, *, seed: int, params: dict, progress: bool = True) -> bool:
     """Write the synthetic dataset if ``<data>/raw`` is empty; returns whether it did."""
     raw = paths.raw
@@ -73,11 +83,7 @@ def ensure_dataset(paths: Paths, *, seed: int, params: dict, progress: bool = Tr
         return False
     from .synthetic import write_dataset
 
-    kw = {}
-    if "SYNTH_SHAPE" in params:
-        kw["shape"] = tuple(int(v) for v in params["SYNTH_SHAPE"])
-    if "SYNTH_DENSITY" in params:
-        kw["cell_density"] = float(params["SYNTH_DENSITY"])
+    kw = synthetic_kwargs(params)
     print(f"[clarity] {raw} is empty: writing the synthetic dataset (seed {seed})", flush=True)
     write_dataset(paths.data_dir, n_brains=int(params.get("N_BRAINS", 8)), seed=seed, progress=progress, **kw)
     return True

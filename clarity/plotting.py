@@ -96,3 +96,37 @@ def patch_gallery(patches, *, titles=None, ncols: int = 10, vmin: float = -0.5, 
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def detection_figure(volume, *, found=None, missed=None, spurious=None, detections=None, z: int | None = None,
+                     slab: int = 2, title: str = "", vmin: float = -0.5, vmax: float = 3.0):
+    """A z-slice (markers within ``slab`` planes of it) and the max projection (all markers).
+
+    With truth: ``found`` (matched detections, green), ``missed`` (true cells not found, red) and
+    ``spurious`` (detections matching no true cell, yellow); without: ``detections`` (cyan).
+    Each is (N, 3) (z, y, x) in voxels; ``volume`` is normalised (z, y, x).
+    """
+    import matplotlib.pyplot as plt
+
+    z = volume.shape[0] // 2 if z is None else int(z)
+    groups = [(found, "found", "lime"), (missed, "missed", "red"), (spurious, "spurious", "yellow"),
+              (detections, "detected", "cyan")]
+    groups = [(np.asarray(p, float).reshape(-1, 3), n, c) for p, n, c in groups if p is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 7), constrained_layout=True)
+    axes[0].imshow(np.asarray(volume[z], np.float32), cmap="gray", vmin=vmin, vmax=vmax)
+    axes[1].imshow(np.asarray(volume, np.float32).max(axis=0), cmap="gray", vmin=vmin, vmax=vmax + 2)
+    for pts, name, colour in groups:
+        near = pts[np.abs(pts[:, 0] - z) <= slab]
+        axes[0].scatter(near[:, 2], near[:, 1], s=60, facecolors="none", edgecolors=colour, linewidths=1.2,
+                        label=f"{name} ({len(near)})")
+        axes[1].scatter(pts[:, 2], pts[:, 1], s=25, facecolors="none", edgecolors=colour, linewidths=0.8,
+                        label=f"{name} ({len(pts)})")
+    axes[0].set_title(f"plane z={z} (markers within {slab} planes)")
+    axes[1].set_title("max projection along z")
+    for ax in axes:
+        ax.axis("off")
+        if groups:
+            ax.legend(loc="lower right", fontsize=8, framealpha=0.6)
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -130,32 +130,22 @@ class PatchSet:
 # ----------------------------------------------------------------------------------------------
 # geometry
 # ----------------------------------------------------------------------------------------------
-def cut_patches(volume, centres, *, size: int = 12) -> np.ndarray:
+def cut_patches(volume, centres, *, size: int = 12, batch: int = 4096) -> np.ndarray:
     """Cut cubes of edge ``size`` centred on ``centres`` (N, 3) (z, y, x) from a volume.
 
     Patch ``i`` covers ``[c - size//2, c - size//2 + size)`` per axis; parts outside the volume are
-    filled by edge replication. Works on memory maps (only the cubes are read).
+    filled by edge replication (indices clipped to the volume). Vectorised in batches of
+    ``batch`` patches; works on memory maps (only the cubes are read).
 
     Returns float32 (N, size, size, size).
     """
     c = np.rint(np.asarray(centres, dtype=float)).astype(np.int64).reshape(-1, 3)
-    shape = np.array(volume.shape[:3])
     out = np.empty((len(c), size, size, size), np.float32)
-    lo_all = c - size // 2
-    for i, lo in enumerate(lo_all):
-        hi = lo + size
-        if np.all(lo >= 0) and np.all(hi <= shape):
-            out[i] = volume[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-        else:
-            a = np.clip(lo, 0, shape)
-            b = np.clip(hi, 0, shape)
-            if np.any(b <= a):  # centre far outside: clamp to the nearest voxel
-                a = np.clip(lo, 0, shape - 1)
-                b = a + 1
-            block = np.asarray(volume[a[0]:b[0], a[1]:b[1], a[2]:b[2]], np.float32)
-            pad = [(int(a[k] - lo[k]), int(hi[k] - b[k])) for k in range(3)]
-            pad = [(max(p, 0), max(q, 0)) for p, q in pad]
-            out[i] = np.pad(block, pad, mode="edge")[:size, :size, :size]
+    offs = np.arange(size) - size // 2
+    for i in range(0, len(c), batch):
+        cb = c[i:i + batch]
+        idx = [np.clip(cb[:, a, None] + offs, 0, volume.shape[a] - 1) for a in range(3)]
+        out[i:i + batch] = volume[idx[0][:, :, None, None], idx[1][:, None, :, None], idx[2][:, None, None, :]]
     return out
 
 

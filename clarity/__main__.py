@@ -1,0 +1,253 @@
+"""Command-line interface: ``python -m clarity COMMAND ...`` (also installed as ``clarity``).
+
+Commands
+--------
+``detect``     count the cells of whole volumes with a trained model; writes one CSV (z,y,x,score)
+               per volume, and with ``--xml`` a Cell Counter XML that opens in Fiji / cellfinder.
+``make-data``  write the built-in synthetic dataset into a data root (kept if present).
+``report``     the main job: build the data if ``raw/`` is empty, run the notebooks with papermill.
+
+Bad input (a missing or corrupt file, a 2D image, an empty folder, NaN values, a missing or
+corrupt model) ends with exit code 2 and one line ``clarity: error: <file>: <problem>`` on
+stderr, never a traceback.
+
+Each command lives in its own ``add_<command>_parser(subparsers)`` function that registers the
+parser and its handler (``set_defaults(func=...)``); a handler takes the parsed arguments and
+returns the exit code. Add a command by writing one such function and calling it from
+:func:`build_parser`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["build_parser", "main", "add_detect_parser", "add_make_data_parser", "add_report_parser",
+           "volume_name"]
+
+EXIT_OK = 0
+EXIT_INPUT = 2
+
+
+class _CLIError(Exception):
+    """A user error found by the CLI itself (reported like ClarityInputError)."""
+
+
+def volume_name(path: str | Path) -> str:
+    """Output name of a volume: the file stem (``brain01.tif`` -> ``brain01``) or folder name."""
+    p = Path(path)
+    if p.is_dir() and p.suffix.lower() != ".zarr":
+        return p.name
+    return p.name[: -len(p.suffix)] if p.suffix else p.name
+
+
+# --------------------------------------------------------------------------------------------
+# detect
+# --------------------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {v}")
+    return v
+
+
+def _probability(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def add_detect_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``clarity detect``."""
+    p = subparsers.add_parser(
+        "detect", help="count the cells of whole volumes with a trained model",
+        description="Detect cells in whole 3D volumes (raw intensities as acquired: N4 and "
+                    "normalisation are applied), chunk by chunk with dask. Writes DIR/<name>.csv "
+                    "(z,y,x,score; voxels, 0-based) per volume, name = file stem or folder name, "
+                    "and prints one line per volume: name, count, seconds.")
+    p.add_argument("volumes", nargs="+", metavar="VOLUME",
+                   help="3D TIFF, folder of 2D TIFF planes, .npy or .zarr")
+    p.add_argument("--model", metavar="PATH",
+                   help="trained model (.pt from clarity training); not needed with --mode log")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    p.add_argument("--threshold", type=_probability, metavar="T",
+                   help="probability threshold (default: the model's saved one); with --mode log "
+                        "the LoG-response threshold (required)")
+    p.add_argument("--chunk", type=_positive_int, nargs=3, metavar=("Z", "Y", "X"),
+                   default=[64, 512, 512], help="chunk core size in voxels (default 64 512 512)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="dask.distributed scheduler address (tcp://host:port); default: local "
+                        "threads ('sync' and 'processes' also accepted)")
+    p.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="local threads / processes (default: CPU count)")
+    p.add_argument("--xml", action="store_true",
+                   help="also write DIR/<name>.xml (Cell Counter XML for Fiji / cellfinder)")
+    p.add_argument("--mode", choices=["candidates", "dense", "log"], default="candidates",
+                   help="candidates: LoG screen + CNN (default, CPU); dense: CNN score map + "
+                        "peaks (GPU); log: the LoG baseline alone")
+    p.add_argument("--device", choices=["cpu", "cuda"],
+                   help="where the CNN runs (default: cuda when available)")
+    p.add_argument("--preprocessed", action="store_true",
+                   help="volumes are already N4-corrected and normalised (skip N4)")
+    prog = p.add_mutually_exclusive_group()
+    prog.add_argument("--progress", dest="progress", action="store_true", default=None,
+                      help="progress bars on stderr (default: when stderr is a terminal)")
+    prog.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=cmd_detect)
+    return p
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    """Run ``clarity detect``; returns the exit code."""
+    from .detect import detect_volume
+    from .io import ClarityInputError, volume_shape
+
+    if args.mode != "log" and not args.model:
+        raise _CLIError("--model is required (except with --mode log)")
+    if args.mode == "log" and args.threshold is None:
+        raise _CLIError("--mode log needs --threshold (a LoG-response threshold)")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise _CLIError("--device cuda: no CUDA device is available")
+    names = [volume_name(v) for v in args.volumes]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise _CLIError(f"several volumes would write the same output name {dup[0]!r}; "
+                        "run them into different --out folders")
+    # validate every input before the long work starts
+    for v in args.volumes:
+        if not Path(v).exists():
+            raise ClarityInputError(f"{v}: no such file or folder")
+        volume_shape(v)
+    model = None
+    if args.mode != "log":
+        from .model import load_model
+
+        model = load_model(args.model, device=args.device)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise _CLIError(f"{out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    scheduler = args.scheduler
+    for v, name in zip(args.volumes, names):
+        t0 = time.perf_counter()
+        res = detect_volume(v, model=model, threshold=args.threshold, chunk=tuple(args.chunk),
+                            mode=args.mode, scheduler=scheduler, num_workers=args.workers,
+                            preprocessed=args.preprocessed, device=args.device, name=name,
+                            progress=progress)
+        csv_path = res.write_csv(out / f"{name}.csv")
+        written = [str(csv_path)]
+        if args.xml:
+            written.append(str(res.write_xml(out / f"{name}.xml", image_filename=Path(v).name)))
+        print(f"{name}: {res.n_cells} cells, {time.perf_counter() - t0:.1f} s -> "
+              f"{', '.join(written)}", flush=True)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# make-data and report (the pipeline, clarity.pipeline)
+# --------------------------------------------------------------------------------------------
+def _make_data(args) -> int:
+    from .pipeline import load_params, synthetic_kwargs
+    from .synthetic import write_dataset
+
+    params = load_params(args.params)
+    kw = synthetic_kwargs(params)
+    t0 = time.perf_counter()
+    paths = write_dataset(args.data_dir, n_brains=int(params.get("N_BRAINS", args.n_brains)), seed=args.seed,
+                          overwrite=args.overwrite, **kw)
+    print(f"{len(paths)} synthetic brains in {Path(args.data_dir) / 'raw'} ({time.perf_counter() - t0:.0f} s)")
+    return EXIT_OK
+
+
+def add_make_data_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``make-data``."""
+    p = subparsers.add_parser("make-data", help="write the synthetic dataset (8 brains with complete truth)")
+    p.add_argument("--data-dir", default="data", help="data root (default: data)")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
+    p.add_argument("--n-brains", type=_positive_int, default=8, help="number of brains (default: 8)")
+    p.add_argument("--params", default=None, help="YAML parameter file (N_BRAINS, SYNTH_SHAPE, SYNTH_DENSITY)")
+    p.add_argument("--overwrite", action="store_true", help="rewrite brains that exist")
+    p.set_defaults(func=_make_data)
+    return p
+
+
+def _report(args) -> int:
+    from .paths import Paths
+    from .pipeline import run_report
+
+    paths = Paths(data_dir=args.data_dir, run=args.run, models_root=args.models_root,
+                  reports_root=args.reports_root)
+    return run_report(paths, seed=args.seed, params_file=args.params, only=args.only or None)
+
+
+def add_report_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``report``."""
+    p = subparsers.add_parser("report", help="run the numbered notebooks headless into reports/<run>/")
+    p.add_argument("--data-dir", default="data", help="data root (default: data)")
+    p.add_argument("--run", default="default", help="run name (default: default)")
+    p.add_argument("--seed", type=int, default=0, help="seed passed to every notebook (default: 0)")
+    p.add_argument("--params", default=None, help="YAML parameter file, e.g. notebooks/params/smoke.yaml")
+    p.add_argument("--only", nargs="*", default=None, metavar="NOTEBOOK",
+                   help="run only these notebooks (file stems, e.g. 06_detect)")
+    p.add_argument("--models-root", default=None, help="default: <project>/models")
+    p.add_argument("--reports-root", default=None, help="default: <project>/reports")
+    p.set_defaults(func=_report)
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The ``clarity`` parser with one subparser per command."""
+    parser = argparse.ArgumentParser(
+        prog="clarity", description="Find and count fluorescent neurons in 3D CLARITY / "
+                                    "light-sheet brain images.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"clarity {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_detect_parser(sub)
+    add_make_data_parser(sub)
+    add_report_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (2 for bad input, with a one-line message)."""
+    from .io import ClarityInputError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # tifffile logs its own complaint about a corrupt file before raising; the one-line error
+    # message below says it all
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+    try:
+        return int(args.func(args))
+    except (ClarityInputError, _CLIError) as exc:
+        msg = " ".join(str(exc).split())  # one line, whatever the message holds
+        print(f"clarity: error: {msg}", file=sys.stderr)
+        return EXIT_INPUT
+    except OSError as exc:  # unwritable output folder, disk full, ...
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"clarity: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("clarity: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

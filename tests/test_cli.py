@@ -1,0 +1,146 @@
+"""Tests of the command line: ``python -m clarity detect``."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+
+from clarity.__main__ import build_parser, main, volume_name
+from clarity.io import read_cellcounter_xml
+from clarity.model import CellCNN, ModelConfig, save_model
+from clarity.synthetic import make_brain
+
+REPO = Path(__file__).resolve().parent.parent
+LINE = re.compile(r"^(?P<name>\S+): (?P<count>\d+) cells, (?P<sec>[\d.]+) s -> ")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    b = make_brain(5, shape=(24, 80, 80), cell_density=4e-4)
+    tifffile.imwrite(d / "tiny.tif", b.volume)
+    planes = d / "tiny_planes"
+    planes.mkdir()
+    for i, p in enumerate(b.volume):
+        tifffile.imwrite(planes / f"plane{i}.tif", p)
+    torch.manual_seed(0)
+    net = CellCNN(ModelConfig())
+    torch.nn.init.normal_(net.fc2.weight, std=0.5)
+    model = save_model(d / "model" / "model.pt", net, normalisation={"method": "contrast"},
+                       threshold=0.5, provenance={"note": "untrained test model"})
+    return {"dir": d, "tif": d / "tiny.tif", "planes": planes, "model": model}
+
+
+def _run(argv, capsys):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_detect_writes_csv_xml_and_prints_counts(inputs, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    rc, out, err = _run(["detect", inputs["tif"], inputs["planes"], "--model", inputs["model"],
+                         "--out", out_dir, "--xml", "--chunk", "12", "40", "40", "--no-progress"],
+                        capsys)
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 2
+    counts = {}
+    for line in lines:
+        m = LINE.match(line)
+        assert m, line
+        counts[m["name"]] = int(m["count"])
+    assert set(counts) == {"tiny", "tiny_planes"}
+    for name, n in counts.items():
+        csv = pd.read_csv(out_dir / f"{name}.csv")
+        assert list(csv.columns) == ["z", "y", "x", "score"]
+        assert len(csv) == n > 0
+        assert (csv["score"] >= 0.5).all()
+        xml = read_cellcounter_xml(out_dir / f"{name}.xml")
+        np.testing.assert_array_equal(xml, csv[["z", "y", "x"]].to_numpy(float))
+    # a TIFF and the same planes in a folder give the same cells
+    a, b = (pd.read_csv(out_dir / f"{n}.csv") for n in ("tiny", "tiny_planes"))
+    pd.testing.assert_frame_equal(a, b)
+    assert not list(out_dir.glob(".*.tmp*"))  # atomic writes leave no temporaries
+
+
+def test_threshold_option_and_no_xml(inputs, tmp_path, capsys):
+    rc, out, _ = _run(["detect", inputs["tif"], "--model", inputs["model"], "--out", tmp_path,
+                       "--threshold", "0.95", "--no-progress"], capsys)
+    assert rc == 0
+    csv = pd.read_csv(tmp_path / "tiny.csv")
+    assert (csv["score"] >= 0.95).all()
+    assert int(LINE.match(out)["count"]) == len(csv)
+    assert not (tmp_path / "tiny.xml").exists()
+
+
+def _bad_inputs(d: Path) -> dict:
+    (d / "corrupt.tif").write_bytes(b"II*\x00this is not a tiff at all" * 10)
+    tifffile.imwrite(d / "flat.tif", np.zeros((40, 50), np.uint16))
+    (d / "empty").mkdir()
+    nan = np.random.default_rng(0).random((12, 30, 30)).astype(np.float32) * 100 + 10
+    nan[5, 6, 7] = np.nan
+    tifffile.imwrite(d / "nan.tif", nan)
+    (d / "garbage.pt").write_bytes(b"not a model")
+    return {
+        "missing file": (d / "missing.tif", None, "missing.tif"),
+        "corrupt tiff": (d / "corrupt.tif", None, "corrupt.tif"),
+        "2D tiff": (d / "flat.tif", None, "flat.tif"),
+        "empty folder": (d / "empty", None, "empty"),
+        "NaN values": (d / "nan.tif", None, "nan.tif"),
+        "missing model": (None, d / "nomodel.pt", "nomodel.pt"),
+        "corrupt model": (None, d / "garbage.pt", "garbage.pt"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing file", "corrupt tiff", "2D tiff", "empty folder",
+                                  "NaN values", "missing model", "corrupt model"])
+def test_bad_input_exits_2_with_one_line(inputs, tmp_path, capsys, case):
+    vol, model, named = _bad_inputs(tmp_path)[case]
+    rc, out, err = _run(["detect", vol or inputs["tif"], "--model", model or inputs["model"],
+                         "--out", tmp_path / "out", "--no-progress"], capsys)
+    assert rc == 2
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("clarity: error: ") and named in lines[0], lines[0]
+    assert not (tmp_path / "out" / "tiny.csv").exists()
+
+
+def test_module_entry_point_bad_input_no_traceback(inputs, tmp_path):
+    """The real ``python -m clarity`` process: exit code 2, one line, no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "clarity", "detect", str(tmp_path / "nope.tif"),
+                           "--model", str(inputs["model"]), "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    want = f"clarity: error: {tmp_path / 'nope.tif'}: no such file or folder"
+    assert proc.stderr.strip().splitlines() == [want]
+
+
+def test_usage_errors(inputs, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["detect", str(inputs["tif"]), "--model", str(inputs["model"])])  # no --out
+    assert exc.value.code == 2
+    rc, _, err = _run(["detect", inputs["tif"], "--out", tmp_path], capsys)  # no --model
+    assert rc == 2 and "--model" in err
+    rc, _, err = _run(["detect", inputs["tif"], inputs["tif"], "--model", inputs["model"],
+                       "--out", tmp_path], capsys)
+    assert rc == 2 and "same output name" in err
+
+
+def test_parser_has_subcommands():
+    parser = build_parser()
+    args = parser.parse_args(["detect", "a.tif", "--out", "o", "--model", "m.pt", "--chunk", "8", "9", "10",
+                              "--mode", "dense", "--device", "cpu", "--scheduler", "tcp://h:1"])
+    assert args.command == "detect" and args.chunk == [8, 9, 10] and args.mode == "dense"
+    assert volume_name("/x/brain01.tif") == "brain01"
+    assert volume_name("/x/brain01.ome.tif") == "brain01.ome"

@@ -1,0 +1,327 @@
+"""Tests of clarity.detect: the candidate screen, NMS, chunked / distributed whole-volume detection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from clarity.detect import (_max_filter, _neg_laplacian, _VolumeReader, candidate_halo,
+                            chunk_boxes, cut_patches, detect_block, detect_volume,
+                            find_candidates, find_peaks, fit_log_threshold, log_detect, nms)
+from clarity.io import ClarityInputError
+from clarity.model import CellCNN, ModelConfig, load_model, save_model
+from clarity.preprocess import N4Config, correct_volume, estimate_normalisation, fit_bias_field
+from clarity.synthetic import make_brain
+
+SHAPE = (32, 96, 96)
+N4_FAST = N4Config(iterations=10, levels=2)
+
+
+def _model(seed: int = 0) -> CellCNN:
+    """An untrained CellCNN whose scores spread over (0, 1) (a wide output layer), so that the
+    threshold and NMS see clearly different scores."""
+    torch.manual_seed(seed)
+    net = CellCNN(ModelConfig())
+    torch.nn.init.normal_(net.fc2.weight, std=0.5)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def brain():
+    return make_brain(7, shape=SHAPE, cell_density=4e-4)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, brain):
+    d = tmp_path_factory.mktemp("detect")
+    vol = d / "tiny.tif"
+    tifffile.imwrite(vol, brain.volume)
+    model = save_model(d / "model.pt", _model(), normalisation={"method": "contrast"},
+                       threshold=0.5, provenance={"note": "untrained test model"})
+    return {"volume": vol, "model": model, "dir": d}
+
+
+@pytest.fixture(scope="module")
+def reference(files):
+    """Unchunked detection of the tiny volume (one chunk), N4 included."""
+    return detect_volume(files["volume"], model=load_model(files["model"], device="cpu"),
+                         chunk=SHAPE, n4=N4_FAST, scheduler="sync", progress=False, device="cpu")
+
+
+# --------------------------------------------------------------------------------------------
+# building blocks
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("radius", [0, 1, 2, 3, 5])
+def test_max_filter_equals_scipy(radius):
+    a = np.random.default_rng(radius).standard_normal((9, 14, 11)).astype(np.float32)
+    got = _max_filter(a, radius, np.empty_like(a), np.empty_like(a))
+    want = ndimage.maximum_filter(a, size=2 * radius + 1, mode="nearest")
+    np.testing.assert_array_equal(got, want)
+
+
+def test_neg_laplacian_matches_scipy():
+    g = np.random.default_rng(1).standard_normal((7, 12, 10)).astype(np.float32)
+    sigma = (2.0, 1.25, 1.25)
+    got = _neg_laplacian(g, sigma, np.empty_like(g), np.empty_like(g))
+    want = np.zeros_like(g, dtype=np.float64)
+    for a, s in enumerate(sigma):
+        want -= s ** 2 * ndimage.correlate1d(g.astype(np.float64), [1.0, -2.0, 1.0], axis=a, mode="nearest")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_find_candidates_finds_blobs_and_respects_tissue():
+    shape = (24, 48, 48)
+    zz, yy, xx = np.indices(shape)
+    v = np.zeros(shape, np.float32)
+    centres = np.array([[8, 12, 12], [15, 30, 20], [10, 36, 38]])
+    for c in centres:
+        v += 1.5 * np.exp(-((zz - c[0]) ** 2 / (2 * 2.0 ** 2) + (yy - c[1]) ** 2 / 8 + (xx - c[2]) ** 2 / 8))
+    got, resp = find_candidates(v)
+    assert got.dtype == np.int64 and got.shape == (3, 3)
+    np.testing.assert_array_equal(got, centres[np.lexsort(centres.T[::-1])])
+    assert (resp > 0.3).all()
+    # outside the tissue (normalised ~ -1) nothing is a candidate
+    dark = 0.3 * v - 1.0
+    assert len(find_candidates(dark, tissue_level=None)[0]) == 3
+    assert len(find_candidates(dark)[0]) == 0
+    mask = np.zeros(shape, bool)
+    mask[:, :24] = True
+    assert len(find_candidates(v, mask=mask)[0]) == 1
+
+
+def test_find_candidates_recall_on_synthetic_brain():
+    """>= 0.9 of the true cells have a candidate within 4 voxels, at < 20 candidates per cell
+    (two small brains pooled; measured 0.95, ~9 per cell)."""
+    found, n_cells, n_cand = 0, 0, 0
+    for seed in (12, 13):
+        b = make_brain(seed, shape=(48, 128, 128), cell_density=1.2e-4)
+        field = fit_bias_field(b.volume)
+        v = correct_volume(b.volume, field, estimate_normalisation(b.volume, field))
+        cand, resp = find_candidates(v)
+        assert (resp >= 0.12).all()
+        dist, _ = cKDTree(cand).query(b.cells)
+        found += int(np.sum(dist <= 4))
+        n_cells += len(b.cells)
+        n_cand += len(cand)
+    assert n_cells > 100
+    assert found / n_cells >= 0.9, found / n_cells
+    assert n_cand < 20 * n_cells
+
+
+def test_candidate_halo():
+    assert candidate_halo(sigmas=((2.0, 1.25, 1.25),), min_distance=1) == (8, 6, 6)
+    assert candidate_halo(sigmas=(2.0, 3.0), min_distance=3) == (13, 13, 13)
+
+
+def test_nms_merges_duplicates_within_radius():
+    pts = np.array([[10, 10, 10], [10, 10, 13], [10, 10, 15.5], [30, 30, 30], [30, 30, 34.5]])
+    sc = np.array([0.9, 0.95, 0.5, 0.7, 0.6])
+    keep = nms(pts, sc, radius=4.0)
+    # 1 (0.95) suppresses 0 (3 away) and 2 (2.5 away); 3 and 4 are 4.5 apart: both stay
+    assert keep.tolist() == [1, 3, 4]
+    # anisotropy: z distances count double
+    pz = np.array([[10, 10, 10], [12.5, 10, 10]])
+    assert len(nms(pz, [1.0, 0.5], radius=4.0)) == 1
+    assert len(nms(pz, [1.0, 0.5], radius=4.0, scale=(2.0, 1.0, 1.0))) == 2
+    # thresholding commutes with NMS
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 40, (300, 3))
+    s = rng.random(300)
+    full = set(nms(p, s, radius=5.0).tolist())
+    hi = np.flatnonzero(s >= 0.6)
+    assert {int(hi[i]) for i in nms(p[hi], s[hi], radius=5.0)} == {i for i in full if s[i] >= 0.6}
+    assert len(nms(np.zeros((0, 3)), np.zeros(0))) == 0
+
+
+def test_cut_patches_edge_replication():
+    a = np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7)
+    c = np.array([[0, 0, 0], [2, 3, 3], [4, 5, 6]])
+    got = cut_patches(a, c, 4)
+    padded = np.pad(a, 2, mode="edge")
+    for i, (z, y, x) in enumerate(c):
+        np.testing.assert_array_equal(got[i], padded[z:z + 4, y:y + 4, x:x + 4])
+
+
+def test_find_peaks():
+    s = np.zeros((10, 10, 10), np.float32)
+    s[2, 2, 2], s[2, 2, 4], s[7, 7, 7] = 0.9, 0.8, 0.6
+    idx, val = find_peaks(s, threshold=0.5, min_distance=3)
+    assert idx.tolist() == [[2, 2, 2], [7, 7, 7]]
+    np.testing.assert_allclose(val, [0.9, 0.6])
+
+
+def test_chunk_boxes_partition():
+    boxes = chunk_boxes((10, 25, 7), (4, 10, 7))
+    cover = np.zeros((10, 25, 7), int)
+    for b in boxes:
+        cover[b] += 1
+    assert (cover == 1).all() and len(boxes) == 3 * 3 * 1
+
+
+def test_volume_reader_formats(tmp_path):
+    a = np.random.default_rng(0).integers(0, 60000, (6, 13, 11)).astype(np.uint16)
+    np.save(tmp_path / "a.npy", a)
+    tifffile.imwrite(tmp_path / "a.tif", a)
+    tifffile.imwrite(tmp_path / "c.tif", a, compression="zlib")
+    (tmp_path / "planes").mkdir()
+    for i, p in enumerate(a):
+        tifffile.imwrite(tmp_path / "planes" / f"p{i}.tif", p)
+    keys = [(slice(None),) * 3, (slice(1, 5), slice(2, 9), slice(3, 8)),
+            (slice(None, None, 2), slice(None, None, 4), slice(1, None, 4))]
+    for name in ("a.npy", "a.tif", "c.tif", "planes"):
+        r = _VolumeReader(tmp_path / name)
+        assert r.shape == a.shape
+        for k in keys:
+            np.testing.assert_array_equal(r[k], a[k])
+    bad = a.astype(np.float32)
+    bad[4, 3, 2] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", bad)
+    with pytest.raises(ClarityInputError, match="NaN"):
+        _VolumeReader(tmp_path / "nan.tif")[3:6]
+
+
+# --------------------------------------------------------------------------------------------
+# whole volumes
+# --------------------------------------------------------------------------------------------
+def _same(a: pd.DataFrame, b: pd.DataFrame):
+    np.testing.assert_array_equal(a[["z", "y", "x"]].to_numpy(), b[["z", "y", "x"]].to_numpy())
+    np.testing.assert_allclose(a["score"].to_numpy(), b["score"].to_numpy(), atol=1e-5)
+
+
+def test_detect_volume_result(reference, brain):
+    cells = reference.cells
+    assert list(cells.columns[:4]) == ["z", "y", "x", "score"]
+    assert reference.n_cells == len(cells) > 0 and reference.chunks == 1
+    assert (cells["score"] >= 0.5).all()
+    assert cells[["z", "y", "x"]].min().min() >= 0
+    assert (cells[["z", "y", "x"]].to_numpy() < np.array(SHAPE)).all()
+    # NMS: no two cells within 4 voxels
+    pairs = cKDTree(cells[["z", "y", "x"]].to_numpy(float)).query_pairs(4.0)
+    assert not pairs
+    info = reference.info
+    assert info["n_candidates"] >= reference.n_cells
+    assert info["normalisation"]["background"] > 0
+    assert reference.field is not None and reference.field.full_shape == SHAPE
+
+
+def test_chunked_equals_unchunked(reference, files):
+    chunk = (10, 40, 30)
+    res = detect_volume(files["volume"], model=load_model(files["model"], device="cpu"), chunk=chunk,
+                        field=reference.field, normalisation=reference.normalisation,
+                        progress=False, device="cpu")
+    assert res.chunks == 4 * 3 * 4
+    _same(res.cells, reference.cells)
+    # the test means something: candidates sat on the chunk borders
+    pts = reference.cells[["z", "y", "x"]].to_numpy()
+    near = np.zeros(len(pts), bool)
+    for a, c in enumerate(chunk):
+        r = pts[:, a] % c
+        near |= (r < 3) | (r >= c - 3)
+    assert near.sum() >= 5
+    # same again with the sync scheduler and an in-memory array source
+    vol = tifffile.imread(files["volume"])
+    res2 = detect_volume(vol, model=load_model(files["model"], device="cpu"), chunk=(16, 48, 48),
+                         scheduler="sync", field=reference.field, normalisation=reference.normalisation,
+                         progress=False, device="cpu")
+    _same(res2.cells, reference.cells)
+
+
+def test_distributed_cluster_matches_local(reference, files):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        res = detect_volume(files["volume"], model=load_model(files["model"], device="cpu"),
+                            chunk=(16, 48, 48), scheduler=cluster.scheduler_address,
+                            field=reference.field, normalisation=reference.normalisation,
+                            progress=False, device="cpu")
+        # an in-memory array is shipped chunk by chunk
+        vol = tifffile.imread(files["volume"])
+        res2 = detect_volume(vol, model=load_model(files["model"], device="cpu"), chunk=(16, 48, 48),
+                             scheduler=cluster.scheduler_address, field=reference.field,
+                             normalisation=reference.normalisation, progress=False, device="cpu")
+    _same(res.cells, reference.cells)
+    _same(res2.cells, reference.cells)
+    assert res.chunks == 2 * 2 * 2
+
+
+def test_preprocessed_and_detect_block_agree(reference, files):
+    vol = tifffile.imread(files["volume"])
+    v = correct_volume(vol, reference.field, reference.normalisation)
+    net = load_model(files["model"], device="cpu")
+    a = detect_volume(v, model=net, preprocessed=True, chunk=(16, 40, 40), progress=False, device="cpu")
+    b = detect_block(v, model=net, device="cpu")
+    _same(a.cells, b)
+    _same(a.cells, reference.cells)
+    assert a.field is None and a.normalisation is None
+
+
+def test_threshold_and_nan_input(reference, files, tmp_path):
+    net = load_model(files["model"], device="cpu")
+    hi = detect_volume(files["volume"], model=net, threshold=0.9, field=reference.field,
+                       normalisation=reference.normalisation, progress=False, device="cpu")
+    assert hi.n_cells < reference.n_cells and (hi.cells["score"] >= 0.9).all()
+    bad = tifffile.imread(files["volume"]).astype(np.float32)
+    bad[20, 50, 50] = np.nan
+    with pytest.raises(ClarityInputError, match="NaN"):
+        detect_volume(bad, model=net, progress=False)
+    with pytest.raises(ClarityInputError, match="NaN"):
+        detect_volume(bad, model=net, preprocessed=True, chunk=(8, 96, 96), progress=False)
+
+
+def test_dense_mode_close_to_candidates_geometry(reference, files):
+    net = load_model(files["model"], device="cpu")
+    whole = detect_volume(files["volume"], model=net, mode="dense", field=reference.field,
+                          normalisation=reference.normalisation, progress=False, device="cpu")
+    chunked = detect_volume(files["volume"], model=net, mode="dense", chunk=(16, 48, 48),
+                            field=reference.field, normalisation=reference.normalisation,
+                            progress=False, device="cpu")
+    assert whole.n_cells > 0
+    assert (whole.cells["score"] >= 0.5).all()
+    # dense score maps of different tilings differ in the last float bits only
+    d, _ = cKDTree(whole.points).query(chunked.points)
+    assert abs(whole.n_cells - chunked.n_cells) <= max(1, whole.n_cells // 50)
+    assert np.mean(d == 0) > 0.95
+
+
+def test_log_baseline(brain):
+    field = fit_bias_field(brain.volume, config=N4_FAST)
+    v = correct_volume(brain.volume, field, estimate_normalisation(brain.volume, field))
+    thr, table = fit_log_threshold([v], [brain.cells], n_thresholds=40)
+    assert {"threshold", "precision", "recall", "f1"} <= set(table.columns)
+    best = table["f1"].max()
+    assert best > 0.5
+    det = log_detect(v, threshold=thr)
+    assert (det["score"] >= thr).all()
+    whole = detect_volume(v, mode="log", threshold=thr, preprocessed=True, chunk=(16, 40, 40),
+                          progress=False)
+    _same(whole.cells, det)
+    with pytest.raises(ValueError, match="threshold"):
+        detect_volume(v, mode="log", preprocessed=True, progress=False)
+
+
+@pytest.mark.slow
+def test_distributed_worker_processes_match_local(reference, files):
+    """Worker processes: the model, field and reader really travel pickled (a few seconds)."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        res = detect_volume(files["volume"], model=load_model(files["model"], device="cpu"),
+                            chunk=(16, 48, 48), scheduler=cluster.scheduler_address,
+                            field=reference.field, normalisation=reference.normalisation,
+                            progress=False, device="cpu")
+    _same(res.cells, reference.cells)
+
+
+def test_balanced_chunk_keeps_every_worker_busy():
+    from clarity.detect import _balanced_chunk
+
+    assert _balanced_chunk((64, 512, 512), (64, 512, 512), 2, (8, 6, 6)) == (64, 256, 512)
+    assert _balanced_chunk((256, 1024, 1024), (64, 512, 512), 2, (8, 6, 6)) == (64, 512, 512)
+    assert _balanced_chunk((20, 30, 30), (64, 512, 512), 8, (8, 6, 6)) == (20, 15, 15)
+    with pytest.raises(ValueError):
+        _balanced_chunk((10, 10, 10), (0, 5, 5), 1, (1, 1, 1))
