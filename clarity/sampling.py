@@ -22,6 +22,7 @@ ORIGINS = (
     "annotated",       # centred on an annotated cell (positive)
     "near",            # 6-20 px from an annotated cell (the seed's negatives)
     "background",      # random tissue location away from annotations
+    "candidate",       # a random maximum of the detection's candidate screen away from annotations
     "hard_fp",         # a previous model's false positive, added as a negative
     "hard_fn",         # a previous model's false negative (annotated cell), re-added as positive
     "review_cell",     # a reviewer marked it "cell": positive
@@ -214,6 +215,29 @@ def background_centres(volume, annotations, *, n: int, dmin: float = 20.0, rng: 
     return np.concatenate(got).astype(np.int64)[:n]
 
 
+def candidate_centres(volume, annotations, *, n: int, dmin: float = 20.0, rng: np.random.Generator,
+                      exclude=None) -> np.ndarray:
+    """``n`` random maxima of the whole-volume candidate screen (:func:`clarity.detect.find_candidates`)
+    at least ``dmin`` voxels from every annotation (and from ``exclude``).
+
+    These are the negatives detection meets (vessel and neurite fragments, debris, textured
+    background), drawn *at random*, not by a model's score: with partial annotations a few are
+    unannotated cells (the patch set's ``truth`` says how many on synthetic data), far fewer than
+    among a model's high-scoring "false positives".
+    """
+    from .detect import find_candidates
+
+    if n <= 0:
+        return np.zeros((0, 3), np.int64)
+    cand, _ = find_candidates(np.asarray(volume, np.float32))
+    ann = np.asarray(annotations, float).reshape(-1, 3)
+    avoid = ann if exclude is None or len(exclude) == 0 else np.vstack([ann, np.asarray(exclude, float)])
+    cand = cand[nearest_distance(cand, avoid) >= dmin]
+    if len(cand) > n:
+        cand = cand[np.sort(rng.choice(len(cand), size=n, replace=False))]
+    return cand.astype(np.int64)
+
+
 # ----------------------------------------------------------------------------------------------
 # drawing a patch set
 # ----------------------------------------------------------------------------------------------
@@ -226,6 +250,7 @@ class SamplingConfig:
     near_min: float = 6.0
     near_max: float = 20.0
     background_per_pos: float = 0.0    # extra random tissue negatives (x positives)
+    candidate_per_pos: float = 0.0     # negatives at random candidate-screen maxima (x positives)
     truth_radius: float = 4.0          # a patch "contains a cell" if a true centre is this close
     use_review: bool = True            # reviewed cells -> positives, non-cells -> hard negatives
     seed: int = 0
@@ -280,6 +305,10 @@ def sample_brain(volume, annotations, *, brain: str, config: SamplingConfig | No
     if n_bg:
         groups.append((background_centres(volume, ann, n=n_bg, dmin=cfg.near_max, rng=rng,
                                           exclude=rev_cell), 0, "background"))
+    n_cand = int(round(cfg.candidate_per_pos * len(ann)))
+    if n_cand:
+        groups.append((candidate_centres(volume, ann, n=n_cand, dmin=cfg.near_max, rng=rng,
+                                         exclude=rev_cell), 0, "candidate"))
     if hard_negatives is not None and len(hard_negatives):
         groups.append((np.asarray(hard_negatives, float).reshape(-1, 3), 0, "hard_fp"))
     if hard_positives is not None and len(hard_positives):

@@ -94,3 +94,17 @@ def test_sample_dataset_needs_preprocessing_then_works(data_root):
     assert ps.meta["normalisation"]["method"] == "contrast"
     assert ps.meta["normalisation_per_brain"]["b1"]["background"] > 0
     assert (ps.truth[ps.label == 1] == 1).all()
+
+
+def test_candidate_negatives_are_screen_maxima_away_from_annotations():
+    vol = np.full((30, 80, 80), -0.02, np.float32)
+    blobs = np.array([[15, 20, 20], [15, 60, 60], [15, 20, 62], [15, 62, 20]])
+    zz, yy, xx = np.ogrid[:30, :80, :80]
+    for z, y, x in blobs:
+        vol += 2.0 * np.exp(-((zz - z) ** 2 / 8 + (yy - y) ** 2 / 8 + (xx - x) ** 2 / 8)).astype(np.float32)
+    ann = blobs[:1]
+    c = sampling.candidate_centres(vol, ann, n=10, dmin=20, rng=np.random.default_rng(0))
+    assert len(c) == 3  # the three other blobs, none near the annotation
+    assert sampling.nearest_distance(c, blobs[1:]).max() <= 1
+    ps = sampling.sample_brain(vol, ann, brain="b", config=SamplingConfig(candidate_per_pos=2, neg_per_pos=0))
+    assert (ps.origin == "candidate").sum() == 2 and (ps.label[ps.origin == "candidate"] == 0).all()
