@@ -328,7 +328,7 @@ def _check_set(ps: PatchSet, name: str, p: int) -> None:
 def train_model(train_set: PatchSet, val_set: PatchSet | None, *,
                 model_config: ModelConfig | None = None, config: TrainConfig | None = None,
                 out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
-                device: str | torch.device | None = None) -> TrainResult:
+                device: str | torch.device | None = None, init_state: dict | None = None) -> TrainResult:
     """Train a :class:`CellCNN` with AdamW and BCE loss, checkpointing every epoch.
 
     Parameters
@@ -349,6 +349,9 @@ def train_model(train_set: PatchSet, val_set: PatchSet | None, *,
         ``False`` starts over and overwrites.
     progress : bool, keyword-only
         tqdm progress bars (epochs and batches).
+    init_state : dict, keyword-only
+        Weights (a ``CellCNN`` state dict) to start from instead of the seeded initialisation:
+        fine-tuning. Ignored when a checkpoint is resumed.
     device : str or torch.device, keyword-only
         Default: CUDA when available, else CPU.
 
@@ -416,6 +419,9 @@ def train_model(train_set: PatchSet, val_set: PatchSet | None, *,
             torch.set_rng_state(ck["rng"]["torch"])
             for k in state:
                 state[k] = ck[k]
+        elif init_state is not None:
+            model.load_state_dict(init_state)  # fine-tuning; the RNG restarts from the seed
+            torch.set_rng_state(torch.Generator().manual_seed(int(config.seed)).get_state())
 
         x_train = torch.from_numpy(train_set.patches).unsqueeze(1).to(dev)
         t_train = torch.from_numpy(y_train).to(dev)

@@ -428,40 +428,10 @@ def _train(train_set, val_set, *, out_dir: Path, model_config, config, fingerpri
     if not same:
         for f in ("checkpoint.pt", "history.csv", "model.pt", "config.json", "run.json"):
             (out_dir / f).unlink(missing_ok=True)
-        if init_state is not None:
-            _warm_start_checkpoint(out_dir / "checkpoint.pt", init_state, model_config=model_config,
-                                   config=config)
         with atomic_write(stamp) as tmp:
             tmp.write_text(fingerprint)
     return train_model(train_set, val_set, model_config=model_config, config=config, out_dir=out_dir,
-                       resume=True, progress=progress)
-
-
-def _warm_start_checkpoint(path: Path, state: dict, *, model_config, config) -> None:
-    """A checkpoint of :mod:`clarity.train` at epoch 0 holding ``state`` as weights.
-
-    ``train_model(resume=True)`` then fine-tunes from these weights for ``config.epochs`` epochs
-    with a fresh AdamW (learning rate ``config.lr``), its usual seeding, early stopping and best-
-    epoch choice, and writes the usual files.
-    """
-    import torch
-
-    from .model import CellCNN
-    from .train import CHECKPOINT_FORMAT
-
-    net = CellCNN(model_config)
-    net.load_state_dict(state)
-    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    ck = {"format": CHECKPOINT_FORMAT,
-          "model": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
-          "optimizer": opt.state_dict(), "scheduler": None,
-          "rng": {"torch": torch.Generator().manual_seed(int(config.seed)).get_state(), "epoch_seed": 0},
-          "model_config": model_config.to_dict(), "train_config": config.to_dict(),
-          "monitor": "val_roc_auc", "data": None,
-          "epoch": 0, "history": [], "best_state": None, "best_epoch": 0, "best_metric": None,
-          "best_threshold": 0.5, "bad_epochs": 0, "stopped": False, "warm_start": True}
-    with atomic_write(path) as tmp:
-        torch.save(ck, tmp)
+                       resume=True, progress=progress, init_state=init_state)
 
 
 def _resave(model_path: Path, *, threshold: float, extra: dict) -> Path:

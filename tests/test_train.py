@@ -163,3 +163,18 @@ def test_bad_inputs(tmp_path, data):
                     out_dir=tmp_path, progress=False)
     with pytest.raises(ValueError):
         TrainConfig(balance="oversample")
+
+
+def test_init_state_fine_tunes_from_given_weights(tmp_path, data):
+    train, val = data
+    first = train_model(train, val, model_config=TINY, config=cfg(epochs=2), out_dir=tmp_path / "a",
+                        progress=False)
+    start = first.model.state_dict()
+    # a vanishing learning rate: the fine-tuned weights stay at the given ones, not a fresh init
+    tuned = train_model(train, val, model_config=TINY, config=cfg(epochs=1, lr=1e-12, weight_decay=0.0),
+                        out_dir=tmp_path / "b", progress=False, init_state=start)
+    fresh = train_model(train, val, model_config=TINY, config=cfg(epochs=1, lr=1e-12, weight_decay=0.0),
+                        out_dir=tmp_path / "c", progress=False)
+    conv = [k for k in start if k.endswith("weight")][0]
+    np.testing.assert_allclose(tuned.model.state_dict()[conv].cpu(), start[conv].cpu(), atol=1e-6)
+    assert not np.allclose(fresh.model.state_dict()[conv].cpu(), start[conv].cpu(), atol=1e-3)
