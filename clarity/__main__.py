@@ -79,7 +79,8 @@ def add_detect_parser(subparsers) -> argparse.ArgumentParser:
                    help="trained model (.pt from clarity training); not needed with --mode log")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--threshold", type=_probability, metavar="T",
-                   help="probability threshold (default: the model's saved one); with --mode log "
+                   help="probability threshold (default: the model's calibrated detection threshold, "
+                        "else its patch threshold); with --mode log "
                         "the LoG-response threshold (required)")
     p.add_argument("--chunk", type=_positive_int, nargs=3, metavar=("Z", "Y", "X"),
                    default=[64, 512, 512], help="chunk core size in voxels (default 64 512 512)")

@@ -18,7 +18,8 @@ import numpy as np
 from .evaluate import count_calibration, match_points
 from .io import list_brains, read_volume
 
-__all__ = ["BrainCount", "score_counts", "heldout_detection", "calibration_table"]
+__all__ = ["BrainCount", "score_counts", "heldout_detection", "calibration_table",
+           "calibration_points", "calibrate_detection_threshold"]
 
 
 @dataclass
@@ -155,3 +156,87 @@ def calibration_table(counts: Sequence[BrainCount]):
         r["seconds_per_brain"] = float(g.seconds.mean())
         rows.append(r)
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# the detection threshold
+# --------------------------------------------------------------------------------------------
+def calibration_points(brain, *, shape=None):
+    """The labels a detection threshold is calibrated against, for one :class:`clarity.io.Brain`.
+
+    Returns ``(points (N, 3), source)``: the brain's *complete* labels (``data/truth/<brain>.csv``:
+    the synthetic ground truth, or on real data an exhaustive annotation of a calibration brain)
+    with ``source == "complete"``; else its partial annotations, ``source == "annotations"``.
+    Against partial annotations every unannotated cell the model finds counts as a false
+    positive, so the threshold comes out too high (fewer cells): annotate one brain (or block)
+    exhaustively for a count you can trust.
+    """
+    if brain.truth is not None:
+        return brain.truth_points(shape=shape), "complete"
+    if brain.annotations is None:
+        return None, "none"
+    return brain.points(shape=shape, on_outside="drop"), "annotations"
+
+
+def calibrate_detection_threshold(model, volumes: Sequence, points: Sequence, *, radius: float = 6.0,
+                                  thresholds=None, floor: float = 0.05, **detect_kw):
+    """The probability threshold maximising pooled detection F1 on labelled whole volumes.
+
+    Patch thresholds (:mod:`clarity.validate`) are chosen on patches cut at annotations and near
+    them; whole-volume detection meets every blob of the tissue (vessels, debris, texture) and
+    every cell, annotated or not, so it needs its own threshold. This one is chosen on volumes
+    the model was not fitted on (the inner-validation brains of a fold), never on test brains.
+
+    Parameters
+    ----------
+    model : clarity.model.LoadedModel, CellCNN or path
+    volumes : sequence of arrays (z, y, x)
+        Corrected, normalised volumes (``data/interim/<brain>_corrected.npy``).
+    points : sequence of (N, 3) arrays
+        Cell centres (z, y, x), voxels, of each volume: complete labels (see
+        :func:`calibration_points`).
+    radius : float, keyword-only
+        Matching radius in voxels (:func:`clarity.evaluate.match_points`).
+    thresholds : array, keyword-only
+        Candidate thresholds (default 0.05, 0.06, ..., 0.99).
+    floor : float, keyword-only
+        Detection runs once at this threshold; greedy NMS keeps, for any higher threshold, exactly
+        the detections of that run scoring at least the threshold, so the sweep is exact.
+    **detect_kw
+        Passed to :func:`clarity.detect.detect_block` (``sigmas``, ``nms_radius``, ...).
+
+    Returns
+    -------
+    threshold : float
+        The best threshold (the lowest among ties).
+    table : pandas.DataFrame
+        threshold, n_detected, tp, fp, fn, precision, recall, f1, pooled over the volumes.
+    """
+    import pandas as pd
+
+    from . import detect
+    from .evaluate import match_points
+
+    if len(volumes) != len(points) or not len(volumes):
+        raise ValueError(f"need as many label sets as volumes (at least one), got {len(volumes)} "
+                         f"volumes and {len(points)} label sets")
+    thr = np.round(np.arange(0.05, 1.0, 0.01), 2) if thresholds is None else np.asarray(thresholds, float)
+    thr = np.sort(thr[thr >= floor])
+    if not len(thr):
+        raise ValueError(f"no threshold at or above floor={floor}")
+    counts = np.zeros((len(thr), 4), np.int64)  # n_detected, tp, fp, fn
+    for vol, pts in zip(volumes, points):
+        cells = detect.detect_block(np.asarray(vol, np.float32), model=model, threshold=floor, **detect_kw)
+        xyz = cells[["z", "y", "x"]].to_numpy(float)
+        sc = cells["score"].to_numpy(float)
+        pts = np.asarray(pts, float).reshape(-1, 3)
+        for i, t in enumerate(thr):
+            m = match_points(xyz[sc >= t], pts, radius=radius)
+            counts[i] += (m.n_pred, m.tp, m.fp, m.fn)
+    n, tp, fp, fn = counts.T
+    precision = tp / np.maximum(tp + fp, 1)
+    recall = tp / np.maximum(tp + fn, 1)
+    f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+    table = pd.DataFrame({"threshold": thr, "n_detected": n, "tp": tp, "fp": fp, "fn": fn,
+                          "precision": precision, "recall": recall, "f1": f1})
+    return float(thr[int(np.argmax(f1))]), table

@@ -544,7 +544,8 @@ def detect_block(block, *, model, threshold: float | None = None,
     model : clarity.model.LoadedModel or CellCNN, keyword-only
         ``None`` is allowed in ``mode="log"``.
     threshold : float, keyword-only
-        Probability threshold (default: the loaded model's; 0.5 for a bare CellCNN); in
+        Probability threshold (default: the loaded model's ``operating_threshold``, i.e. its
+        calibrated detection threshold, else its patch threshold; 0.5 for a bare CellCNN); in
         ``mode="log"`` the LoG-response threshold (required).
 
     Returns
@@ -663,7 +664,8 @@ def _resolve_model(model, threshold, mode):
     if isinstance(model, CellCNN):
         return model, float(0.5 if threshold is None else threshold)
     if hasattr(model, "model") and hasattr(model, "threshold"):
-        return model.model, float(model.threshold if threshold is None else threshold)
+        default = getattr(model, "operating_threshold", model.threshold)
+        return model.model, float(default if threshold is None else threshold)
     raise TypeError(f"model must be a LoadedModel, CellCNN or path, not {type(model).__name__}")
 
 
@@ -1228,7 +1230,8 @@ def detect_volume(source, *, model=None, threshold: float | None = None,
         The patch CNN (:func:`clarity.model.load_model`); not needed in ``mode="log"``. Its
         weights are shipped to each worker once and the network rebuilt and cached there.
     threshold : float, keyword-only
-        Probability threshold (default: the model's saved threshold; 0.5 for a bare CellCNN);
+        Probability threshold (default: the model's ``operating_threshold``: its calibrated
+        detection threshold, else its patch threshold; 0.5 for a bare CellCNN);
         in ``mode="log"`` the LoG-response threshold (required).
     chunk : 3 ints, keyword-only
         Largest core size (z, y, x) in voxels; a volume with fewer chunks than local workers is

@@ -351,6 +351,10 @@ class LoadedModel:
     provenance : dict
         Training brains, seed, configs, code version, date.
     path : Path
+    detection_threshold : float or None
+        Probability above which a *whole-volume detection* counts as a cell, calibrated on
+        completely labelled held-out brains (:func:`clarity.counting.calibrate_detection_threshold`);
+        None when never calibrated (detection then uses ``threshold``).
     """
 
     model: CellCNN
@@ -359,6 +363,13 @@ class LoadedModel:
     threshold: float = 0.5
     provenance: dict = field(default_factory=dict)
     path: Path | None = None
+    detection_threshold: float | None = None
+
+    @property
+    def operating_threshold(self) -> float:
+        """The threshold whole-volume detection uses: ``detection_threshold`` if calibrated,
+        else the patch ``threshold``."""
+        return float(self.threshold if self.detection_threshold is None else self.detection_threshold)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -404,7 +415,7 @@ def code_version() -> str:
 
 
 def save_model(path: str | os.PathLike, model: CellCNN, *, normalisation: dict, threshold: float,
-               provenance: dict) -> Path:
+               provenance: dict, detection_threshold: float | None = None) -> Path:
     """Save a model, atomically, as one ``.pt`` file plus a ``config.json`` beside it.
 
     Parameters
@@ -419,6 +430,8 @@ def save_model(path: str | os.PathLike, model: CellCNN, *, normalisation: dict, 
     provenance : dict, keyword-only
         Training brains, seed, configs...; ``code_version``, ``date`` and ``torch`` are added
         when absent.
+    detection_threshold : float or None, keyword-only
+        Calibrated threshold for whole-volume detection (see :class:`LoadedModel`).
 
     Returns
     -------
@@ -435,6 +448,7 @@ def save_model(path: str | os.PathLike, model: CellCNN, *, normalisation: dict, 
         "config": model.config.to_dict(),
         "normalisation": _jsonable(dict(normalisation)),
         "threshold": float(threshold),
+        "detection_threshold": None if detection_threshold is None else float(detection_threshold),
         "provenance": _jsonable(prov),
     }
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -480,4 +494,6 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
     model.to(dev).eval()
     return LoadedModel(model=model, config=config, normalisation=dict(blob.get("normalisation", {})),
                        threshold=float(blob.get("threshold", 0.5)),
-                       provenance=dict(blob.get("provenance", {})), path=path)
+                       provenance=dict(blob.get("provenance", {})), path=path,
+                       detection_threshold=(None if blob.get("detection_threshold") is None
+                                            else float(blob["detection_threshold"])))

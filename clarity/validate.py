@@ -23,6 +23,9 @@ Variants scored on the same test patches:
 
 Every variant's threshold is the lowest one reaching ``target_precision`` on the inner validation
 part (:func:`clarity.evaluate.threshold_for_precision`); nothing is chosen on the test patches.
+In the folds, the CNN variants also get a *detection* threshold: whole-volume detection on the
+inner-validation brains, the threshold of maximum F1 against their complete labels
+(:func:`calibrate_on_brains`); it is saved in the model file and used by :mod:`clarity.detect`.
 Metrics are computed against the annotations (``labels == "annotations"``) and, on synthetic data,
 against the complete truth (``labels == "truth"``); ``adjusted_fp`` counts the false positives
 (against annotations) that hold no true cell. ``recall_at_p95`` is the best recall at precision
@@ -36,6 +39,8 @@ Files of one split, all written atomically (``done.json`` last)::
     reports/<run>/folds/<split>/predictions.csv   brain,z,y,x,label,origin,truth,variant,score
     reports/<run>/folds/<split>/metrics.csv       see METRIC_COLUMNS
     reports/<run>/folds/<split>/hard_examples.csv brain,z,y,x,kind,score,truth
+    reports/<run>/folds/<split>/detection_calibration.csv  threshold sweep of whole-volume
+                                                  detection on the inner-validation brains
     reports/<run>/folds/<split>/done.json         parameters, thresholds, counts, seconds
 
 Coordinates are (z, y, x) voxels of the corrected volumes throughout.
@@ -76,6 +81,8 @@ __all__ = [
     "write_summary",
     "cv_thresholds",
     "train_final",
+    "cv_detection_thresholds",
+    "calibrate_on_brains",
 ]
 
 #: Scored variants, in display order.
@@ -434,14 +441,49 @@ def _train(train_set, val_set, *, out_dir: Path, model_config, config, fingerpri
                        resume=True, progress=progress, init_state=init_state)
 
 
-def _resave(model_path: Path, *, threshold: float, extra: dict) -> Path:
-    """Rewrite a trained model file with the chosen threshold and more provenance."""
+def _resave(model_path: Path, *, threshold: float, extra: dict,
+            detection_threshold: float | None = None) -> Path:
+    """Rewrite a trained model file with the chosen thresholds and more provenance."""
     from .model import load_model, save_model
 
     loaded = load_model(model_path, device="cpu")
     prov = {**loaded.provenance, **extra}
     return save_model(model_path, loaded.model, normalisation=loaded.normalisation,
-                      threshold=threshold, provenance=prov)
+                      threshold=threshold, provenance=prov,
+                      detection_threshold=(loaded.detection_threshold if detection_threshold is None
+                                           else detection_threshold))
+
+
+def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radius: float = 6.0):
+    """Calibrate the whole-volume detection threshold of a saved model on ``brains`` (corrected
+    volumes, complete labels where present: :func:`clarity.counting.calibration_points`) and
+    write it into the model file.
+
+    Returns ``(threshold, table, source)``; ``(None, None, "none")`` when no brain has labels.
+    """
+    from .counting import calibrate_detection_threshold, calibration_points
+    from .io import list_brains, read_volume
+    from .model import load_model
+
+    vols, pts, sources = [], [], set()
+    for b in list_brains(paths.data_dir, names=list(brains)):
+        vol = read_volume(paths.corrected(b.name), mmap=True, check_finite=False)
+        p, src = calibration_points(b, shape=vol.shape)
+        if p is None:
+            continue
+        vols.append(vol)
+        pts.append(p)
+        sources.add(src)
+    if not vols:
+        return None, None, "none"
+    source = "complete" if sources == {"complete"} else "annotations" if sources == {"annotations"} else "mixed"
+    thr, table = calibrate_detection_threshold(load_model(model_path, device="cpu"), vols, pts,
+                                               radius=radius)
+    loaded = load_model(model_path, device="cpu")
+    _resave(model_path, threshold=loaded.threshold, detection_threshold=thr,
+            extra={"detection_threshold_rule": f"max F1 of whole-volume detection at {radius:g} "
+                                               f"voxels on {', '.join(brains)} ({source} labels)"})
+    return thr, table, source
 
 
 def _pick_threshold(val: PatchSet, scores, *, target_precision: float) -> float:
@@ -479,6 +521,9 @@ class SplitResult:
         Hard examples mined: ``hard_fp``, ``hard_fn``, ``hard_fp_true_cells`` (truth known).
     timings : dict
         Seconds per stage (cnn, mining, cnn_retrained, baselines, write).
+    detection_thresholds : dict variant -> float
+        Whole-volume detection thresholds calibrated on the inner-validation brains
+        (:func:`calibrate_on_brains`; folds only), also saved in the model files.
     """
 
     split: str
@@ -496,6 +541,7 @@ class SplitResult:
     seconds: float
     counts: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    detection_thresholds: dict = field(default_factory=dict)
 
 
 def _metric_rows(test: PatchSet, scores, *, threshold: float, split: str, variant: str,
@@ -638,6 +684,20 @@ def run_split(paths, split: str, *, patchset: str = "patches", train_config=None
     model_paths["cnn"] = _resave(cnn.model_path, threshold=thresholds["cnn"],
                                  extra={**split_info, "variant": "cnn"})
     lap("cnn")
+    detection_thresholds, calibrations = {}, []
+
+    def calibrate(variant):
+        # whole-volume detection threshold on the inner-validation brains (folds only: in the
+        # coarse split those brains hold the test patches)
+        if split == "coarse":
+            return
+        thr, table, source = calibrate_on_brains(paths, model_paths[variant], parts.val_brains)
+        if thr is not None:
+            detection_thresholds[variant] = thr
+            calibrations.append(table.assign(variant=variant, labels=source))
+
+    calibrate("cnn")
+    lap("cnn_calibration")
 
     # 2. retraining on hard examples mined on the fitting part only
     hard_table = pd.DataFrame(columns=["brain", "z", "y", "x", "kind", "score", "truth"])
@@ -677,6 +737,7 @@ def run_split(paths, split: str, *, patchset: str = "patches", train_config=None
             re.model_path, threshold=thresholds["cnn_retrained"],
             extra={**split_info, "variant": "cnn_retrained", "fine_tuned_from": str(model_paths["cnn"]),
                    "hard_examples": counts})
+        calibrate("cnn_retrained")
         lap("cnn_retrained")
 
     # 3. baselines under the same protocol
@@ -697,12 +758,15 @@ def run_split(paths, split: str, *, patchset: str = "patches", train_config=None
     _write_csv(predictions, report_dir / "predictions.csv")
     _write_csv(metrics, report_dir / "metrics.csv")
     _write_csv(hard_table, report_dir / "hard_examples.csv")
+    if calibrations:
+        _write_csv(pd.concat(calibrations, ignore_index=True), report_dir / "detection_calibration.csv")
     lap("write")
     result = SplitResult(split=split, fit_brains=parts.fit_brains, val_brains=parts.val_brains,
                          test_brains=parts.test_brains, metrics=metrics, predictions=predictions,
                          thresholds=thresholds, hard_examples=hard_table, histories=histories,
                          model_paths=model_paths, report_dir=report_dir, params=params,
-                         seconds=time.perf_counter() - t_start, counts=counts, timings=timings)
+                         seconds=time.perf_counter() - t_start, counts=counts, timings=timings,
+                         detection_thresholds=detection_thresholds)
     if mark_done_file:
         mark_done(result)
     return result
@@ -717,6 +781,7 @@ def mark_done(result: SplitResult) -> Path:
 
     seconds = float(result.seconds)
     info = {"split": result.split, "params": result.params, "thresholds": result.thresholds,
+            "detection_thresholds": result.detection_thresholds,
             "hard_examples": result.counts, "model_paths": {k: str(v) for k, v in result.model_paths.items()},
             "seconds": round(seconds, 1), "timings": result.timings,
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
@@ -1058,9 +1123,25 @@ def cv_thresholds(reports_dir: str | os.PathLike, *, variant: str = "cnn") -> di
     return {str(r["split"]): float(r["threshold"]) for _, r in df.iterrows()}
 
 
+def cv_detection_thresholds(reports_dir: str | os.PathLike, *, variant: str = "cnn") -> dict[str, float]:
+    """The whole-volume detection threshold each finished fold calibrated for ``variant``
+    (from its ``done.json``; folds without one are left out)."""
+    out = {}
+    folds = Path(reports_dir) / "folds"
+    for done in sorted(folds.glob("fold*/done.json"), key=lambda p: _natural_key(p.parent.name)):
+        try:
+            info = json.loads(done.read_text())
+        except (OSError, ValueError):
+            continue
+        thr = (info.get("detection_thresholds") or {}).get(variant)
+        if thr is not None:
+            out[done.parent.name] = float(thr)
+    return out
+
+
 def train_final(paths, *, patchset: str = "patches", train_config=None, model_config=None,
                 seed: int = 0, threshold: float | None = None, inner_val: int = 1,
-                progress: bool = True):
+                detection_threshold: float | None = None, progress: bool = True):
     """Train the model shipped for detection on ALL brains; save ``models/<run>/final.pt``.
 
     The last ``inner_val`` brains (natural order) are held out for early stopping only; the
@@ -1068,7 +1149,9 @@ def train_final(paths, *, patchset: str = "patches", train_config=None, model_co
     folds chose for ``cnn`` (:func:`cv_thresholds`; run the folds first). The file carries the
     patch set's normalisation, the threshold and its provenance (brains, configs, fold
     thresholds), and is what ``python -m clarity detect --model`` takes. Training files go to
-    ``models/<run>/final/``.
+    ``models/<run>/final/``. Its whole-volume detection threshold is ``detection_threshold`` if
+    given, else the mean of the folds' calibrated ones (:func:`cv_detection_thresholds`), else
+    none (detection then uses the patch threshold).
 
     Returns
     -------
@@ -1100,10 +1183,17 @@ def train_final(paths, *, patchset: str = "patches", train_config=None, model_co
                                               train_config=train_config.to_dict(),
                                               model_config=model_config.to_dict(), val=val_b))
     trained = load_model(res.model_path, device="cpu")
+    fold_det = cv_detection_thresholds(paths.reports)
+    if detection_threshold is None and fold_det:
+        detection_threshold = float(np.mean(list(fold_det.values())))
+        det_rule = "mean of the cross-validation folds' calibrated detection thresholds (cnn)"
+    else:
+        det_rule = "given by the caller" if detection_threshold is not None else "none calibrated"
     prov = {**trained.provenance, "patchset": str(ps_path), "early_stopping_brains": val_b,
-            "threshold_rule": rule,
+            "threshold_rule": rule, "detection_threshold_rule": det_rule,
+            "fold_detection_thresholds": fold_det,
             "fold_thresholds": fold_thr, "review_labels_used": bool(ps.meta.get("review_labels_used", False))}
     path = save_model(paths.models / "final.pt", trained.model,
                       normalisation=ps.meta.get("normalisation", {}), threshold=float(threshold),
-                      provenance=prov)
+                      provenance=prov, detection_threshold=detection_threshold)
     return load_model(path)

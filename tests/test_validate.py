@@ -133,8 +133,17 @@ def test_run_split_writes_all_files(fold1):
         path = paths.models / "fold1" / v / "model.pt"
         lm = load_model(path, device="cpu")
         assert lm.threshold == pytest.approx(res.thresholds[v])
+        # and the whole-volume detection threshold calibrated on the inner-validation brain
+        assert lm.detection_threshold == pytest.approx(res.detection_thresholds[v])
+        assert lm.operating_threshold == pytest.approx(lm.detection_threshold)
+        assert "b3" in lm.provenance["detection_threshold_rule"]
         assert lm.provenance["test_brains"] == ["b1", "b2"]
         assert "b1" not in lm.provenance["train_brains"] and "b2" not in lm.provenance["train_brains"]
+    assert done["detection_thresholds"] == pytest.approx(res.detection_thresholds)
+    cal = pd.read_csv(d / "detection_calibration.csv")
+    assert set(cal.variant) == {"cnn", "cnn_retrained"} and (cal.labels == "complete").all()
+    best = cal[cal.variant == "cnn"].sort_values("threshold")
+    assert best.threshold.iloc[best.f1.to_numpy().argmax()] == pytest.approx(res.detection_thresholds["cnn"])
     # metrics are consistent with the predictions at the recorded threshold
     from clarity.evaluate import binary_metrics
 
@@ -219,5 +228,10 @@ def test_plots_summary_and_final_model(tiny_root, fold1):
     assert lm.provenance["fold_thresholds"] == pytest.approx(thr)
     assert sorted(lm.provenance["train_brains"]) == ["b1", "b2", "b3"]
     assert lm.provenance["early_stopping_brains"] == ["b4"]
-    lm2 = V.train_final(paths, train_config=CFG, model_config=TINY, seed=0, threshold=0.7, progress=False)
-    assert lm2.threshold == pytest.approx(0.7)
+    det = V.cv_detection_thresholds(paths.reports)
+    assert set(det) >= {"fold1"}
+    assert lm.detection_threshold == pytest.approx(np.mean(list(det.values())))
+    assert lm.provenance["fold_detection_thresholds"] == pytest.approx(det)
+    lm2 = V.train_final(paths, train_config=CFG, model_config=TINY, seed=0, threshold=0.7,
+                        detection_threshold=0.8, progress=False)
+    assert lm2.threshold == pytest.approx(0.7) and lm2.detection_threshold == pytest.approx(0.8)
