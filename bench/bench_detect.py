@@ -12,9 +12,12 @@ For each size a synthetic volume (uint16, (z, y, x)) is generated once into ``--
 are written into a memory-mapped file, so generating a large volume never holds it in memory.
 Tiles are independent brains, so the volume is a patchwork (throughput does not care).
 
-The model is ``--model PATH`` when given, else a freshly initialised (untrained, seeded)
-:class:`clarity.model.CellCNN` with threshold 0.5: the throughput is the pipeline's, and the
-count is then meaningless (about half the candidates pass an untrained network).
+The model is ``--model PATH`` when given, else ``models/default/final.pt`` when ``make report``
+has written it (a trained model: candidate refinement, which only climbs from candidates the
+network finds promising, then costs what it costs in practice), else a freshly initialised
+(untrained, seeded) :class:`clarity.model.CellCNN` with threshold 0.5: the count is then
+meaningless, and refinement costs more than with a trained model (about half the candidates
+pass an untrained network). ``--model untrained`` forces the latter.
 
 Detection runs in a fresh child process per size (``--run-one``), so that its peak resident
 memory (``VmHWM`` of /proc/self/status, and ``ru_maxrss``) is that of the detection alone:
@@ -101,7 +104,7 @@ def run_one(args) -> dict:
     from clarity.detect import detect_volume
     from clarity.model import CellCNN, ModelConfig, load_model
 
-    if args.model:
+    if args.model and args.model != "untrained":
         model = load_model(args.model, device=args.device)
         model_desc = f"loaded {args.model}"
     else:
@@ -126,7 +129,7 @@ def run_one(args) -> dict:
         "model": model_desc, "workers": args.workers or os.cpu_count(),
         "stages_wall_s": {k: round(info[k], 2) for k in ("n4_s", "normalisation_s", "chunks_s", "nms_s")
                           if k in info},
-        "stages_task_s": {k: round(info[k], 2) for k in ("read_s", "correct_s", "screen_s", "score_s")
+        "stages_task_s": {k: round(info[k], 2) for k in ("read_s", "correct_s", "screen_s", "score_s", "refine_s")
                           if k in info},
         "halo": info.get("halo"), "n4_factors": info.get("n4", {}).get("factors"),
         "voxels_processed_ratio": info.get("voxels_processed", 0) / nvox,
@@ -144,7 +147,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="one size")
     ap.add_argument("--chunk", type=int, nargs=3, default=[64, 512, 512], metavar=("Z", "Y", "X"))
     ap.add_argument("--mode", choices=["candidates", "dense", "log"], default="candidates")
-    ap.add_argument("--model", help="a saved model (default: untrained CellCNN)")
+    ap.add_argument("--model", help="a saved model (default: models/default/final.pt if present, else "
+                                    "an untrained CellCNN; 'untrained' forces that)")
     ap.add_argument("--workers", type=int, default=None, help="local threads (default: CPU count)")
     ap.add_argument("--scheduler", default=None, help="threads (default), processes, sync or tcp://...")
     ap.add_argument("--device", default=None, choices=["cpu", "cuda"])
@@ -158,6 +162,9 @@ def main(argv=None) -> int:
     if args.mode == "log":
         ap.error("--mode log needs a LoG threshold; benchmark candidates or dense")
 
+    if args.model is None and not (args.generate or args.volume):
+        default_model = Path(__file__).resolve().parents[1] / "models" / "default" / "final.pt"
+        args.model = str(default_model) if default_model.exists() else "untrained"
     if args.generate:  # child: generate one volume (keeps the parent's memory small)
         generate_volume(Path(args.generate), tuple(args.shape), seed=args.seed, progress=not args.quiet)
         return 0

@@ -58,6 +58,16 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {v}")
+    return v
+
+
 def _probability(text: str) -> float:
     try:
         return float(text)
@@ -94,6 +104,9 @@ def add_detect_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["candidates", "dense", "log"], default="candidates",
                    help="candidates: LoG screen + CNN (default, CPU); dense: CNN score map + "
                         "peaks (GPU); log: the LoG baseline alone")
+    p.add_argument("--refine-steps", type=_nonnegative_int, metavar="N", default=None,
+                   help="candidates mode: one-voxel moves each promising candidate may make up the "
+                        "CNN score towards the soma's centre (default 4; 0: off)")
     p.add_argument("--device", choices=["cpu", "cuda"],
                    help="where the CNN runs (default: cuda when available)")
     p.add_argument("--preprocessed", action="store_true",
@@ -141,12 +154,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     scheduler = args.scheduler
+    refine = {} if args.refine_steps is None else {"refine_steps": args.refine_steps}
     for v, name in zip(args.volumes, names):
         t0 = time.perf_counter()
         res = detect_volume(v, model=model, threshold=args.threshold, chunk=tuple(args.chunk),
                             mode=args.mode, scheduler=scheduler, num_workers=args.workers,
                             preprocessed=args.preprocessed, device=args.device, name=name,
-                            progress=progress)
+                            progress=progress, **refine)
         csv_path = res.write_csv(out / f"{name}.csv")
         written = [str(csv_path)]
         if args.xml:

@@ -6,7 +6,9 @@ Two stages, as in Dou et al. (2016) and cellfinder:
    the normalised volume, above a low threshold and inside the tissue: a high-recall screen that
    leaves a few candidates per cell;
 2. the trained :class:`clarity.model.CellCNN` scores the patch centred on each candidate
-   (:func:`score_candidates`); candidates scoring at least the model's threshold are cells;
+   (:func:`score_candidates`); promising candidates then climb the CNN score voxel by voxel to
+   the soma's centre (:func:`refine_candidates`: LoG maxima sit off-centre on large and
+   ring-shaped somata); candidates scoring at least the model's detection threshold are cells;
 3. :func:`nms` merges detections closer than a cell radius, keeping the highest score.
 
 ``mode="dense"`` replaces 1-2 by the network's dense score map and its local maxima (the natural
@@ -51,6 +53,7 @@ __all__ = [
     "candidate_halo",
     "cut_patches",
     "score_candidates",
+    "refine_candidates",
     "nms",
     "find_peaks",
     "detect_block",
@@ -77,6 +80,14 @@ DEFAULT_CANDIDATE_THRESHOLD = 0.12
 #: (on brain01 of the default dataset 102 of 246 spurious detections lay within 6 voxels of a true
 #: cell); 7 removes nearly all such duplicates for a ~1 % loss of recall.
 DEFAULT_NMS_RADIUS = 7.0
+#: Candidate refinement (:func:`refine_candidates`): candidates scoring at least
+#: ``DEFAULT_REFINE_FLOOR`` climb the CNN score, one voxel along z, y or x at a time, for at most
+#: ``DEFAULT_REFINE_STEPS`` steps. LoG maxima sit off the centre of large and ring-shaped somata,
+#: where the CNN scores them lower than at the centre; on the default dataset (fold models,
+#: held-out brains, complete truth) refinement raises the best detection F1 from 0.86 to 0.90,
+#: as good as the dense map (0.90) at a fraction of its cost. 0 steps turns it off.
+DEFAULT_REFINE_STEPS = 4
+DEFAULT_REFINE_FLOOR = 0.3
 #: Gaussian kernels are cut at this many sigmas (scipy's ``truncate``).
 TRUNCATE = 3.0
 
@@ -339,6 +350,58 @@ def score_candidates(model, block: np.ndarray, centres, *, batch_size: int | Non
     return out
 
 
+_FACE_STEPS = np.array([[-1, 0, 0], [1, 0, 0], [0, -1, 0], [0, 1, 0], [0, 0, -1], [0, 0, 1]], np.int64)
+
+
+def refine_candidates(model, block: np.ndarray, centres, scores, *, steps: int = DEFAULT_REFINE_STEPS,
+                      floor: float = DEFAULT_REFINE_FLOOR, batch_size: int | None = None,
+                      device=None) -> tuple[np.ndarray, np.ndarray]:
+    """Move each candidate to a local maximum of the CNN score (coordinate ascent).
+
+    A candidate scoring at least ``floor`` scores its six face neighbours and moves to the best
+    one if it scores strictly higher; it repeats this ``steps`` times at most (so it moves at
+    most ``steps`` voxels in all), stopping when no neighbour is better. Deterministic (ties go
+    to the first neighbour in the order -z, +z, -y, +y, -x, +x). Positions stay inside ``block``.
+
+    Parameters
+    ----------
+    model : clarity.model.CellCNN
+    block : float32 array (z, y, x)
+        Normalised intensities.
+    centres : int array (N, 3)
+        Voxel indices into ``block`` (candidate-screen maxima).
+    scores : float array (N,)
+        Their CNN probabilities (:func:`score_candidates`).
+    steps : int, keyword-only
+        Largest number of one-voxel moves; 0 returns the input.
+    floor : float, keyword-only
+        Only candidates scoring at least this are refined.
+
+    Returns
+    -------
+    centres (N, 3) int64, scores (N,) float32: the refined positions and their scores, in the
+    input order.
+    """
+    c = np.asarray(centres, dtype=np.int64).reshape(-1, 3).copy()
+    s = np.asarray(scores, dtype=np.float32).reshape(-1).copy()
+    hi = np.array(block.shape[:3], np.int64) - 1
+    active = np.flatnonzero(s >= floor)
+    for _ in range(int(steps)):
+        if not len(active):
+            break
+        nb = np.clip(c[active, None, :] + _FACE_STEPS[None], 0, hi).reshape(-1, 3)
+        ns = score_candidates(model, block, nb, batch_size=batch_size, device=device)
+        ns = ns.reshape(len(active), len(_FACE_STEPS))
+        best = ns.argmax(axis=1)
+        best_s = ns[np.arange(len(active)), best]
+        up = best_s > s[active]
+        moved = active[up]
+        c[moved] = nb.reshape(len(active), -1, 3)[up, best[up]]
+        s[moved] = best_s[up]
+        active = moved
+    return c, s
+
+
 # --------------------------------------------------------------------------------------------
 # stage 3: non-maximum suppression and peaks
 # --------------------------------------------------------------------------------------------
@@ -431,6 +494,8 @@ class _Params:
     truncate: float
     batch_size: int | None
     device: str | None
+    refine_steps: int = 0
+    refine_floor: float = DEFAULT_REFINE_FLOOR
 
 
 def _tissue_map(v: np.ndarray, sigma, truncate: float, level: float | None) -> np.ndarray | None:
@@ -456,15 +521,26 @@ def _detect_in_block(v: np.ndarray, *, model, params: _Params, core: tuple[slice
         cent, resp = find_candidates(v, sigmas=params.sigmas, threshold=cand_thr,
                                      min_distance=params.min_distance, tissue_level=params.tissue_level,
                                      truncate=params.truncate, _buffers=bufs)
-        inside = np.all((cent >= lo) & (cent < hi), axis=1)
+        # refinement moves a candidate by at most refine_steps voxels: those that can end in the
+        # core are the ones within refine_steps of it (the halo covers their screen and patches)
+        r = params.refine_steps
+        inside = np.all((cent >= lo - r) & (cent < hi + r), axis=1)
         cent, resp = cent[inside], resp[inside]
         stats["screen_s"] = stats.get("screen_s", 0.0) + time.perf_counter() - t0
-        stats["n_candidates"] = stats.get("n_candidates", 0) + len(cent)
         if params.mode == "log":
+            stats["n_candidates"] = stats.get("n_candidates", 0) + len(cent)
             return cent, resp.astype(np.float32), resp
         t0 = time.perf_counter()
         scores = score_candidates(model, v, cent, batch_size=params.batch_size, device=params.device)
         stats["score_s"] = stats.get("score_s", 0.0) + time.perf_counter() - t0
+        if r:
+            t0 = time.perf_counter()
+            cent, scores = refine_candidates(model, v, cent, scores, steps=r, floor=params.refine_floor,
+                                             batch_size=params.batch_size, device=params.device)
+            stats["refine_s"] = stats.get("refine_s", 0.0) + time.perf_counter() - t0
+            inside = np.all((cent >= lo) & (cent < hi), axis=1)
+            cent, scores, resp = cent[inside], scores[inside], resp[inside]
+        stats["n_candidates"] = stats.get("n_candidates", 0) + len(cent)
         keep = scores >= params.threshold
         return cent[keep], scores[keep], resp[keep]
     if params.mode == "dense":
@@ -491,7 +567,8 @@ def _detect_in_block(v: np.ndarray, *, model, params: _Params, core: tuple[slice
 def _halo(params: _Params, patch_size: int) -> tuple[int, int, int]:
     """Overlap per axis (z, y, x) that makes every core detection equal the whole-volume one.
 
-    Candidates: the screen's support (:func:`candidate_halo`) and the patch radius. Dense: the
+    Candidates: the screen's support (:func:`candidate_halo`) and the patch radius, each widened
+    by the refinement's reach. Dense: the
     patch radius plus the peak cube, and the tissue test's Gaussian. NMS needs no halo: it runs
     once, globally, on the cell list.
     """
@@ -501,9 +578,12 @@ def _halo(params: _Params, patch_size: int) -> tuple[int, int, int]:
         return candidate_halo(sigmas=params.sigmas, min_distance=params.min_distance,
                               truncate=params.truncate)
     if params.mode == "candidates":
+        # refinement: candidates up to r voxels outside the core (screen exact there), moving up
+        # to r voxels further out while they climb (patches exact there)
+        r = params.refine_steps
         scr = candidate_halo(sigmas=params.sigmas, min_distance=params.min_distance,
                              truncate=params.truncate)
-        return tuple(max(s, patch) for s in scr)
+        return tuple(max(s + r, patch + 2 * r) for s in scr)
     tis = [_radius(params.sigmas[0][a], params.truncate) for a in range(3)]
     return tuple(max(patch + params.peak_distance, t) for t in tis)
 
@@ -531,6 +611,7 @@ def detect_block(block, *, model, threshold: float | None = None,
                  candidate_threshold: float = DEFAULT_CANDIDATE_THRESHOLD, min_distance: int = 1,
                  peak_distance: int = 3, tissue_level: float | None = -0.5,
                  nms_radius: float = DEFAULT_NMS_RADIUS, nms_scale: Sequence[float] = (1.0, 1.0, 1.0),
+                 refine_steps: int = DEFAULT_REFINE_STEPS, refine_floor: float = DEFAULT_REFINE_FLOOR,
                  batch_size: int | None = None, device=None) -> "pandas.DataFrame":  # noqa: F821
     """Detect cells in one in-memory, already normalised block (no chunking, no N4).
 
@@ -558,7 +639,7 @@ def detect_block(block, *, model, threshold: float | None = None,
         raise ValueError(f"expected a (z, y, x) block, got shape {v.shape}")
     net, thr = _resolve_model(model, threshold, mode)
     params = _make_params(mode, thr, sigmas, candidate_threshold, min_distance, peak_distance,
-                          tissue_level, batch_size, device)
+                          tissue_level, batch_size, device, refine_steps, refine_floor)
     if net is not None:
         net = _on_device(net, device)
     core = tuple(slice(0, n) for n in v.shape)
@@ -719,15 +800,20 @@ def _worker_model(blob: _ModelBlob, device: str | None):
 
 
 def _make_params(mode, threshold, sigmas, candidate_threshold, min_distance, peak_distance,
-                 tissue_level, batch_size, device) -> _Params:
+                 tissue_level, batch_size, device, refine_steps=0,
+                 refine_floor=DEFAULT_REFINE_FLOOR) -> _Params:
     if mode not in ("candidates", "dense", "log"):
         raise ValueError(f"mode must be 'candidates', 'dense' or 'log', not {mode!r}")
+    if int(refine_steps) < 0:
+        raise ValueError(f"refine_steps must be >= 0, not {refine_steps}")
     return _Params(mode=mode, threshold=float(threshold), sigmas=_as_sigmas(sigmas),
                    candidate_threshold=float(candidate_threshold), min_distance=int(min_distance),
                    peak_distance=int(peak_distance),
                    tissue_level=None if tissue_level is None else float(tissue_level),
                    truncate=TRUNCATE, batch_size=None if batch_size is None else int(batch_size),
-                   device=None if device is None else str(device))
+                   device=None if device is None else str(device),
+                   refine_steps=int(refine_steps) if mode == "candidates" else 0,
+                   refine_floor=float(refine_floor))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1205,7 +1291,9 @@ def detect_volume(source, *, model=None, threshold: float | None = None,
                   candidate_threshold: float = DEFAULT_CANDIDATE_THRESHOLD,
                   min_distance: int = 1, peak_distance: int = 3,
                   tissue_level: float | None = -0.5, nms_radius: float = DEFAULT_NMS_RADIUS,
-                  nms_scale: Sequence[float] = (1.0, 1.0, 1.0), batch_size: int | None = None,
+                  nms_scale: Sequence[float] = (1.0, 1.0, 1.0),
+                  refine_steps: int = DEFAULT_REFINE_STEPS, refine_floor: float = DEFAULT_REFINE_FLOOR,
+                  batch_size: int | None = None,
                   device=None, name: str | None = None, progress: bool = True) -> DetectionResult:
     """Count every cell of a whole volume, chunk by chunk.
 
@@ -1263,6 +1351,9 @@ def detect_volume(source, *, model=None, threshold: float | None = None,
         The candidate screen (:func:`find_candidates`).
     peak_distance : int, keyword-only
         Half-width of the local-maximum cube of the dense score map (dense mode).
+    refine_steps, refine_floor : keyword-only
+        Candidates mode: candidates scoring at least ``refine_floor`` climb the CNN score by up
+        to ``refine_steps`` one-voxel moves (:func:`refine_candidates`); 0 steps: off.
     nms_radius : float, keyword-only
         Detections closer than this (voxels, after ``nms_scale``) are merged, keeping the best.
     nms_scale : 3 floats, keyword-only
@@ -1291,7 +1382,7 @@ def detect_volume(source, *, model=None, threshold: float | None = None,
     t_start = time.perf_counter()
     net, thr = _resolve_model(model, threshold, mode)
     params = _make_params(mode, thr, sigmas, candidate_threshold, min_distance, peak_distance,
-                          tissue_level, batch_size, device)
+                          tissue_level, batch_size, device, refine_steps, refine_floor)
     reader, vol_name, path = _open_source(source, name)
     shape = tuple(int(s) for s in reader.shape)
     info: dict[str, Any] = {"shape": list(shape), "mode": mode, "threshold": thr,

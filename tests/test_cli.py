@@ -80,6 +80,16 @@ def test_threshold_option_and_no_xml(inputs, tmp_path, capsys):
     assert (csv["score"] >= 0.95).all()
     assert int(LINE.match(out)["count"]) == len(csv)
     assert not (tmp_path / "tiny.xml").exists()
+    # refinement can be switched off; it changes where (and how many) cells are found
+    rc, out0, _ = _run(["detect", inputs["tif"], "--model", inputs["model"], "--out", tmp_path / "r0",
+                        "--threshold", "0.95", "--refine-steps", "0", "--no-progress"], capsys)
+    assert rc == 0
+    csv0 = pd.read_csv(tmp_path / "r0" / "tiny.csv")
+    assert (csv0["score"] >= 0.95).all() and int(LINE.match(out0)["count"]) == len(csv0)
+    assert not csv0[["z", "y", "x"]].equals(csv[["z", "y", "x"]])
+    with pytest.raises(SystemExit):
+        main(["detect", str(inputs["tif"]), "--model", str(inputs["model"]), "--out", str(tmp_path),
+              "--refine-steps", "-1"])
 
 
 def _bad_inputs(d: Path) -> dict:

@@ -363,3 +363,32 @@ def test_calibrated_detection_threshold(reference, files, tmp_path):
     default = detect_block(v, model=cal, device="cpu")
     _same(default, detect_block(v, model=net, threshold=0.7, device="cpu"))
     assert load_model(files["model"], device="cpu").detection_threshold is None
+
+
+def test_refine_candidates_climbs_the_score(files):
+    """Refinement never lowers a score, moves at most `steps` voxels, leaves candidates below the
+    floor alone, and leaves a refined candidate in place only at a face-neighbour maximum."""
+    from clarity.detect import refine_candidates, score_candidates
+
+    rng = np.random.default_rng(0)
+    block = ndimage.gaussian_filter(rng.standard_normal((24, 40, 40)).astype(np.float32), 1.5) * 3
+    net = load_model(files["model"], device="cpu").model
+    cent = np.argwhere(np.ones(block.shape, bool))[rng.choice(block.size, 60, replace=False)]
+    sc = score_candidates(net, block, cent)
+    floor = float(np.median(sc))
+    c2, s2 = refine_candidates(net, block, cent, sc, steps=3, floor=floor)
+    assert c2.shape == cent.shape and (s2 >= sc).all()
+    moved = np.abs(c2 - cent).sum(axis=1)
+    assert moved.max() <= 3 and moved.max() > 0
+    low = sc < floor
+    assert (moved[low] == 0).all() and np.array_equal(s2[low], sc[low])
+    np.testing.assert_allclose(s2, score_candidates(net, block, c2), atol=1e-6)
+    hi = np.array(block.shape) - 1
+    assert (~low & (moved == 0)).any()
+    for i in np.flatnonzero(~low & (moved == 0)):
+        nb = np.clip(c2[i] + np.array([[-1, 0, 0], [1, 0, 0], [0, -1, 0], [0, 1, 0], [0, 0, -1], [0, 0, 1]]), 0, hi)
+        assert score_candidates(net, block, nb).max() <= s2[i] + 1e-6
+    c0, s0 = refine_candidates(net, block, cent, sc, steps=0)
+    assert np.array_equal(c0, cent) and np.array_equal(s0, sc)
+    with pytest.raises(ValueError, match="refine_steps"):
+        detect_block(block, model=net, refine_steps=-1)

@@ -235,3 +235,22 @@ def test_plots_summary_and_final_model(tiny_root, fold1):
     lm2 = V.train_final(paths, train_config=CFG, model_config=TINY, seed=0, threshold=0.7,
                         detection_threshold=0.8, progress=False)
     assert lm2.threshold == pytest.approx(0.7) and lm2.detection_threshold == pytest.approx(0.8)
+
+
+def test_candidate_negatives_are_fitted_on_never_tested(tiny_root):
+    """Negatives at random candidate-screen maxima train the CNN but stay out of the inner
+    validation and test patches (the patch metrics keep the seed's protocol)."""
+    from clarity.sampling import PatchSet, SamplingConfig, sample_dataset
+
+    ps = sample_dataset(tiny_root, config=SamplingConfig(seed=0, background_per_pos=1.0,
+                                                         candidate_per_pos=2.0), progress=False)
+    assert (ps.origin == V.TRAINING_ONLY_ORIGIN).sum() > 0
+    ps.save(tiny_root.patchset("cand"))
+    paths = _paths(tiny_root, "cand")
+    res = V.run_split(paths, "fold1", patchset="cand", train_config=CFG, model_config=TINY, seed=0,
+                      n_folds=2, retrain=False, progress=False)
+    assert not (res.predictions.origin == V.TRAINING_ONLY_ORIGIN).any()
+    test = PatchSet.load(tiny_root.patchset("cand")).select_brains(res.test_brains)
+    keep = test.origin != V.TRAINING_ONLY_ORIGIN
+    assert res.metrics.n.iloc[0] == keep.sum() < len(test)
+    assert res.params["n_fit"] == len(PatchSet.load(tiny_root.patchset("cand")).select_brains(res.fit_brains))
