@@ -1178,7 +1178,7 @@ class DetectionResult:
     info : dict
         shape, mode, threshold, chunk, halo, device, scheduler, n_candidates, stage wall times
         (``n4_s``, ``normalisation_s``, ``chunks_s``, ``nms_s``) and per-stage task times summed
-        over chunks (``read_s``, ``correct_s``, ``screen_s``, ``score_s``), normalisation, N4 info.
+        over chunks (``read_s``, ``correct_s``, ``screen_s``, ``score_s``, ``refine_s``), normalisation, N4 info.
     field : clarity.preprocess.BiasField or None
         The fitted field (None when ``preprocessed``); pass it back with ``normalisation`` to
         skip the fit on a second run.
@@ -1386,6 +1386,7 @@ def detect_volume(source, *, model=None, threshold: float | None = None,
     reader, vol_name, path = _open_source(source, name)
     shape = tuple(int(s) for s in reader.shape)
     info: dict[str, Any] = {"shape": list(shape), "mode": mode, "threshold": thr,
+                            "refine_steps": params.refine_steps, "refine_floor": params.refine_floor,
                             "chunk_requested": [int(c) for c in chunk],
                             "source": str(path) if path else vol_name}
     # ---- N4 and normalisation, once, on a shrunk copy / a strided sample
@@ -1434,7 +1435,7 @@ def detect_volume(source, *, model=None, threshold: float | None = None,
     cells = _finish(pts.astype(np.int64), sc.astype(np.float32), rs.astype(np.float32),
                     nms_radius=nms_radius, nms_scale=nms_scale)
     info["nms_s"] = time.perf_counter() - t0
-    for k in ("read_s", "correct_s", "screen_s", "score_s"):
+    for k in ("read_s", "correct_s", "screen_s", "score_s", "refine_s"):
         info[k] = float(sum(r["stats"].get(k, 0.0) for r in results))
     info["n_candidates"] = int(sum(r["stats"].get("n_candidates", 0) for r in results))
     info["n_detections_before_nms"] = int(len(pts))
