@@ -485,9 +485,8 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
     if not vols:
         return None, None, "none"
     source = "complete" if sources == {"complete"} else "annotations" if sources == {"annotations"} else "mixed"
-    thr, table = calibrate_detection_threshold(load_model(model_path, device="cpu"), vols, pts,
-                                               radius=radius)
     loaded = load_model(model_path, device="cpu")
+    thr, table = calibrate_detection_threshold(loaded, vols, pts, radius=radius)
     _resave(model_path, threshold=loaded.threshold, detection_threshold=thr,
             extra={"detection_threshold_rule": f"max F1 of whole-volume detection at {radius:g} "
                                                f"voxels on {', '.join(brains)} ({source} labels)"})
