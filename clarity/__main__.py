@@ -58,16 +58,6 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, not {v}")
-    return v
-
-
 def _probability(text: str) -> float:
     try:
         return float(text)
@@ -104,9 +94,10 @@ def add_detect_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["candidates", "dense", "log"], default="candidates",
                    help="candidates: LoG screen + CNN (default, CPU); dense: CNN score map + "
                         "peaks (GPU); log: the LoG baseline alone")
-    p.add_argument("--refine-steps", type=_nonnegative_int, metavar="N", default=None,
-                   help="candidates mode: one-voxel moves each promising candidate may make up the "
-                        "CNN score towards the soma's centre (default 4; 0: off)")
+    p.add_argument("--refine", choices=["snap", "climb", "none"], default=None,
+                   help="candidates mode: how promising candidates move to the soma's centre: snap "
+                        "(default; one extra patch each), climb (CNN score ascent; slower, slightly "
+                        "better on synthetic data) or none")
     p.add_argument("--device", choices=["cpu", "cuda"],
                    help="where the CNN runs (default: cuda when available)")
     p.add_argument("--preprocessed", action="store_true",
@@ -154,7 +145,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     scheduler = args.scheduler
-    refine = {} if args.refine_steps is None else {"refine_steps": args.refine_steps}
+    refine = {} if args.refine is None else {"refine": args.refine}
     for v, name in zip(args.volumes, names):
         t0 = time.perf_counter()
         res = detect_volume(v, model=model, threshold=args.threshold, chunk=tuple(args.chunk),

@@ -6,9 +6,10 @@ Two stages, as in Dou et al. (2016) and cellfinder:
    the normalised volume, above a low threshold and inside the tissue: a high-recall screen that
    leaves a few candidates per cell;
 2. the trained :class:`clarity.model.CellCNN` scores the patch centred on each candidate
-   (:func:`score_candidates`); promising candidates then climb the CNN score voxel by voxel to
-   the soma's centre (:func:`refine_candidates`: LoG maxima sit off-centre on large and
-   ring-shaped somata); candidates scoring at least the model's detection threshold are cells;
+   (:func:`score_candidates`); promising candidates then move towards the soma's centre, LoG
+   maxima sitting off-centre on large and ring-shaped somata (:func:`snap_candidates`, cheap, the
+   default; or :func:`refine_candidates`, climbing the CNN score, slower); candidates scoring at
+   least the model's detection threshold are cells;
 3. :func:`nms` merges detections closer than a cell radius, keeping the highest score.
 
 ``mode="dense"`` replaces 1-2 by the network's dense score map and its local maxima (the natural
@@ -54,6 +55,7 @@ __all__ = [
     "cut_patches",
     "score_candidates",
     "refine_candidates",
+    "snap_candidates",
     "nms",
     "find_peaks",
     "detect_block",
@@ -80,14 +82,21 @@ DEFAULT_CANDIDATE_THRESHOLD = 0.12
 #: (on brain01 of the default dataset 102 of 246 spurious detections lay within 6 voxels of a true
 #: cell); 7 removes nearly all such duplicates for a ~1 % loss of recall.
 DEFAULT_NMS_RADIUS = 7.0
-#: Candidate refinement (:func:`refine_candidates`): candidates scoring at least
-#: ``DEFAULT_REFINE_FLOOR`` climb the CNN score, one voxel along z, y or x at a time, for at most
-#: ``DEFAULT_REFINE_STEPS`` steps. LoG maxima sit off the centre of large and ring-shaped somata,
-#: where the CNN scores them lower than at the centre; on the default dataset (fold models,
-#: held-out brains, complete truth) refinement raises the best detection F1 from 0.86 to 0.90,
-#: as good as the dense map (0.90) at a fraction of its cost. 0 steps turns it off.
+#: Candidate refinement. LoG maxima sit off the centre of large and ring-shaped somata, where the
+#: CNN scores them lower than at the centre. Candidates scoring at least ``DEFAULT_REFINE_FLOOR``
+#: are moved: ``"snap"`` (:func:`snap_candidates`) rescores each at the brightest voxel of the
+#: Gaussian-smoothed volume (sigmas ``SNAP_SIGMA``) within ``SNAP_RADIUS`` voxels and keeps the
+#: better place; ``"climb"`` (:func:`refine_candidates`) climbs the CNN score one voxel at a time
+#: for up to ``DEFAULT_REFINE_STEPS`` steps. On the default dataset (the 4 fold models, their 8
+#: held-out brains, complete truth, best threshold) the detection F1 is 0.846 without refinement,
+#: 0.869 with "snap" (+3.7 s over the 8 brains) and 0.875 with "climb" (+21 s): "snap" is the
+#: default, "climb" for when time does not matter.
+REFINE_METHODS = ("snap", "climb", "none")
+DEFAULT_REFINE = "snap"
 DEFAULT_REFINE_STEPS = 4
-DEFAULT_REFINE_FLOOR = 0.3
+DEFAULT_REFINE_FLOOR = 0.5
+SNAP_SIGMA = (1.5, 2.0, 2.0)
+SNAP_RADIUS = (2, 2, 2)
 #: Gaussian kernels are cut at this many sigmas (scipy's ``truncate``).
 TRUNCATE = 3.0
 
@@ -402,6 +411,62 @@ def refine_candidates(model, block: np.ndarray, centres, scores, *, steps: int =
     return c, s
 
 
+def _smoothed(block: np.ndarray, sigma, truncate: float = TRUNCATE) -> np.ndarray:
+    return ndi.gaussian_filter(np.asarray(block, np.float32), sigma, truncate=truncate, mode="nearest")
+
+
+def snap_candidates(model, block: np.ndarray, centres, scores, *, floor: float = DEFAULT_REFINE_FLOOR,
+                    sigma=SNAP_SIGMA, radius=SNAP_RADIUS, smoothed: np.ndarray | None = None,
+                    batch_size: int | None = None, device=None) -> tuple[np.ndarray, np.ndarray]:
+    """Move each promising candidate to the soma's brightest point, if the CNN agrees.
+
+    For a candidate scoring at least ``floor``: find the brightest voxel of the Gaussian-smoothed
+    block (``sigma`` per axis, about a soma's radius) within ``radius`` voxels per axis of it,
+    score the patch there, and move there if that scores strictly higher. One extra patch per
+    promising candidate (against up to 24 for :func:`refine_candidates`).
+
+    Parameters
+    ----------
+    model : clarity.model.CellCNN
+    block : float32 array (z, y, x)
+        Normalised intensities.
+    centres : int array (N, 3)
+        Voxel indices into ``block``.
+    scores : float array (N,)
+        Their CNN probabilities.
+    floor : float, keyword-only
+    sigma : 3 floats, keyword-only
+        Gaussian sigmas (z, y, x), voxels.
+    radius : 3 ints, keyword-only
+        Search box half-widths (z, y, x), voxels.
+    smoothed : array, keyword-only
+        ``block`` already smoothed with ``sigma`` (computed when None).
+
+    Returns
+    -------
+    centres (N, 3) int64, scores (N,) float32, in the input order.
+    """
+    import itertools
+
+    c = np.asarray(centres, dtype=np.int64).reshape(-1, 3).copy()
+    s = np.asarray(scores, dtype=np.float32).reshape(-1).copy()
+    act = np.flatnonzero(s >= floor)
+    if not len(act):
+        return c, s
+    g = _smoothed(block, sigma) if smoothed is None else smoothed
+    r = [int(v) for v in radius]
+    off = np.array(list(itertools.product(*(range(-k, k + 1) for k in r))), np.int64)
+    hi = np.array(block.shape[:3], np.int64) - 1
+    pos = np.clip(c[act, None, :] + off[None], 0, hi)  # (A, B, 3)
+    vals = g[tuple(pos.reshape(-1, 3).T)].reshape(len(act), len(off))
+    alt = pos[np.arange(len(act)), vals.argmax(axis=1)]
+    alt_s = score_candidates(model, block, alt, batch_size=batch_size, device=device)
+    up = alt_s > s[act]
+    c[act[up]] = alt[up]
+    s[act[up]] = alt_s[up]
+    return c, s
+
+
 # --------------------------------------------------------------------------------------------
 # stage 3: non-maximum suppression and peaks
 # --------------------------------------------------------------------------------------------
@@ -494,8 +559,17 @@ class _Params:
     truncate: float
     batch_size: int | None
     device: str | None
-    refine_steps: int = 0
+    refine: str = "none"
+    refine_steps: int = DEFAULT_REFINE_STEPS
     refine_floor: float = DEFAULT_REFINE_FLOOR
+
+    def refine_reach(self) -> tuple[int, int, int]:
+        """How far (voxels per axis) refinement can move a candidate."""
+        if self.mode != "candidates" or self.refine == "none":
+            return (0, 0, 0)
+        if self.refine == "climb":
+            return (self.refine_steps,) * 3
+        return tuple(int(v) for v in SNAP_RADIUS)
 
 
 def _tissue_map(v: np.ndarray, sigma, truncate: float, level: float | None) -> np.ndarray | None:
@@ -521,9 +595,9 @@ def _detect_in_block(v: np.ndarray, *, model, params: _Params, core: tuple[slice
         cent, resp = find_candidates(v, sigmas=params.sigmas, threshold=cand_thr,
                                      min_distance=params.min_distance, tissue_level=params.tissue_level,
                                      truncate=params.truncate, _buffers=bufs)
-        # refinement moves a candidate by at most refine_steps voxels: those that can end in the
-        # core are the ones within refine_steps of it (the halo covers their screen and patches)
-        r = params.refine_steps
+        # refinement moves a candidate by at most r voxels: those that can end in the core are
+        # the ones within r of it (the halo covers their screen, smoothing and patches)
+        r = np.array(params.refine_reach(), np.int64)
         inside = np.all((cent >= lo - r) & (cent < hi + r), axis=1)
         cent, resp = cent[inside], resp[inside]
         stats["screen_s"] = stats.get("screen_s", 0.0) + time.perf_counter() - t0
@@ -533,10 +607,15 @@ def _detect_in_block(v: np.ndarray, *, model, params: _Params, core: tuple[slice
         t0 = time.perf_counter()
         scores = score_candidates(model, v, cent, batch_size=params.batch_size, device=params.device)
         stats["score_s"] = stats.get("score_s", 0.0) + time.perf_counter() - t0
-        if r:
+        if r.any():
             t0 = time.perf_counter()
-            cent, scores = refine_candidates(model, v, cent, scores, steps=r, floor=params.refine_floor,
-                                             batch_size=params.batch_size, device=params.device)
+            if params.refine == "climb":
+                cent, scores = refine_candidates(model, v, cent, scores, steps=params.refine_steps,
+                                                 floor=params.refine_floor, batch_size=params.batch_size,
+                                                 device=params.device)
+            else:
+                cent, scores = snap_candidates(model, v, cent, scores, floor=params.refine_floor,
+                                               batch_size=params.batch_size, device=params.device)
             stats["refine_s"] = stats.get("refine_s", 0.0) + time.perf_counter() - t0
             inside = np.all((cent >= lo) & (cent < hi), axis=1)
             cent, scores, resp = cent[inside], scores[inside], resp[inside]
@@ -578,12 +657,13 @@ def _halo(params: _Params, patch_size: int) -> tuple[int, int, int]:
         return candidate_halo(sigmas=params.sigmas, min_distance=params.min_distance,
                               truncate=params.truncate)
     if params.mode == "candidates":
-        # refinement: candidates up to r voxels outside the core (screen exact there), moving up
-        # to r voxels further out while they climb (patches exact there)
-        r = params.refine_steps
+        # refinement: candidates up to r voxels outside the core (screen exact there), looking
+        # up to r voxels further out (patches, and the snap's smoothing, exact there)
+        r = params.refine_reach()
         scr = candidate_halo(sigmas=params.sigmas, min_distance=params.min_distance,
                              truncate=params.truncate)
-        return tuple(max(s + r, patch + 2 * r) for s in scr)
+        smooth = [_radius(s_, params.truncate) if params.refine == "snap" else 0 for s_ in SNAP_SIGMA]
+        return tuple(max(scr[a] + r[a], patch + 2 * r[a], smooth[a] + 2 * r[a]) for a in range(3))
     tis = [_radius(params.sigmas[0][a], params.truncate) for a in range(3)]
     return tuple(max(patch + params.peak_distance, t) for t in tis)
 
@@ -611,7 +691,8 @@ def detect_block(block, *, model, threshold: float | None = None,
                  candidate_threshold: float = DEFAULT_CANDIDATE_THRESHOLD, min_distance: int = 1,
                  peak_distance: int = 3, tissue_level: float | None = -0.5,
                  nms_radius: float = DEFAULT_NMS_RADIUS, nms_scale: Sequence[float] = (1.0, 1.0, 1.0),
-                 refine_steps: int = DEFAULT_REFINE_STEPS, refine_floor: float = DEFAULT_REFINE_FLOOR,
+                 refine: str = DEFAULT_REFINE, refine_steps: int = DEFAULT_REFINE_STEPS,
+                 refine_floor: float = DEFAULT_REFINE_FLOOR,
                  batch_size: int | None = None, device=None) -> "pandas.DataFrame":  # noqa: F821
     """Detect cells in one in-memory, already normalised block (no chunking, no N4).
 
@@ -639,7 +720,7 @@ def detect_block(block, *, model, threshold: float | None = None,
         raise ValueError(f"expected a (z, y, x) block, got shape {v.shape}")
     net, thr = _resolve_model(model, threshold, mode)
     params = _make_params(mode, thr, sigmas, candidate_threshold, min_distance, peak_distance,
-                          tissue_level, batch_size, device, refine_steps, refine_floor)
+                          tissue_level, batch_size, device, refine, refine_steps, refine_floor)
     if net is not None:
         net = _on_device(net, device)
     core = tuple(slice(0, n) for n in v.shape)
@@ -800,10 +881,12 @@ def _worker_model(blob: _ModelBlob, device: str | None):
 
 
 def _make_params(mode, threshold, sigmas, candidate_threshold, min_distance, peak_distance,
-                 tissue_level, batch_size, device, refine_steps=0,
+                 tissue_level, batch_size, device, refine="none", refine_steps=DEFAULT_REFINE_STEPS,
                  refine_floor=DEFAULT_REFINE_FLOOR) -> _Params:
     if mode not in ("candidates", "dense", "log"):
         raise ValueError(f"mode must be 'candidates', 'dense' or 'log', not {mode!r}")
+    if refine not in REFINE_METHODS:
+        raise ValueError(f"refine must be one of {REFINE_METHODS}, not {refine!r}")
     if int(refine_steps) < 0:
         raise ValueError(f"refine_steps must be >= 0, not {refine_steps}")
     return _Params(mode=mode, threshold=float(threshold), sigmas=_as_sigmas(sigmas),
@@ -812,8 +895,8 @@ def _make_params(mode, threshold, sigmas, candidate_threshold, min_distance, pea
                    tissue_level=None if tissue_level is None else float(tissue_level),
                    truncate=TRUNCATE, batch_size=None if batch_size is None else int(batch_size),
                    device=None if device is None else str(device),
-                   refine_steps=int(refine_steps) if mode == "candidates" else 0,
-                   refine_floor=float(refine_floor))
+                   refine=refine if mode == "candidates" else "none",
+                   refine_steps=int(refine_steps), refine_floor=float(refine_floor))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1292,8 +1375,8 @@ def detect_volume(source, *, model=None, threshold: float | None = None,
                   min_distance: int = 1, peak_distance: int = 3,
                   tissue_level: float | None = -0.5, nms_radius: float = DEFAULT_NMS_RADIUS,
                   nms_scale: Sequence[float] = (1.0, 1.0, 1.0),
-                  refine_steps: int = DEFAULT_REFINE_STEPS, refine_floor: float = DEFAULT_REFINE_FLOOR,
-                  batch_size: int | None = None,
+                  refine: str = DEFAULT_REFINE, refine_steps: int = DEFAULT_REFINE_STEPS,
+                  refine_floor: float = DEFAULT_REFINE_FLOOR, batch_size: int | None = None,
                   device=None, name: str | None = None, progress: bool = True) -> DetectionResult:
     """Count every cell of a whole volume, chunk by chunk.
 
@@ -1351,9 +1434,11 @@ def detect_volume(source, *, model=None, threshold: float | None = None,
         The candidate screen (:func:`find_candidates`).
     peak_distance : int, keyword-only
         Half-width of the local-maximum cube of the dense score map (dense mode).
+    refine : {"snap", "climb", "none"}, keyword-only
+        Candidates mode: how candidates scoring at least ``refine_floor`` move towards the soma's
+        centre: :func:`snap_candidates` (default, one extra patch each), :func:`refine_candidates`
+        (up to ``refine_steps`` one-voxel climbs of the CNN score; slower, slightly better), or not.
     refine_steps, refine_floor : keyword-only
-        Candidates mode: candidates scoring at least ``refine_floor`` climb the CNN score by up
-        to ``refine_steps`` one-voxel moves (:func:`refine_candidates`); 0 steps: off.
     nms_radius : float, keyword-only
         Detections closer than this (voxels, after ``nms_scale``) are merged, keeping the best.
     nms_scale : 3 floats, keyword-only
@@ -1382,11 +1467,12 @@ def detect_volume(source, *, model=None, threshold: float | None = None,
     t_start = time.perf_counter()
     net, thr = _resolve_model(model, threshold, mode)
     params = _make_params(mode, thr, sigmas, candidate_threshold, min_distance, peak_distance,
-                          tissue_level, batch_size, device, refine_steps, refine_floor)
+                          tissue_level, batch_size, device, refine, refine_steps, refine_floor)
     reader, vol_name, path = _open_source(source, name)
     shape = tuple(int(s) for s in reader.shape)
     info: dict[str, Any] = {"shape": list(shape), "mode": mode, "threshold": thr,
-                            "refine_steps": params.refine_steps, "refine_floor": params.refine_floor,
+                            "refine": params.refine, "refine_steps": params.refine_steps,
+                            "refine_floor": params.refine_floor,
                             "chunk_requested": [int(c) for c in chunk],
                             "source": str(path) if path else vol_name}
     # ---- N4 and normalisation, once, on a shrunk copy / a strided sample

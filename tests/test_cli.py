@@ -80,16 +80,18 @@ def test_threshold_option_and_no_xml(inputs, tmp_path, capsys):
     assert (csv["score"] >= 0.95).all()
     assert int(LINE.match(out)["count"]) == len(csv)
     assert not (tmp_path / "tiny.xml").exists()
-    # refinement can be switched off; it changes where (and how many) cells are found
-    rc, out0, _ = _run(["detect", inputs["tif"], "--model", inputs["model"], "--out", tmp_path / "r0",
-                        "--threshold", "0.95", "--refine-steps", "0", "--no-progress"], capsys)
-    assert rc == 0
-    csv0 = pd.read_csv(tmp_path / "r0" / "tiny.csv")
-    assert (csv0["score"] >= 0.95).all() and int(LINE.match(out0)["count"]) == len(csv0)
-    assert not csv0[["z", "y", "x"]].equals(csv[["z", "y", "x"]])
+    # the refinement is chosen on the command line; it changes where (and how many) cells are found
+    found = {}
+    for refine in ("none", "climb"):
+        rc, out0, _ = _run(["detect", inputs["tif"], "--model", inputs["model"], "--out", tmp_path / refine,
+                            "--threshold", "0.95", "--refine", refine, "--no-progress"], capsys)
+        assert rc == 0
+        found[refine] = pd.read_csv(tmp_path / refine / "tiny.csv")
+        assert (found[refine]["score"] >= 0.95).all() and int(LINE.match(out0)["count"]) == len(found[refine])
+    assert not found["none"][["z", "y", "x"]].equals(found["climb"][["z", "y", "x"]])
     with pytest.raises(SystemExit):
         main(["detect", str(inputs["tif"]), "--model", str(inputs["model"]), "--out", str(tmp_path),
-              "--refine-steps", "-1"])
+              "--refine", "sideways"])
 
 
 def _bad_inputs(d: Path) -> dict:

@@ -391,4 +391,40 @@ def test_refine_candidates_climbs_the_score(files):
     c0, s0 = refine_candidates(net, block, cent, sc, steps=0)
     assert np.array_equal(c0, cent) and np.array_equal(s0, sc)
     with pytest.raises(ValueError, match="refine_steps"):
-        detect_block(block, model=net, refine_steps=-1)
+        detect_block(block, model=net, refine="climb", refine_steps=-1)
+    with pytest.raises(ValueError, match="refine must be"):
+        detect_block(block, model=net, refine="sideways")
+
+
+def test_snap_candidates_moves_to_the_brightest_point_when_it_scores_higher(files):
+    from clarity.detect import SNAP_SIGMA, _smoothed, score_candidates, snap_candidates
+
+    rng = np.random.default_rng(1)
+    block = ndimage.gaussian_filter(rng.standard_normal((24, 40, 40)).astype(np.float32), 1.5) * 3
+    net = load_model(files["model"], device="cpu").model
+    cent = np.argwhere(np.ones(block.shape, bool))[rng.choice(block.size, 80, replace=False)]
+    sc = score_candidates(net, block, cent)
+    floor = float(np.median(sc))
+    c2, s2 = snap_candidates(net, block, cent, sc, floor=floor, radius=(1, 2, 2))
+    moved = np.any(c2 != cent, axis=1)
+    assert moved.any() and (s2 >= sc).all() and (s2[moved] > sc[moved]).all()
+    assert not moved[sc < floor].any()
+    assert (np.abs(c2 - cent) <= [1, 2, 2]).all()
+    np.testing.assert_allclose(s2, score_candidates(net, block, c2), atol=1e-6)
+    g = _smoothed(block, SNAP_SIGMA)
+    for i in np.flatnonzero(moved):  # a moved candidate sits on the brightest smoothed voxel of its box
+        z, y, x = cent[i]
+        box = g[max(z - 1, 0):z + 2, max(y - 2, 0):y + 3, max(x - 2, 0):x + 3]
+        assert g[tuple(c2[i])] == pytest.approx(box.max())
+
+
+@pytest.mark.parametrize("refine", ["climb", "none"])
+def test_chunked_equals_unchunked_every_refinement(reference, files, refine):
+    vol = tifffile.imread(files["volume"])
+    v = correct_volume(vol, reference.field, reference.normalisation)
+    net = load_model(files["model"], device="cpu")
+    whole = detect_block(v, model=net, refine=refine, device="cpu")
+    chunked = detect_volume(v, model=net, preprocessed=True, chunk=(12, 40, 40), refine=refine,
+                            scheduler="sync", progress=False, device="cpu")
+    assert chunked.chunks > 1
+    _same(chunked.cells, whole)
