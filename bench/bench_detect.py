@@ -3,7 +3,7 @@
 Usage::
 
     python bench/bench_detect.py [--sizes 64x512x512 256x1024x1024] [--shape Z Y X]
-                                 [--chunk 64 512 512] [--mode candidates] [--model PATH]
+                                 [--chunk 64 512 512] [--mode candidates] [--model PATH] [--refine snap|climb|none]
                                  [--workers N] [--scheduler ADDRESS] [--workdir DIR] [--seed 0]
 
 For each size a synthetic volume (uint16, (z, y, x)) is generated once into ``--workdir``
@@ -116,7 +116,7 @@ def run_one(args) -> dict:
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     res = detect_volume(args.volume, model=model, chunk=tuple(args.chunk), mode=args.mode,
                         scheduler=args.scheduler, num_workers=args.workers, device=args.device,
-                        progress=not args.quiet)
+                        progress=not args.quiet, **({"refine": args.refine} if args.refine else {}))
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     info = res.info
     shape = info["shape"]
@@ -126,6 +126,7 @@ def run_one(args) -> dict:
         "shape": shape, "voxels": nvox, "seconds": res.seconds, "mvox_s": nvox / 1e6 / res.seconds,
         "count": res.n_cells, "candidates": info.get("n_candidates"), "chunks": res.chunks,
         "chunk": list(args.chunk), "mode": args.mode, "device": info.get("device"),
+        "refine": info.get("refine"),
         "model": model_desc, "workers": args.workers or os.cpu_count(),
         "stages_wall_s": {k: round(info[k], 2) for k in ("n4_s", "normalisation_s", "chunks_s", "nms_s")
                           if k in info},
@@ -149,6 +150,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", choices=["candidates", "dense", "log"], default="candidates")
     ap.add_argument("--model", help="a saved model (default: models/default/final.pt if present, else "
                                     "an untrained CellCNN; 'untrained' forces that)")
+    ap.add_argument("--refine", default=None, choices=["snap", "climb", "none"],
+                    help="candidate refinement (default: detect_volume's, snap)")
     ap.add_argument("--workers", type=int, default=None, help="local threads (default: CPU count)")
     ap.add_argument("--scheduler", default=None, help="threads (default), processes, sync or tcp://...")
     ap.add_argument("--device", default=None, choices=["cpu", "cuda"])
@@ -176,7 +179,7 @@ def main(argv=None) -> int:
     sizes = [tuple(args.shape)] if args.shape else (args.sizes or [(64, 512, 512), (256, 1024, 1024)])
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="clarity-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    print(f"clarity detect benchmark: {os.cpu_count()} CPU cores, mode={args.mode}, "
+    print(f"clarity detect benchmark: {os.cpu_count()} CPU cores, mode={args.mode}, refine={args.refine or 'default (snap)'}, "
           f"chunk={tuple(args.chunk)}, workdir={workdir}", flush=True)
     rows = []
     try:
@@ -193,7 +196,7 @@ def main(argv=None) -> int:
             out_json = workdir / f"result_{'x'.join(map(str, shape))}.json"
             cmd = [sys.executable, __file__, "--run-one", str(vol), "--json", str(out_json),
                    "--chunk", *map(str, args.chunk), "--mode", args.mode, "--seed", str(args.seed)]
-            for flag, val in (("--model", args.model), ("--workers", args.workers),
+            for flag, val in (("--model", args.model), ("--workers", args.workers), ("--refine", args.refine),
                               ("--scheduler", args.scheduler), ("--device", args.device)):
                 if val is not None:
                     cmd += [flag, str(val)]

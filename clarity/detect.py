@@ -411,8 +411,9 @@ def refine_candidates(model, block: np.ndarray, centres, scores, *, steps: int =
     return c, s
 
 
-def _smoothed(block: np.ndarray, sigma, truncate: float = TRUNCATE) -> np.ndarray:
-    return ndi.gaussian_filter(np.asarray(block, np.float32), sigma, truncate=truncate, mode="nearest")
+def _smoothed(block: np.ndarray, sigma, truncate: float = TRUNCATE, out: np.ndarray | None = None) -> np.ndarray:
+    return ndi.gaussian_filter(np.asarray(block, np.float32), sigma, truncate=truncate, mode="nearest",
+                               output=out)
 
 
 def snap_candidates(model, block: np.ndarray, centres, scores, *, floor: float = DEFAULT_REFINE_FLOOR,
@@ -614,8 +615,12 @@ def _detect_in_block(v: np.ndarray, *, model, params: _Params, core: tuple[slice
                                                  floor=params.refine_floor, batch_size=params.batch_size,
                                                  device=params.device)
             else:
+                # the screen's scratch buffers are free again: smooth into one of them
+                g = _smoothed(v, SNAP_SIGMA, params.truncate,
+                              out=None if bufs is None else bufs.get("tmp", v.shape))
                 cent, scores = snap_candidates(model, v, cent, scores, floor=params.refine_floor,
-                                               batch_size=params.batch_size, device=params.device)
+                                               smoothed=g, batch_size=params.batch_size,
+                                               device=params.device)
             stats["refine_s"] = stats.get("refine_s", 0.0) + time.perf_counter() - t0
             inside = np.all((cent >= lo) & (cent < hi), axis=1)
             cent, scores, resp = cent[inside], scores[inside], resp[inside]
