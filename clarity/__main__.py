@@ -156,8 +156,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
         written = [str(csv_path)]
         if args.xml:
             written.append(str(res.write_xml(out / f"{name}.xml", image_filename=Path(v).name)))
+        est = "" if res.estimated_count is None else f" (estimated total {res.estimated_count:.0f})"
         print(f"{name}: {res.n_cells} cells, {time.perf_counter() - t0:.1f} s -> "
-              f"{', '.join(written)}", flush=True)
+              f"{', '.join(written)}{est}", flush=True)
     return EXIT_OK
 
 

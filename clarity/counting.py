@@ -45,6 +45,11 @@ class BrainCount:
         if t is not None:
             r.update({"n_true": t.n_true, "tp": t.tp, "fp": t.fp, "fn": t.fn, "precision": t.precision,
                       "recall": t.recall, "f1": t.f1, "count_error": t.count_error})
+        est = self.info.get("estimated_count")
+        if est is not None:
+            r["estimated_count"] = float(est)
+            if t is not None and t.n_true:
+                r["estimated_count_error"] = float(est) / t.n_true - 1
         return r
 
 
@@ -119,7 +124,8 @@ def heldout_detection(paths, *, variant: str = "cnn", n_folds: int = 4, mode: st
             tm, am = score_counts(res.cells, truth=truth, annotations=ann, radius=radius)
             out.append(BrainCount(name, f"CNN ({variant})", res.cells, time.perf_counter() - t0, tm, am,
                                   {"fold": k, "threshold": res.info.get("threshold"),
-                                   "n_candidates": res.info.get("n_candidates")}))
+                                   "n_candidates": res.info.get("n_candidates"),
+                                   "estimated_count": res.estimated_count}))
             if log_thr is not None:
                 t0 = time.perf_counter()
                 # the same N4 field and normalisation as the CNN run: only the detector differs
@@ -133,8 +139,9 @@ def heldout_detection(paths, *, variant: str = "cnn", n_folds: int = 4, mode: st
 
 
 def calibration_table(counts: Sequence[BrainCount]):
-    """Per-method summary: pooled precision/recall/F1 against truth, mean |count error|, and the
-    count calibration (slope, r of predicted vs true counts across brains)."""
+    """Per-method summary: pooled precision/recall/F1 against truth, mean |count error|, the
+    count calibration (slope, r of predicted vs true counts across brains), and the errors of the
+    estimated counts (``n_detected * count_factor``) where the model carries a count factor."""
     import pandas as pd
 
     rows = []
@@ -151,6 +158,9 @@ def calibration_table(counts: Sequence[BrainCount]):
                       "mean_abs_count_error": float(np.abs(g.count_error).mean()),
                       "total_count_error": float(g.n_detected.sum() / g.n_true.sum() - 1),
                       "calibration_slope": cal["slope"], "calibration_r": cal["r"]})
+            if "estimated_count" in g and g.estimated_count.notna().all():
+                r.update({"total_estimated_count_error": float(g.estimated_count.sum() / g.n_true.sum() - 1),
+                          "mean_abs_estimated_count_error": float(np.abs(g.estimated_count_error).mean())})
         if "n_annotated" in g:
             r["recall_annotated"] = float(g.annotated_found.sum() / max(g.n_annotated.sum(), 1))
         r["seconds_per_brain"] = float(g.seconds.mean())

@@ -1272,6 +1272,9 @@ class DetectionResult:
         skip the fit on a second run.
     normalisation : clarity.preprocess.Normalisation or None
     name : str
+    estimated_count : float or None
+        ``n_cells`` times the model's ``count_factor``, when the model carries one and ran at its
+        calibrated detection threshold (see :class:`clarity.model.LoadedModel`); else None.
     """
 
     cells: "pandas.DataFrame"  # noqa: F821
@@ -1282,6 +1285,7 @@ class DetectionResult:
     field: Any = None
     normalisation: Any = None
     name: str = "volume"
+    estimated_count: float | None = None
 
     @property
     def points(self) -> np.ndarray:
@@ -1532,8 +1536,14 @@ def detect_volume(source, *, model=None, threshold: float | None = None,
     info["n_detections_before_nms"] = int(len(pts))
     info["voxels_processed"] = int(sum(r["stats"].get("voxels", 0) for r in results))
     seconds = time.perf_counter() - t_start
+    factor = getattr(model, "count_factor", None)
+    estimated = (float(len(cells) * factor) if factor is not None and threshold is None
+                 and getattr(model, "detection_threshold", None) is not None and mode == "candidates"
+                 else None)
+    info["estimated_count"] = estimated
     return DetectionResult(cells=cells, n_cells=int(len(cells)), seconds=seconds, chunks=len(cores),
-                           info=info, field=field, normalisation=norm, name=vol_name)
+                           info=info, field=field, normalisation=norm, name=vol_name,
+                           estimated_count=estimated)
 
 
 def _compute_chunks(cores, shared: _Shared, *, scheduler, num_workers, progress, desc) -> list[dict]:

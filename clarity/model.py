@@ -355,6 +355,11 @@ class LoadedModel:
         Probability above which a *whole-volume detection* counts as a cell, calibrated on
         completely labelled held-out brains (:func:`clarity.counting.calibrate_detection_threshold`);
         None when never calibrated (detection then uses ``threshold``).
+    count_factor : float or None
+        Precision / recall of whole-volume detection at ``detection_threshold`` on the
+        calibration brains: ``n_detected * count_factor`` estimates the number of cells (the
+        detections miss some cells and include some non-cells; at the F1-best threshold these
+        need not cancel). None when never calibrated.
     """
 
     model: CellCNN
@@ -364,6 +369,7 @@ class LoadedModel:
     provenance: dict = field(default_factory=dict)
     path: Path | None = None
     detection_threshold: float | None = None
+    count_factor: float | None = None
 
     @property
     def operating_threshold(self) -> float:
@@ -415,7 +421,8 @@ def code_version() -> str:
 
 
 def save_model(path: str | os.PathLike, model: CellCNN, *, normalisation: dict, threshold: float,
-               provenance: dict, detection_threshold: float | None = None) -> Path:
+               provenance: dict, detection_threshold: float | None = None,
+               count_factor: float | None = None) -> Path:
     """Save a model, atomically, as one ``.pt`` file plus a ``config.json`` beside it.
 
     Parameters
@@ -432,6 +439,8 @@ def save_model(path: str | os.PathLike, model: CellCNN, *, normalisation: dict, 
         when absent.
     detection_threshold : float or None, keyword-only
         Calibrated threshold for whole-volume detection (see :class:`LoadedModel`).
+    count_factor : float or None, keyword-only
+        Count correction at that threshold (see :class:`LoadedModel`).
 
     Returns
     -------
@@ -449,6 +458,7 @@ def save_model(path: str | os.PathLike, model: CellCNN, *, normalisation: dict, 
         "normalisation": _jsonable(dict(normalisation)),
         "threshold": float(threshold),
         "detection_threshold": None if detection_threshold is None else float(detection_threshold),
+        "count_factor": None if count_factor is None else float(count_factor),
         "provenance": _jsonable(prov),
     }
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -496,4 +506,6 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
                        threshold=float(blob.get("threshold", 0.5)),
                        provenance=dict(blob.get("provenance", {})), path=path,
                        detection_threshold=(None if blob.get("detection_threshold") is None
-                                            else float(blob["detection_threshold"])))
+                                            else float(blob["detection_threshold"])),
+                       count_factor=(None if blob.get("count_factor") is None
+                                     else float(blob["count_factor"])))

@@ -450,7 +450,7 @@ def _train(train_set, val_set, *, out_dir: Path, model_config, config, fingerpri
 
 
 def _resave(model_path: Path, *, threshold: float, extra: dict,
-            detection_threshold: float | None = None) -> Path:
+            detection_threshold: float | None = None, count_factor: float | None = None) -> Path:
     """Rewrite a trained model file with the chosen thresholds and more provenance."""
     from .model import load_model, save_model
 
@@ -459,13 +459,14 @@ def _resave(model_path: Path, *, threshold: float, extra: dict,
     return save_model(model_path, loaded.model, normalisation=loaded.normalisation,
                       threshold=threshold, provenance=prov,
                       detection_threshold=(loaded.detection_threshold if detection_threshold is None
-                                           else detection_threshold))
+                                           else detection_threshold),
+                      count_factor=loaded.count_factor if count_factor is None else count_factor)
 
 
 def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radius: float = 6.0):
     """Calibrate the whole-volume detection threshold of a saved model on ``brains`` (corrected
     volumes, complete labels where present: :func:`clarity.counting.calibration_points`) and
-    write it into the model file.
+    write it into the model file, with the count factor (precision / recall) at that threshold.
 
     Returns ``(threshold, table, source)``; ``(None, None, "none")`` when no brain has labels.
     """
@@ -487,7 +488,9 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
     source = "complete" if sources == {"complete"} else "annotations" if sources == {"annotations"} else "mixed"
     loaded = load_model(model_path, device="cpu")
     thr, table = calibrate_detection_threshold(loaded, vols, pts, radius=radius)
-    _resave(model_path, threshold=loaded.threshold, detection_threshold=thr,
+    best = table.loc[table.threshold == thr].iloc[0]
+    factor = float(best.precision / best.recall) if best.recall > 0 else None
+    _resave(model_path, threshold=loaded.threshold, detection_threshold=thr, count_factor=factor,
             extra={"detection_threshold_rule": f"max F1 of whole-volume detection at {radius:g} "
                                                f"voxels on {', '.join(brains)} ({source} labels)"})
     return thr, table, source
@@ -1195,6 +1198,13 @@ def train_final(paths, *, patchset: str = "patches", train_config=None, model_co
                                               model_config=model_config.to_dict(), val=val_b))
     trained = load_model(res.model_path, device="cpu")
     fold_det = cv_detection_thresholds(paths.reports)
+    fold_factor = {}
+    for fold in fold_det:
+        fold_model = paths.models / fold / "cnn" / "model.pt"
+        factor = load_model(fold_model, device="cpu").count_factor if fold_model.exists() else None
+        if factor is not None:
+            fold_factor[fold] = factor
+    count_factor = float(np.mean(list(fold_factor.values()))) if fold_factor else None
     if detection_threshold is None and fold_det:
         detection_threshold = float(np.mean(list(fold_det.values())))
         det_rule = "mean of the cross-validation folds' calibrated detection thresholds (cnn)"
@@ -1202,9 +1212,10 @@ def train_final(paths, *, patchset: str = "patches", train_config=None, model_co
         det_rule = "given by the caller" if detection_threshold is not None else "none calibrated"
     prov = {**trained.provenance, "patchset": str(ps_path), "early_stopping_brains": val_b,
             "threshold_rule": rule, "detection_threshold_rule": det_rule,
-            "fold_detection_thresholds": fold_det,
+            "fold_detection_thresholds": fold_det, "fold_count_factors": fold_factor,
             "fold_thresholds": fold_thr, "review_labels_used": bool(ps.meta.get("review_labels_used", False))}
     path = save_model(paths.models / "final.pt", trained.model,
                       normalisation=ps.meta.get("normalisation", {}), threshold=float(threshold),
-                      provenance=prov, detection_threshold=detection_threshold)
+                      provenance=prov, detection_threshold=detection_threshold,
+                      count_factor=count_factor if det_rule.startswith("mean") else None)
     return load_model(path)

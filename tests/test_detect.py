@@ -363,6 +363,16 @@ def test_calibrated_detection_threshold(reference, files, tmp_path):
     default = detect_block(v, model=cal, device="cpu")
     _same(default, detect_block(v, model=net, threshold=0.7, device="cpu"))
     assert load_model(files["model"], device="cpu").detection_threshold is None
+    # a count factor turns the detections at the calibrated threshold into an estimated count
+    path = save_model(tmp_path / "cal2.pt", net.model, normalisation=net.normalisation, threshold=0.2,
+                      provenance={}, detection_threshold=thr, count_factor=1.25)
+    cal2 = load_model(path, device="cpu")
+    assert cal2.count_factor == pytest.approx(1.25)
+    res = detect_volume(v, model=cal2, preprocessed=True, progress=False, device="cpu")
+    assert res.estimated_count == pytest.approx(1.25 * res.n_cells)
+    assert detect_volume(v, model=cal2, threshold=0.5, preprocessed=True, progress=False,
+                         device="cpu").estimated_count is None
+    assert detect_volume(v, model=cal, preprocessed=True, progress=False, device="cpu").estimated_count is None
 
 
 def test_refine_candidates_climbs_the_score(files):

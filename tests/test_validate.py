@@ -137,6 +137,10 @@ def test_run_split_writes_all_files(fold1):
         assert lm.detection_threshold == pytest.approx(res.detection_thresholds[v])
         assert lm.operating_threshold == pytest.approx(lm.detection_threshold)
         assert "b3" in lm.provenance["detection_threshold_rule"]
+        # the count factor is precision / recall of the calibration sweep at that threshold
+        sweep = pd.read_csv(d / "detection_calibration.csv")
+        row = sweep[(sweep.variant == v) & np.isclose(sweep.threshold, lm.detection_threshold)].iloc[0]
+        assert lm.count_factor == pytest.approx(row.precision / row.recall)
         assert lm.provenance["test_brains"] == ["b1", "b2"]
         assert "b1" not in lm.provenance["train_brains"] and "b2" not in lm.provenance["train_brains"]
     assert done["detection_thresholds"] == pytest.approx(res.detection_thresholds)
@@ -232,6 +236,8 @@ def test_plots_summary_and_final_model(tiny_root, fold1):
     assert set(det) >= {"fold1"}
     assert lm.detection_threshold == pytest.approx(np.mean(list(det.values())))
     assert lm.provenance["fold_detection_thresholds"] == pytest.approx(det)
+    factors = lm.provenance["fold_count_factors"]
+    assert set(factors) == set(det) and lm.count_factor == pytest.approx(np.mean(list(factors.values())))
     lm2 = V.train_final(paths, train_config=CFG, model_config=TINY, seed=0, threshold=0.7,
                         detection_threshold=0.8, progress=False)
     assert lm2.threshold == pytest.approx(0.7) and lm2.detection_threshold == pytest.approx(0.8)
