@@ -71,7 +71,7 @@ def add_detect_parser(subparsers) -> argparse.ArgumentParser:
         "detect", help="count the cells of whole volumes with a trained model",
         description="Detect cells in whole 3D volumes (raw intensities as acquired: N4 and "
                     "normalisation are applied), chunk by chunk with dask. Writes DIR/<name>.csv "
-                    "(z,y,x,score; voxels, 0-based) per volume, name = file stem or folder name, "
+                    "(z,y,x,score,snr; voxels, 0-based) per volume, name = file stem or folder name, "
                     "and prints one line per volume: name, count, seconds.")
     p.add_argument("volumes", nargs="+", metavar="VOLUME",
                    help="3D TIFF, folder of 2D TIFF planes, .npy or .zarr")
@@ -98,6 +98,11 @@ def add_detect_parser(subparsers) -> argparse.ArgumentParser:
                    help="candidates mode: how promising candidates move to the soma's centre: snap "
                         "(default; one extra patch each), climb (CNN score ascent; slower, slightly "
                         "better on synthetic data) or none")
+    p.add_argument("--min-snr", type=_probability, metavar="S", default=None,
+                   help="drop cells whose local signal-to-noise ratio (the csv's snr column) is "
+                        "below S (default: no gate). For data unlike the model's training data, "
+                        "such as real planes with a model trained on synthetic brains, 2 keeps "
+                        "the visible somata")
     p.add_argument("--device", choices=["cpu", "cuda"],
                    help="where the CNN runs (default: cuda when available)")
     p.add_argument("--preprocessed", action="store_true",
@@ -151,7 +156,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         res = detect_volume(v, model=model, threshold=args.threshold, chunk=tuple(args.chunk),
                             mode=args.mode, scheduler=scheduler, num_workers=args.workers,
                             preprocessed=args.preprocessed, device=args.device, name=name,
-                            progress=progress, **refine)
+                            progress=progress, min_snr=args.min_snr, **refine)
         csv_path = res.write_csv(out / f"{name}.csv")
         written = [str(csv_path)]
         if args.xml:

@@ -98,19 +98,21 @@ def patch_gallery(patches, *, titles=None, ncols: int = 10, vmin: float = -0.5, 
     return fig
 
 
-def detection_figure(volume, *, found=None, missed=None, spurious=None, detections=None, z: int | None = None,
+def detection_figure(volume, *, found=None, missed=None, spurious=None, detections=None, rejected=None,
+                     z: int | None = None,
                      slab: int = 2, title: str = "", vmin: float = -0.5, vmax: float = 3.0):
     """A z-slice (markers within ``slab`` planes of it) and the max projection (all markers).
 
     With truth: ``found`` (matched detections, green), ``missed`` (true cells not found, red) and
-    ``spurious`` (detections matching no true cell, yellow); without: ``detections`` (cyan).
+    ``spurious`` (detections matching no true cell, yellow); without: ``detections`` (cyan), and
+    optionally ``rejected`` (detections a gate removed, magenta).
     Each is (N, 3) (z, y, x) in voxels; ``volume`` is normalised (z, y, x).
     """
     import matplotlib.pyplot as plt
 
     z = volume.shape[0] // 2 if z is None else int(z)
     groups = [(found, "found", "lime"), (missed, "missed", "red"), (spurious, "spurious", "yellow"),
-              (detections, "detected", "cyan")]
+              (detections, "detected", "cyan"), (rejected, "rejected", "magenta")]
     groups = [(np.asarray(p, float).reshape(-1, 3), n, c) for p, n, c in groups if p is not None]
     fig, axes = plt.subplots(1, 2, figsize=(14, 7), constrained_layout=True)
     axes[0].imshow(np.asarray(volume[z], np.float32), cmap="gray", vmin=vmin, vmax=vmax)

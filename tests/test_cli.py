@@ -61,7 +61,7 @@ def test_detect_writes_csv_xml_and_prints_counts(inputs, tmp_path, capsys):
     assert set(counts) == {"tiny", "tiny_planes"}
     for name, n in counts.items():
         csv = pd.read_csv(out_dir / f"{name}.csv")
-        assert list(csv.columns) == ["z", "y", "x", "score"]
+        assert list(csv.columns) == ["z", "y", "x", "score", "snr"]
         assert len(csv) == n > 0
         assert (csv["score"] >= 0.5).all()
         xml = read_cellcounter_xml(out_dir / f"{name}.xml")

@@ -12,7 +12,8 @@ from scipy.spatial import cKDTree
 
 from clarity.detect import (_max_filter, _neg_laplacian, _VolumeReader, candidate_halo,
                             chunk_boxes, cut_patches, detect_block, detect_volume,
-                            find_candidates, find_peaks, fit_log_threshold, log_detect, nms)
+                            find_candidates, find_peaks, fit_log_threshold, local_snr, log_detect,
+                            nms)
 from clarity.io import ClarityInputError
 from clarity.model import CellCNN, ModelConfig, load_model, save_model
 from clarity.preprocess import N4Config, correct_volume, estimate_normalisation, fit_bias_field
@@ -191,6 +192,7 @@ def test_volume_reader_formats(tmp_path):
 def _same(a: pd.DataFrame, b: pd.DataFrame):
     np.testing.assert_array_equal(a[["z", "y", "x"]].to_numpy(), b[["z", "y", "x"]].to_numpy())
     np.testing.assert_allclose(a["score"].to_numpy(), b["score"].to_numpy(), atol=1e-5)
+    np.testing.assert_allclose(a["snr"].to_numpy(), b["snr"].to_numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_detect_volume_result(reference, brain):
@@ -438,3 +440,38 @@ def test_chunked_equals_unchunked_every_refinement(reference, files, refine):
                             scheduler="sync", progress=False, device="cpu")
     assert chunked.chunks > 1
     _same(chunked.cells, whole)
+
+
+def test_local_snr_hand_made():
+    rng = np.random.default_rng(0)
+    v = rng.normal(10.0, 1.0, (20, 40, 40)).astype(np.float32)
+    v[9:12, 18:23, 18:23] += 5.0          # a bright 3x5x5 soma at (10, 20, 20)
+    s = local_snr(v, [[10, 20, 20], [10, 5, 30], [0, 0, 0]])
+    assert s[0] > 4.0                      # ~5 sd above its surround
+    assert abs(s[1]) < 1.5 and abs(s[2]) < 1.5  # plain noise, and a corner (edge-replicated)
+    # scale-free: an affine change of the intensities changes nothing
+    np.testing.assert_allclose(local_snr(3.0 * v - 7.0, [[10, 20, 20]]), s[:1], rtol=1e-4)
+    # flat surround: 0, not a division by zero
+    assert local_snr(np.ones((9, 20, 20), np.float32), [[4, 10, 10]])[0] == 0
+    assert local_snr(v, np.zeros((0, 3), int)).shape == (0,)
+    with pytest.raises(ValueError, match="core <= inner < outer"):
+        local_snr(v, [[10, 20, 20]], inner=(3, 8, 8))
+    with pytest.raises(ValueError, match="block"):
+        local_snr(v[0], [[1, 1, 1]])
+
+
+def test_min_snr_gate(reference, files):
+    vol = tifffile.imread(files["volume"])
+    v = correct_volume(vol, reference.field, reference.normalisation)
+    net = load_model(files["model"], device="cpu")
+    every = detect_block(v, model=net, device="cpu")
+    assert "snr" in every and np.isfinite(every["snr"]).all()
+    cut = float(np.median(every["snr"]))
+    gated = detect_block(v, model=net, device="cpu", min_snr=cut)
+    # the gate runs after NMS: exactly the ungated cells at or above it
+    _same(gated, every[every["snr"] >= cut].reset_index(drop=True))
+    assert 0 < len(gated) < len(every)
+    chunked = detect_volume(v, model=net, preprocessed=True, chunk=(12, 40, 40), min_snr=cut,
+                            scheduler="sync", progress=False, device="cpu")
+    _same(chunked.cells, gated)
+    assert chunked.info["min_snr"] == cut and chunked.estimated_count is None
