@@ -114,7 +114,8 @@ def detection_figure(volume, *, found=None, missed=None, spurious=None, detectio
     groups = [(found, "found", "lime"), (missed, "missed", "red"), (spurious, "spurious", "yellow"),
               (detections, "detected", "cyan"), (rejected, "rejected", "magenta")]
     groups = [(np.asarray(p, float).reshape(-1, 3), n, c) for p, n, c in groups if p is not None]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 7), constrained_layout=True)
+    ratio = volume.shape[2] / max(volume.shape[1], 1)  # width / height of a plane
+    fig, axes = plt.subplots(1, 2, figsize=(min(max(14 * ratio, 6.0), 20.0) + 0.5, 7), constrained_layout=True)
     axes[0].imshow(np.asarray(volume[z], np.float32), cmap="gray", vmin=vmin, vmax=vmax)
     axes[1].imshow(np.asarray(volume, np.float32).max(axis=0), cmap="gray", vmin=vmin, vmax=vmax + 2)
     for pts, name, colour in groups:
