@@ -72,6 +72,28 @@ def test_detect_writes_csv_xml_and_prints_counts(inputs, tmp_path, capsys):
     assert not list(out_dir.glob(".*.tmp*"))  # atomic writes leave no temporaries
 
 
+def test_min_snr_option(inputs, tmp_path, capsys):
+    rc, _, err = _run(["detect", inputs["tif"], "--model", inputs["model"], "--out", tmp_path / "all",
+                       "--no-progress"], capsys)
+    assert rc == 0, err
+    every = pd.read_csv(tmp_path / "all" / "tiny.csv")
+    cut = float(every["snr"].median())
+    rc, out, err = _run(["detect", inputs["tif"], "--model", inputs["model"], "--out", tmp_path / "gated",
+                         "--min-snr", f"{cut}", "--no-progress"], capsys)
+    assert rc == 0, err
+    gated = pd.read_csv(tmp_path / "gated" / "tiny.csv")
+    assert int(LINE.match(out)["count"]) == len(gated)
+    # the gate only removes cells (it runs after NMS); rounding of the csv's snr aside
+    assert 0 < len(gated) < len(every)
+    assert set(map(tuple, gated[["z", "y", "x"]].to_numpy())) <= set(map(tuple, every[["z", "y", "x"]].to_numpy()))
+    assert (gated["snr"] >= cut - 0.01).all()
+    with pytest.raises(SystemExit) as e:
+        main(["detect", str(inputs["tif"]), "--model", str(inputs["model"]), "--out", str(tmp_path),
+              "--min-snr", "high"])
+    assert e.value.code == 2
+    assert "not a number: 'high'" in capsys.readouterr().err
+
+
 def test_threshold_option_and_no_xml(inputs, tmp_path, capsys):
     rc, out, _ = _run(["detect", inputs["tif"], "--model", inputs["model"], "--out", tmp_path,
                        "--threshold", "0.95", "--no-progress"], capsys)
