@@ -103,6 +103,9 @@ def add_detect_parser(subparsers) -> argparse.ArgumentParser:
                         "below S (default: no gate). For data unlike the model's training data, "
                         "such as real planes with a model trained on synthetic brains, 2 keeps "
                         "the visible somata")
+    p.add_argument("--no-rescore", dest="rescore", action="store_false",
+                   help="keep the CNN's score: skip the model's second stage (shape rescoring, "
+                        "present in fold models calibrated on completely labelled brains)")
     p.add_argument("--device", choices=["cpu", "cuda"],
                    help="where the CNN runs (default: cuda when available)")
     p.add_argument("--preprocessed", action="store_true",
@@ -156,7 +159,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         res = detect_volume(v, model=model, threshold=args.threshold, chunk=tuple(args.chunk),
                             mode=args.mode, scheduler=scheduler, num_workers=args.workers,
                             preprocessed=args.preprocessed, device=args.device, name=name,
-                            progress=progress, min_snr=args.min_snr, **refine)
+                            progress=progress, min_snr=args.min_snr, rescore=args.rescore,
+                            **refine)
         csv_path = res.write_csv(out / f"{name}.csv")
         written = [str(csv_path)]
         if args.xml:

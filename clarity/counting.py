@@ -63,7 +63,8 @@ def score_counts(cells, *, truth=None, annotations=None, radius: float = 6.0):
 
 def heldout_detection(paths, *, variant: str = "cnn", n_folds: int = 4, mode: str = "candidates",
                       chunk: Sequence[int] = (64, 256, 256), radius: float = 6.0, log_baseline: bool = True,
-                      brains: Sequence[str] | None = None, progress: bool = True) -> list[BrainCount]:
+                      brains: Sequence[str] | None = None, progress: bool = True,
+                      compare_without_rescoring: bool = True) -> list[BrainCount]:
     """Detect every brain with the model of the fold that held it out; LoG baseline beside it.
 
     Parameters
@@ -81,6 +82,9 @@ def heldout_detection(paths, *, variant: str = "cnn", n_folds: int = 4, mode: st
         Also run the LoG detector, threshold fitted (max F1 against truth, or against annotations
         where no truth exists) on the fold's training brains.
     brains : optional subset of brain names to detect.
+    compare_without_rescoring : bool
+        When the fold model carries a rescorer (:mod:`clarity.rescore`), also report the CNN
+        alone at its calibrated threshold, as method ``"without rescoring: CNN (<variant>)"``.
 
     Returns
     -------
@@ -125,7 +129,19 @@ def heldout_detection(paths, *, variant: str = "cnn", n_folds: int = 4, mode: st
             out.append(BrainCount(name, f"CNN ({variant})", res.cells, time.perf_counter() - t0, tm, am,
                                   {"fold": k, "threshold": res.info.get("threshold"),
                                    "n_candidates": res.info.get("n_candidates"),
-                                   "estimated_count": res.estimated_count}))
+                                   "estimated_count": res.estimated_count,
+                                   "rescored": res.info.get("rescored", False)}))
+            if compare_without_rescoring and getattr(model, "rescorer", None) is not None:
+                t0 = time.perf_counter()
+                nres = detect.detect_volume(b.volume, model=model, mode=mode, chunk=chunk, progress=False,
+                                            name=name, field=res.field, normalisation=res.normalisation,
+                                            rescore=False)
+                tm, am = score_counts(nres.cells, truth=truth, annotations=ann, radius=radius)
+                out.append(BrainCount(name, f"without rescoring: CNN ({variant})", nres.cells,
+                                      time.perf_counter() - t0, tm, am,
+                                      {"fold": k, "threshold": nres.info.get("threshold"),
+                                       "n_candidates": nres.info.get("n_candidates"),
+                                       "estimated_count": nres.estimated_count, "rescored": False}))
             if log_thr is not None:
                 t0 = time.perf_counter()
                 # the same N4 field and normalisation as the CNN run: only the detector differs

@@ -637,6 +637,7 @@ class _Params:
     refine: str = "none"
     refine_steps: int = DEFAULT_REFINE_STEPS
     refine_floor: float = DEFAULT_REFINE_FLOOR
+    features: bool = False  # compute clarity.rescore.shape_features for every detection
 
     def refine_reach(self) -> tuple[int, int, int]:
         """How far (voxels per axis) refinement can move a candidate."""
@@ -733,6 +734,10 @@ def _halo(params: _Params, patch_size: int) -> tuple[int, int, int]:
     p = int(patch_size)
     patch = max(p // 2, p - 1 - p // 2)
     snr = SNR_OUTER  # local_snr's box around every detection of the core
+    if params.features:  # the shape features' smoothing around every detection of the core
+        from .rescore import feature_halo
+
+        snr = tuple(max(a, b) for a, b in zip(snr, feature_halo()))
     if params.mode == "log":
         h = candidate_halo(sigmas=params.sigmas, min_distance=params.min_distance,
                            truncate=params.truncate)
@@ -750,7 +755,7 @@ def _halo(params: _Params, patch_size: int) -> tuple[int, int, int]:
     return tuple(max(patch + params.peak_distance, t, snr[a]) for a, t in enumerate(tis))
 
 
-def _frame(points, scores, responses=None, snr=None):
+def _frame(points, scores, responses=None, snr=None, cnn_scores=None, features=None):
     import pandas as pd
 
     pts = np.asarray(points, dtype=np.int64).reshape(-1, 3)
@@ -760,6 +765,14 @@ def _frame(points, scores, responses=None, snr=None):
         df["response"] = np.asarray(responses, dtype=np.float32).reshape(-1)
     if snr is not None:
         df["snr"] = np.asarray(snr, dtype=np.float32).reshape(-1)
+    if cnn_scores is not None:
+        df["cnn_score"] = np.asarray(cnn_scores, dtype=np.float32).reshape(-1)
+    if features is not None:
+        from .rescore import SHAPE_FEATURES
+
+        f = np.asarray(features, np.float32).reshape(len(pts), len(SHAPE_FEATURES))
+        for i, name in enumerate(SHAPE_FEATURES):
+            df[name] = f[:, i]
     return df
 
 
@@ -772,15 +785,53 @@ def _nms_radius(nms_radius: float | None, mode: str) -> float:
 
 
 def _finish(points, scores, responses, snr, *, nms_radius: float, nms_scale,
-            min_snr: float | None = None) -> "pandas.DataFrame":  # noqa: F821
-    """NMS on the score, then the SNR gate (so a gated cell never hands its place to a weaker
-    neighbour), sorted by (z, y, x)."""
+            min_snr: float | None = None, features=None, rescorer=None,
+            threshold: float | None = None, keep_features: bool = False) -> "pandas.DataFrame":  # noqa: F821
+    """NMS on the CNN score; then, with a ``rescorer``, the rescored probability and its
+    ``threshold``; then the SNR gate (so a gated cell never hands its place to a weaker
+    neighbour); sorted by (z, y, x)."""
     keep = nms(points, scores, radius=nms_radius, scale=nms_scale)
+    final = cnn = None
+    if rescorer is not None:
+        from .rescore import feature_matrix
+
+        cnn = scores[keep]
+        final = rescorer.predict(feature_matrix(cnn, snr[keep], features[keep]))
+        ok = final >= float(rescorer.threshold if threshold is None else threshold)
+        keep, final, cnn = keep[ok], final[ok], cnn[ok]
     if min_snr is not None:
-        keep = keep[snr[keep] >= float(min_snr)]
-    pts, sc, rs, sn = points[keep], scores[keep], responses[keep], snr[keep]
+        ok = snr[keep] >= float(min_snr)
+        keep = keep[ok]
+        if final is not None:
+            final, cnn = final[ok], cnn[ok]
+    pts, rs, sn = points[keep], responses[keep], snr[keep]
+    sc = scores[keep] if final is None else final
     order = np.lexsort(pts.T[::-1]) if len(pts) else np.zeros(0, np.int64)
-    return _frame(pts[order], sc[order], rs[order], sn[order])
+    fe = features[keep][order] if (keep_features and features is not None) else None
+    return _frame(pts[order], sc[order], rs[order], sn[order],
+                  cnn_scores=None if cnn is None else cnn[order], features=fe)
+
+
+def _resolve_rescorer(model, rescore: bool, mode: str):
+    """The loaded model's rescorer when it has one, ``rescore`` is on and ``mode="candidates"``
+    (the mode it was fitted in); else None."""
+    if not rescore or mode != "candidates":
+        return None
+    return getattr(model, "rescorer", None)
+
+
+def _block_features(v: np.ndarray, cent: np.ndarray, bufs: "_Buffers | None" = None) -> np.ndarray:
+    """:func:`clarity.rescore.shape_features` of a block, smoothing into one reused buffer."""
+    from .rescore import SCALES, SHAPE_FEATURES, TRUNCATE, scale_features
+
+    out = np.zeros((len(cent), len(SHAPE_FEATURES)), np.float32)
+    if not len(cent):
+        return out
+    per = len(SHAPE_FEATURES) // len(SCALES)
+    for i, s in enumerate(SCALES):
+        g = _smoothed(v, s, TRUNCATE, out=None if bufs is None else bufs.get("tmp", v.shape))
+        out[:, i * per:(i + 1) * per] = scale_features(g, cent)
+    return out
 
 
 def detect_block(block, *, model, threshold: float | None = None,
@@ -790,6 +841,7 @@ def detect_block(block, *, model, threshold: float | None = None,
                  nms_radius: float | None = None, nms_scale: Sequence[float] = (1.0, 1.0, 1.0),
                  refine: str = DEFAULT_REFINE, refine_steps: int = DEFAULT_REFINE_STEPS,
                  refine_floor: float = DEFAULT_REFINE_FLOOR, min_snr: float | None = None,
+                 rescore: bool = True, features: bool = False,
                  batch_size: int | None = None, device=None) -> "pandas.DataFrame":  # noqa: F821
     """Detect cells in one in-memory, already normalised block (no chunking, no N4).
 
@@ -805,26 +857,41 @@ def detect_block(block, *, model, threshold: float | None = None,
     threshold : float, keyword-only
         Probability threshold (default: the loaded model's ``operating_threshold``, i.e. its
         calibrated detection threshold, else its patch threshold; 0.5 for a bare CellCNN); in
-        ``mode="log"`` the LoG-response threshold (required).
+        ``mode="log"`` the LoG-response threshold (required). When rescoring, it applies to the
+        rescored probability (default: the rescorer's threshold).
+    rescore : bool, keyword-only
+        Rescore with the model's :class:`clarity.rescore.Rescorer` when it has one (fold models
+        calibrated on completely labelled brains; ``mode="candidates"`` only): detections with a
+        CNN score of at least the rescorer's ``floor`` go through NMS, are rescored from their
+        CNN score, SNR and local shape, and those above the threshold are kept.
+    features : bool, keyword-only
+        Add the shape features (:data:`clarity.rescore.SHAPE_FEATURES`) as columns (used to fit
+        a rescorer: :func:`clarity.rescore.fit_rescorer`).
 
     Returns
     -------
     pandas.DataFrame with columns z, y, x (int voxels), score, response (LoG at the centre,
-    NaN in dense mode), snr (:func:`local_snr`); one row per cell, sorted by (z, y, x).
+    NaN in dense mode), snr (:func:`local_snr`); when rescoring, score is the rescored
+    probability and cnn_score the CNN's; one row per cell, sorted by (z, y, x).
     """
     v = np.asarray(block, dtype=np.float32)
     if v.ndim != 3:
         raise ValueError(f"expected a (z, y, x) block, got shape {v.shape}")
     net, thr = _resolve_model(model, threshold, mode)
-    params = _make_params(mode, thr, sigmas, candidate_threshold, min_distance, peak_distance,
-                          tissue_level, batch_size, device, refine, refine_steps, refine_floor)
+    rescorer = _resolve_rescorer(model, rescore, mode)
+    params = _make_params(mode, thr if rescorer is None else rescorer.floor, sigmas,
+                          candidate_threshold, min_distance, peak_distance, tissue_level,
+                          batch_size, device, refine, refine_steps, refine_floor,
+                          features=bool(features or rescorer is not None))
     if net is not None:
         net = _on_device(net, device)
     core = tuple(slice(0, n) for n in v.shape)
     cent, sc, rs = _detect_in_block(v, model=net, params=params, core=core, vol_lo=(True,) * 3,
                                     vol_hi=(True,) * 3, stats={})
+    feats = _block_features(v, cent) if params.features else None
     return _finish(cent, sc, rs, local_snr(v, cent), nms_radius=_nms_radius(nms_radius, mode),
-                   nms_scale=nms_scale, min_snr=min_snr)
+                   nms_scale=nms_scale, min_snr=min_snr, features=feats, rescorer=rescorer,
+                   threshold=threshold if rescorer is not None else None, keep_features=features)
 
 
 def log_detect(block, *, threshold: float, sigmas=DEFAULT_SIGMAS, min_distance: int = 1,
@@ -980,7 +1047,7 @@ def _worker_model(blob: _ModelBlob, device: str | None):
 
 def _make_params(mode, threshold, sigmas, candidate_threshold, min_distance, peak_distance,
                  tissue_level, batch_size, device, refine="none", refine_steps=DEFAULT_REFINE_STEPS,
-                 refine_floor=DEFAULT_REFINE_FLOOR) -> _Params:
+                 refine_floor=DEFAULT_REFINE_FLOOR, features: bool = False) -> _Params:
     if mode not in ("candidates", "dense", "log"):
         raise ValueError(f"mode must be 'candidates', 'dense' or 'log', not {mode!r}")
     if refine not in REFINE_METHODS:
@@ -994,7 +1061,8 @@ def _make_params(mode, threshold, sigmas, candidate_threshold, min_distance, pea
                    truncate=TRUNCATE, batch_size=None if batch_size is None else int(batch_size),
                    device=None if device is None else str(device),
                    refine=refine if mode == "candidates" else "none",
-                   refine_steps=int(refine_steps), refine_floor=float(refine_floor))
+                   refine_steps=int(refine_steps), refine_floor=float(refine_floor),
+                   features=bool(features))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1333,10 +1401,15 @@ def _chunk_work(core, shared: _Shared, block, bufs: _Buffers) -> dict:
                                     vol_hi=[b == n for b, n in zip(hi, shape)], stats=stats,
                                     bufs=bufs)
     snr = local_snr(v, cent)
+    feats = None
+    if shared.params.features:
+        t0 = time.perf_counter()
+        feats = _block_features(v, cent, bufs)
+        stats["features_s"] = time.perf_counter() - t0
     stats["chunk_s"] = time.perf_counter() - t_all
     stats["voxels"] = int(np.prod(bshape))
     return {"points": cent + np.asarray(lo, np.int64), "scores": np.array(sc, np.float32),
-            "responses": np.array(rs, np.float32), "snr": snr, "stats": stats}
+            "responses": np.array(rs, np.float32), "snr": snr, "features": feats, "stats": stats}
 
 
 # --------------------------------------------------------------------------------------------
@@ -1349,8 +1422,9 @@ class DetectionResult:
     Attributes
     ----------
     cells : pandas.DataFrame
-        One row per cell: z, y, x (int voxels, volume coordinates), score (CNN probability, or
-        the LoG response in ``mode="log"``), response (LoG response at the centre; NaN in dense
+        One row per cell: z, y, x (int voxels, volume coordinates), score (CNN probability, the
+        rescored probability when rescoring (then also cnn_score), or the LoG response in
+        ``mode="log"``), response (LoG response at the centre; NaN in dense
         mode), snr (:func:`local_snr`); sorted by (z, y, x).
     n_cells : int
     seconds : float
@@ -1367,8 +1441,9 @@ class DetectionResult:
     normalisation : clarity.preprocess.Normalisation or None
     name : str
     estimated_count : float or None
-        ``n_cells`` times the model's ``count_factor``, when the model carries one and ran at its
-        calibrated detection threshold (see :class:`clarity.model.LoadedModel`); else None.
+        ``n_cells`` times the model's ``count_factor`` (the rescorer's when rescoring), when the
+        model carries one and ran at its calibrated threshold (see
+        :class:`clarity.model.LoadedModel`); else None.
     """
 
     cells: "pandas.DataFrame"  # noqa: F821
@@ -1482,7 +1557,7 @@ def detect_volume(source, *, model=None, threshold: float | None = None,
                   nms_scale: Sequence[float] = (1.0, 1.0, 1.0),
                   refine: str = DEFAULT_REFINE, refine_steps: int = DEFAULT_REFINE_STEPS,
                   refine_floor: float = DEFAULT_REFINE_FLOOR, min_snr: float | None = None,
-                  batch_size: int | None = None,
+                  rescore: bool = True, features: bool = False, batch_size: int | None = None,
                   device=None, name: str | None = None, progress: bool = True) -> DetectionResult:
     """Count every cell of a whole volume, chunk by chunk.
 
@@ -1578,11 +1653,17 @@ def detect_volume(source, *, model=None, threshold: float | None = None,
 
     t_start = time.perf_counter()
     net, thr = _resolve_model(model, threshold, mode)
-    params = _make_params(mode, thr, sigmas, candidate_threshold, min_distance, peak_distance,
-                          tissue_level, batch_size, device, refine, refine_steps, refine_floor)
+    rescorer = _resolve_rescorer(model, rescore, mode)
+    params = _make_params(mode, thr if rescorer is None else rescorer.floor, sigmas,
+                          candidate_threshold, min_distance, peak_distance, tissue_level,
+                          batch_size, device, refine, refine_steps, refine_floor,
+                          features=bool(features or rescorer is not None))
+    if rescorer is not None:
+        thr = float(rescorer.threshold if threshold is None else threshold)
     reader, vol_name, path = _open_source(source, name)
     shape = tuple(int(s) for s in reader.shape)
     info: dict[str, Any] = {"shape": list(shape), "mode": mode, "threshold": thr,
+                            "rescored": rescorer is not None,
                             "refine": params.refine, "refine_steps": params.refine_steps,
                             "refine_floor": params.refine_floor,
                             "chunk_requested": [int(c) for c in chunk],
@@ -1631,21 +1712,32 @@ def detect_volume(source, *, model=None, threshold: float | None = None,
     sc = np.concatenate([np.zeros(0, np.float32)] + [r["scores"] for r in results])
     rs = np.concatenate([np.zeros(0, np.float32)] + [r["responses"] for r in results])
     sn = np.concatenate([np.zeros(0, np.float32)] + [r["snr"] for r in results])
+    fe = None
+    if params.features:
+        from .rescore import SHAPE_FEATURES
+
+        fe = np.concatenate([np.zeros((0, len(SHAPE_FEATURES)), np.float32)]
+                            + [r["features"] for r in results]).astype(np.float32)
     cells = _finish(pts.astype(np.int64), sc.astype(np.float32), rs.astype(np.float32),
                     sn.astype(np.float32), nms_radius=_nms_radius(nms_radius, mode), nms_scale=nms_scale,
-                    min_snr=min_snr)
+                    min_snr=min_snr, features=fe, rescorer=rescorer,
+                    threshold=threshold if rescorer is not None else None, keep_features=features)
     info["min_snr"] = None if min_snr is None else float(min_snr)
     info["nms_s"] = time.perf_counter() - t0
-    for k in ("read_s", "correct_s", "screen_s", "score_s", "refine_s"):
+    for k in ("read_s", "correct_s", "screen_s", "score_s", "refine_s", "features_s"):
         info[k] = float(sum(r["stats"].get(k, 0.0) for r in results))
     info["n_candidates"] = int(sum(r["stats"].get("n_candidates", 0) for r in results))
     info["n_detections_before_nms"] = int(len(pts))
     info["voxels_processed"] = int(sum(r["stats"].get("voxels", 0) for r in results))
     seconds = time.perf_counter() - t_start
-    factor = getattr(model, "count_factor", None)
-    estimated = (float(len(cells) * factor) if factor is not None and threshold is None
-                 and getattr(model, "detection_threshold", None) is not None and mode == "candidates"
-                 and min_snr is None else None)
+    if rescorer is not None:
+        factor = rescorer.count_factor
+        calibrated = True
+    else:
+        factor = getattr(model, "count_factor", None)
+        calibrated = getattr(model, "detection_threshold", None) is not None
+    estimated = (float(len(cells) * factor) if factor is not None and threshold is None and calibrated
+                 and mode == "candidates" and min_snr is None else None)
     info["estimated_count"] = estimated
     return DetectionResult(cells=cells, n_cells=int(len(cells)), seconds=seconds, chunks=len(cores),
                            info=info, field=field, normalisation=norm, name=vol_name,

@@ -360,6 +360,10 @@ class LoadedModel:
         calibration brains: ``n_detected * count_factor`` estimates the number of cells (the
         detections miss some cells and include some non-cells; at the F1-best threshold these
         need not cancel). None when never calibrated.
+    rescorer : clarity.rescore.Rescorer or None
+        Second stage fitted on the calibration brains (:func:`clarity.rescore.fit_rescorer`):
+        whole-volume detection rescores its detections with it (CNN score, local SNR, local
+        shape) and keeps those above the rescorer's own threshold. None when never fitted.
     """
 
     model: CellCNN
@@ -370,6 +374,7 @@ class LoadedModel:
     path: Path | None = None
     detection_threshold: float | None = None
     count_factor: float | None = None
+    rescorer: Any = None
 
     @property
     def operating_threshold(self) -> float:
@@ -422,7 +427,7 @@ def code_version() -> str:
 
 def save_model(path: str | os.PathLike, model: CellCNN, *, normalisation: dict, threshold: float,
                provenance: dict, detection_threshold: float | None = None,
-               count_factor: float | None = None) -> Path:
+               count_factor: float | None = None, rescorer=None) -> Path:
     """Save a model, atomically, as one ``.pt`` file plus a ``config.json`` beside it.
 
     Parameters
@@ -441,6 +446,8 @@ def save_model(path: str | os.PathLike, model: CellCNN, *, normalisation: dict, 
         Calibrated threshold for whole-volume detection (see :class:`LoadedModel`).
     count_factor : float or None, keyword-only
         Count correction at that threshold (see :class:`LoadedModel`).
+    rescorer : clarity.rescore.Rescorer or dict or None, keyword-only
+        Second-stage rescoring of detections (see :class:`LoadedModel`), stored as plain numbers.
 
     Returns
     -------
@@ -459,6 +466,8 @@ def save_model(path: str | os.PathLike, model: CellCNN, *, normalisation: dict, 
         "threshold": float(threshold),
         "detection_threshold": None if detection_threshold is None else float(detection_threshold),
         "count_factor": None if count_factor is None else float(count_factor),
+        "rescorer": (None if rescorer is None else
+                     _jsonable(rescorer if isinstance(rescorer, dict) else rescorer.to_dict())),
         "provenance": _jsonable(prov),
     }
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -500,6 +509,14 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
         model.load_state_dict(blob["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ClarityInputError(f"{path}: corrupt clarity model file ({exc})") from None
+    rescorer = None
+    if blob.get("rescorer") is not None:
+        from .rescore import Rescorer
+
+        try:
+            rescorer = Rescorer.from_dict(blob["rescorer"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ClarityInputError(f"{path}: unusable rescorer in the model file ({exc})") from None
     dev = pick_device(device)
     model.to(dev).eval()
     return LoadedModel(model=model, config=config, normalisation=dict(blob.get("normalisation", {})),
@@ -508,4 +525,4 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
                        detection_threshold=(None if blob.get("detection_threshold") is None
                                             else float(blob["detection_threshold"])),
                        count_factor=(None if blob.get("count_factor") is None
-                                     else float(blob["count_factor"])))
+                                     else float(blob["count_factor"])), rescorer=rescorer)

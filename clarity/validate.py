@@ -450,7 +450,8 @@ def _train(train_set, val_set, *, out_dir: Path, model_config, config, fingerpri
 
 
 def _resave(model_path: Path, *, threshold: float, extra: dict,
-            detection_threshold: float | None = None, count_factor: float | None = None) -> Path:
+            detection_threshold: float | None = None, count_factor: float | None = None,
+            rescorer=None) -> Path:
     """Rewrite a trained model file with the chosen thresholds and more provenance."""
     from .model import load_model, save_model
 
@@ -460,13 +461,21 @@ def _resave(model_path: Path, *, threshold: float, extra: dict,
                       threshold=threshold, provenance=prov,
                       detection_threshold=(loaded.detection_threshold if detection_threshold is None
                                            else detection_threshold),
-                      count_factor=loaded.count_factor if count_factor is None else count_factor)
+                      count_factor=loaded.count_factor if count_factor is None else count_factor,
+                      rescorer=loaded.rescorer if rescorer is None else rescorer)
 
 
-def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radius: float = 6.0):
+def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radius: float = 6.0,
+                        rescore: bool = True, seed: int = 0):
     """Calibrate the whole-volume detection threshold of a saved model on ``brains`` (corrected
     volumes, complete labels where present: :func:`clarity.counting.calibration_points`) and
     write it into the model file, with the count factor (precision / recall) at that threshold.
+
+    With ``rescore`` and *complete* labels on every brain, also fit the second stage
+    (:func:`clarity.rescore.fit_rescorer`: CNN score, local SNR and local shape of each
+    detection) on the same brains and store it in the model file; detection then uses it
+    (:func:`clarity.detect.detect_volume`, ``rescore=True``). Partial annotations would teach it
+    that unannotated cells are false, so none is fitted from them.
 
     Returns ``(threshold, table, source)``; ``(None, None, "none")`` when no brain has labels.
     """
@@ -487,12 +496,29 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
         return None, None, "none"
     source = "complete" if sources == {"complete"} else "annotations" if sources == {"annotations"} else "mixed"
     loaded = load_model(model_path, device="cpu")
+    loaded.rescorer = None  # the CNN's own threshold is calibrated on the CNN's scores
     thr, table = calibrate_detection_threshold(loaded, vols, pts, radius=radius)
     best = table.loc[table.threshold == thr].iloc[0]
     factor = float(best.precision / best.recall) if best.recall > 0 else None
+    rescorer, extra = None, {}
+    if rescore and source == "complete":
+        from .detect import detect_block
+        from .rescore import DEFAULT_FLOOR, fit_rescorer
+
+        frames = [detect_block(v, model=loaded, threshold=DEFAULT_FLOOR, features=True, rescore=False)
+                  for v in vols]
+        try:
+            rescorer, _ = fit_rescorer(frames, pts, radius=radius, seed=seed,
+                                       info={"brains": list(brains), "labels": source})
+            extra["rescorer_rule"] = (f"MLP on CNN score, SNR and shape, max F1 at {radius:g} voxels "
+                                      f"on {', '.join(brains)} (complete labels)")
+        except ValueError:
+            rescorer = None
     _resave(model_path, threshold=loaded.threshold, detection_threshold=thr, count_factor=factor,
+            rescorer=rescorer,
             extra={"detection_threshold_rule": f"max F1 of whole-volume detection at {radius:g} "
-                                               f"voxels on {', '.join(brains)} ({source} labels)"})
+                                               f"voxels on {', '.join(brains)} ({source} labels)",
+                   **extra})
     return thr, table, source
 
 
