@@ -257,7 +257,13 @@ def fit_rescorer(frames: Sequence, truths: Sequence, *, radius: float = 6.0, hid
     scale[scale < 1e-9] = 1.0
     clf = MLPClassifier(hidden_layer_sizes=(int(hidden),), alpha=float(alpha), max_iter=2000,
                         random_state=int(seed))
-    clf.fit((x - mean) / scale, y)
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():  # convergence is recorded in ``info`` instead
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit((x - mean) / scale, y)
     r = Rescorer(features=list(FEATURES), mean=mean.tolist(), scale=scale.tolist(),
                  w1=clf.coefs_[0].T.tolist(), b1=clf.intercepts_[0].tolist(),
                  w2=clf.coefs_[1][:, 0].tolist(), b2=float(clf.intercepts_[1][0]),
@@ -280,5 +286,6 @@ def fit_rescorer(frames: Sequence, truths: Sequence, *, radius: float = 6.0, hid
     r.count_factor = float(best.precision / best.recall) if best.recall > 0 else None
     r.info = {**(info or {}), "n_detections": int(len(y)), "n_true": int(n_true),
               "calibration_f1": float(best.f1), "hidden": int(hidden), "alpha": float(alpha),
-              "seed": int(seed), "radius": float(radius)}
+              "seed": int(seed), "radius": float(radius),
+              "converged": bool(clf.n_iter_ < clf.max_iter)}
     return r, table

@@ -178,3 +178,32 @@ def test_parser_has_subcommands():
     assert args.command == "detect" and args.chunk == [8, 9, 10] and args.mode == "dense"
     assert volume_name("/x/brain01.tif") == "brain01"
     assert volume_name("/x/brain01.ome.tif") == "brain01.ome"
+
+
+def test_no_rescore_option(inputs, tmp_path, capsys):
+    """A model with a rescorer rescores by default (csv score = rescored probability, above the
+    rescorer's threshold); --no-rescore gives the CNN alone."""
+    from clarity.model import load_model
+    from clarity.rescore import SHAPE_FEATURES, Rescorer
+
+    loaded = load_model(inputs["model"], device="cpu")
+    n = len(("cnn_logit", "snr") + SHAPE_FEATURES)
+    # a hand-made rescorer: probability rises with the local SNR only
+    w1 = np.zeros((1, n))
+    w1[0, 1] = 1.0
+    r = Rescorer(features=["cnn_logit", "snr", *SHAPE_FEATURES], mean=[0.0] * n, scale=[1.0] * n,
+                 w1=w1.tolist(), b1=[0.0], w2=[4.0], b2=-8.0, threshold=0.5, floor=0.5)
+    path = save_model(tmp_path / "r" / "model.pt", loaded.model, normalisation=loaded.normalisation,
+                      threshold=0.5, provenance={}, rescorer=r)
+    found = {}
+    for name, extra in (("rescored", []), ("alone", ["--no-rescore"])):
+        rc, out, err = _run(["detect", inputs["tif"], "--model", path, "--out", tmp_path / name,
+                             "--no-progress", *extra], capsys)
+        assert rc == 0, err
+        found[name] = pd.read_csv(tmp_path / name / "tiny.csv")
+        assert int(LINE.match(out)["count"]) == len(found[name])
+    # rescored: exactly the CNN's cells with snr > 2 (4 * snr - 8 > 0), rounding of the csv aside
+    alone, rescored = found["alone"], found["rescored"]
+    assert 0 < len(rescored) < len(alone)
+    assert set(map(tuple, rescored[["z", "y", "x"]].to_numpy())) <= set(map(tuple, alone[["z", "y", "x"]].to_numpy()))
+    assert (rescored["snr"] >= 2.0 - 0.01).all() and (rescored["score"] >= 0.5).all()
