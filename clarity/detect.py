@@ -11,6 +11,10 @@ Two stages, as in Dou et al. (2016) and cellfinder:
    default; or :func:`refine_candidates`, climbing the CNN score, slower); candidates scoring at
    least the model's detection threshold are cells;
 3. :func:`nms` merges detections closer than a cell radius, keeping the highest score;
+   when the model carries a second stage (:mod:`clarity.rescore`, fitted on a completely
+   labelled calibration brain), the detections above its low CNN floor are rescored from their
+   CNN score, SNR and local shape (Hessian eigenvalues: a soma is a disc in y-x, a neurite or
+   vessel a line) and kept above the rescorer's threshold (``rescore=False`` skips it);
 4. every cell gets its local signal-to-noise ratio (:func:`local_snr`, column ``snr``); with
    ``min_snr`` the cells below it are dropped (off by default; a plausibility gate for data
    unlike the training data, such as real planes with a model trained on synthetic brains).
