@@ -13,7 +13,7 @@ Two stages, as in Dou et al. (2016) and cellfinder:
 3. :func:`nms` merges detections closer than a cell radius, keeping the highest score;
    when the model carries a second stage (:mod:`clarity.rescore`, fitted on a completely
    labelled calibration brain), the detections above its low CNN floor are rescored from their
-   CNN score, SNR and local shape (Hessian eigenvalues: a soma is a disc in y-x, a neurite or
+   CNN score, SNR, LoG response and local shape (Hessian eigenvalues: a soma is a disc in y-x, a neurite or
    vessel a line) and kept above the rescorer's threshold (``rescore=False`` skips it);
 4. every cell gets its local signal-to-noise ratio (:func:`local_snr`, column ``snr``); with
    ``min_snr`` the cells below it are dropped (off by default; a plausibility gate for data
@@ -800,7 +800,7 @@ def _finish(points, scores, responses, snr, *, nms_radius: float, nms_scale,
         from .rescore import feature_matrix
 
         cnn = scores[keep]
-        final = rescorer.predict(feature_matrix(cnn, snr[keep], features[keep]))
+        final = rescorer.predict(feature_matrix(cnn, snr[keep], responses[keep], features[keep]))
         ok = final >= float(rescorer.threshold if threshold is None else threshold)
         keep, final, cnn = keep[ok], final[ok], cnn[ok]
     if min_snr is not None:

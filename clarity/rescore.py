@@ -11,15 +11,16 @@ detections with ROC AUC 0.94 (the CNN score itself: 0.93). With the rescorer, he
 F1 rose from 0.876 to 0.902 (0.876 to 0.895 on eight new synthetic brains).
 
 What. For every detection above a low CNN floor (:data:`DEFAULT_FLOOR`), :func:`shape_features`
-computes, at two Gaussian scales :data:`SCALES` (z, y, x voxels):
+computes, at four Gaussian scales :data:`SCALES` (z, y, x voxels):
 
 - ``e1, e2, e3``: eigenvalues of the negative 3D Hessian, descending (voxel units, no spacing);
 - ``l1, l2, r``: eigenvalues of the negative y-x Hessian (``l1 >= l2``) and ``r = l2 / l1``
   clipped to [-1, 1] (about 1 for a disc, about 0 for a line);
 - ``g``: the smoothed intensity at the centre (normalised units).
 
-A :class:`Rescorer` (a one-hidden-layer perceptron on the standardised features, the CNN logit and
-the local SNR of :func:`clarity.detect.local_snr`) maps them to a probability. It is fitted by
+A :class:`Rescorer` (a one-hidden-layer perceptron on the standardised features, the CNN logit,
+the local SNR of :func:`clarity.detect.local_snr` and the candidate's LoG response) maps them to
+a probability. It is fitted by
 :func:`fit_rescorer` on completely labelled calibration volumes the CNN was not trained on (a
 fold's inner-validation brain), with its own threshold (max F1) and count factor, and stored as
 plain numbers in the model file (:func:`clarity.model.save_model`), so loading stays
@@ -39,15 +40,20 @@ from scipy import ndimage as ndi
 __all__ = ["SCALES", "SHAPE_FEATURES", "FEATURES", "DEFAULT_FLOOR", "shape_features",
            "feature_halo", "Rescorer", "fit_rescorer"]
 
-#: Gaussian scales (z, y, x), voxels, of the shape features: about a small and a large soma.
-SCALES: tuple[tuple[float, float, float], ...] = ((1.5, 2.0, 2.0), (2.0, 3.0, 3.0))
+#: Gaussian scales (z, y, x), voxels, of the shape features: from below the smallest soma to
+#: above the largest (xy radii 3-6 voxels; z is flatter and blurred more). Two scales
+#: ((1.5, 2, 2), (2, 3, 3)) gave held-out F1 0.894 and 0.893 on two sets of new synthetic brains;
+#: these four plus the LoG response 0.902 and 0.898.
+SCALES: tuple[tuple[float, float, float], ...] = ((1.0, 1.5, 1.5), (1.5, 2.0, 2.0), (2.0, 3.0, 3.0),
+                                                  (2.5, 4.0, 4.0))
 #: Gaussian kernels are cut at this many sigmas.
 TRUNCATE = 3.0
 _PER_SCALE = ("e1", "e2", "e3", "l1", "l2", "r", "g")
 #: Names of the columns :func:`shape_features` returns, in order.
 SHAPE_FEATURES: tuple[str, ...] = tuple(f"{n}_{s[1]:g}" for s in SCALES for n in _PER_SCALE)
-#: The rescorer's inputs, in order: CNN logit, local SNR, then the shape features.
-FEATURES: tuple[str, ...] = ("cnn_logit", "snr") + SHAPE_FEATURES
+#: The rescorer's inputs, in order: CNN logit, local SNR, the candidate screen's LoG response,
+#: then the shape features.
+FEATURES: tuple[str, ...] = ("cnn_logit", "snr", "response") + SHAPE_FEATURES
 #: Detections scoring at least this (CNN probability) are rescored; the rest are dropped.
 DEFAULT_FLOOR = 0.05
 
@@ -129,10 +135,13 @@ def _logit(p) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def feature_matrix(cnn_score, snr, shape) -> np.ndarray:
-    """The (N, len(FEATURES)) rescorer input from CNN probabilities, SNRs and shape features."""
-    shape = np.asarray(shape, np.float64).reshape(len(np.atleast_1d(cnn_score)), -1)
-    return np.column_stack([_logit(cnn_score), np.asarray(snr, np.float64).reshape(-1), shape])
+def feature_matrix(cnn_score, snr, response, shape) -> np.ndarray:
+    """The (N, len(FEATURES)) rescorer input from CNN probabilities, SNRs, LoG responses and
+    shape features (N, len(SHAPE_FEATURES))."""
+    n = len(np.atleast_1d(cnn_score))
+    shape = np.asarray(shape, np.float64).reshape(n, -1)
+    return np.column_stack([_logit(cnn_score), np.asarray(snr, np.float64).reshape(n),
+                            np.asarray(response, np.float64).reshape(n), shape])
 
 
 @dataclass
@@ -208,8 +217,8 @@ def fit_rescorer(frames: Sequence, truths: Sequence, *, radius: float = 6.0, hid
     ----------
     frames : sequence of pandas.DataFrame
         Detections of each volume from :func:`clarity.detect.detect_block` run with
-        ``threshold=floor`` and ``features=True`` (columns z, y, x, score, snr and
-        :data:`SHAPE_FEATURES`), after NMS.
+        ``threshold=floor``, ``features=True`` and ``rescore=False`` (columns z, y, x, score,
+        snr, response and :data:`SHAPE_FEATURES`), after NMS; candidates mode.
     truths : sequence of (M, 3) arrays
         Every cell centre (z, y, x) of each volume, voxels.
     radius : float, keyword-only
@@ -237,7 +246,7 @@ def fit_rescorer(frames: Sequence, truths: Sequence, *, radius: float = 6.0, hid
         raise ValueError("give one truth array per detection frame, at least one")
     xs, ys, n_true = [], [], 0
     for f, t in zip(frames, truths):
-        missing = [c for c in ("z", "y", "x", "score", "snr", *SHAPE_FEATURES) if c not in f]
+        missing = [c for c in ("z", "y", "x", "score", "snr", "response", *SHAPE_FEATURES) if c not in f]
         if missing:
             raise ValueError(f"detections lack columns {missing}: run detect_block(..., features=True)")
         f = f[f["score"] >= floor]
@@ -245,8 +254,11 @@ def fit_rescorer(frames: Sequence, truths: Sequence, *, radius: float = 6.0, hid
         m = match_points(f[["z", "y", "x"]].to_numpy(float), t, radius=radius)
         y = np.ones(len(f), np.int8)
         y[np.asarray(m.unmatched_pred, np.int64)] = 0
-        xs.append(feature_matrix(f["score"].to_numpy(), f["snr"].to_numpy(),
-                                 f[list(SHAPE_FEATURES)].to_numpy()))
+        x_f = feature_matrix(f["score"].to_numpy(), f["snr"].to_numpy(), f["response"].to_numpy(),
+                             f[list(SHAPE_FEATURES)].to_numpy())
+        if not np.isfinite(x_f).all():
+            raise ValueError("non-finite features (a dense-mode LoG response?): fit on candidates-mode detections")
+        xs.append(x_f)
         ys.append(y)
         n_true += len(t)
     x = np.concatenate(xs)

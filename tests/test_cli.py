@@ -184,14 +184,14 @@ def test_no_rescore_option(inputs, tmp_path, capsys):
     """A model with a rescorer rescores by default (csv score = rescored probability, above the
     rescorer's threshold); --no-rescore gives the CNN alone."""
     from clarity.model import load_model
-    from clarity.rescore import SHAPE_FEATURES, Rescorer
+    from clarity.rescore import FEATURES, Rescorer
 
     loaded = load_model(inputs["model"], device="cpu")
-    n = len(("cnn_logit", "snr") + SHAPE_FEATURES)
+    n = len(FEATURES)
     # a hand-made rescorer: probability rises with the local SNR only
     w1 = np.zeros((1, n))
     w1[0, 1] = 1.0
-    r = Rescorer(features=["cnn_logit", "snr", *SHAPE_FEATURES], mean=[0.0] * n, scale=[1.0] * n,
+    r = Rescorer(features=list(FEATURES), mean=[0.0] * n, scale=[1.0] * n,
                  w1=w1.tolist(), b1=[0.0], w2=[4.0], b2=-8.0, threshold=0.5, floor=0.5)
     path = save_model(tmp_path / "r" / "model.pt", loaded.model, normalisation=loaded.normalisation,
                       threshold=0.5, provenance={}, rescorer=r)

@@ -30,7 +30,7 @@ def test_shape_features_tell_a_disc_from_a_line():
     v = _blob_and_tube()
     f = shape_features(v, [[12, 20, 20], [12, 44, 40]])
     assert f.shape == (2, len(SHAPE_FEATURES)) and f.dtype == np.float32
-    for s in ("2", "3"):
+    for s in ("1.5", "2", "3", "4"):
         r, l1, l2 = f[:, _col(f"r_{s}")], f[:, _col(f"l1_{s}")], f[:, _col(f"l2_{s}")]
         assert r[0] > 0.9 and abs(r[1]) < 0.05      # a disc in y-x: ratio ~1; a line: ~0
         assert l1[0] > 0 and l1[1] > 0 and l2[0] > 0 and abs(l2[1]) < 0.05 * l1[1]
@@ -55,7 +55,7 @@ def test_shape_features_are_local():
     np.testing.assert_allclose(shape_features(sub, pts - lo), shape_features(v, pts), rtol=1e-4, atol=1e-5)
 
 
-def _frames(rng, n_true=60, n_false=60, shape=(40, 200, 200)):
+def _frames(rng, n_true=150, n_false=150, shape=(60, 300, 300)):
     """Detection frames where only the shape (r_3) separates cells from spurious detections."""
     truth = rng.uniform([5, 10, 10], np.array(shape) - 10, size=(n_true, 3))
     false = rng.uniform([5, 10, 10], np.array(shape) - 10, size=(n_false, 3))
@@ -64,9 +64,10 @@ def _frames(rng, n_true=60, n_false=60, shape=(40, 200, 200)):
     f = pd.DataFrame(det.astype(int), columns=["z", "y", "x"])
     f["score"] = rng.uniform(0.3, 0.99, len(f))                 # uninformative CNN
     f["snr"] = rng.normal(2.0, 1.0, len(f))                      # uninformative SNR
+    f["response"] = rng.uniform(0.1, 1.0, len(f))                # uninformative LoG response
     for name in SHAPE_FEATURES:
         f[name] = rng.normal(0, 1, len(f))
-    for s in ("2", "3"):
+    for s in ("1.5", "2", "3", "4"):
         f[f"r_{s}"] = np.where(is_true, rng.uniform(0.5, 1.0, len(f)), rng.uniform(-0.2, 0.3, len(f)))
     return f, truth
 
@@ -80,7 +81,7 @@ def test_fit_rescorer_learns_the_shape_and_round_trips(tmp_path):
     assert table.f1.max() == pytest.approx(r.info["calibration_f1"])
     # held-out frames of the same kind: the rescorer separates them, the CNN score does not
     f, truth = _frames(np.random.default_rng(2))
-    x = feature_matrix(f.score, f.snr, f[list(SHAPE_FEATURES)].to_numpy())
+    x = feature_matrix(f.score, f.snr, f.response, f[list(SHAPE_FEATURES)].to_numpy())
     p = r.predict(x)
     is_true = np.arange(len(f)) < len(truth)
     assert (p[is_true] >= r.threshold).mean() > 0.9 and (p[~is_true] >= r.threshold).mean() < 0.1
@@ -102,6 +103,8 @@ def test_fit_rescorer_bad_input():
     f, t = _frames(rng)
     with pytest.raises(ValueError, match="features=True"):
         fit_rescorer([f.drop(columns=["r_3"])], [t])
+    with pytest.raises(ValueError, match="non-finite"):
+        fit_rescorer([f.assign(response=np.nan)], [t])
     with pytest.raises(ValueError, match="one truth array"):
         fit_rescorer([f], [])
     with pytest.raises(ValueError, match="all true or all false"):
@@ -132,7 +135,7 @@ def test_rescored_detection_chunked_equals_unchunked(tmp_path):
     whole = detect_block(v, model=m, device="cpu")
     assert "cnn_score" in whole and (whole.score >= r.threshold).all() and len(whole)
     # the rescored cells are the floor-threshold detections whose rescored probability passes
-    x = feature_matrix(frame.score, frame.snr, frame[list(SHAPE_FEATURES)].to_numpy())
+    x = feature_matrix(frame.score, frame.snr, frame.response, frame[list(SHAPE_FEATURES)].to_numpy())
     kept = frame[r.predict(x) >= r.threshold].reset_index(drop=True)
     np.testing.assert_array_equal(whole[["z", "y", "x"]].to_numpy(), kept[["z", "y", "x"]].to_numpy())
     np.testing.assert_allclose(whole.cnn_score, kept.score, atol=1e-6)
