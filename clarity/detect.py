@@ -824,20 +824,6 @@ def _resolve_rescorer(model, rescore: bool, mode: str):
     return getattr(model, "rescorer", None)
 
 
-def _block_features(v: np.ndarray, cent: np.ndarray, bufs: "_Buffers | None" = None) -> np.ndarray:
-    """:func:`clarity.rescore.shape_features` of a block, smoothing into one reused buffer."""
-    from .rescore import SCALES, SHAPE_FEATURES, TRUNCATE, scale_features
-
-    out = np.zeros((len(cent), len(SHAPE_FEATURES)), np.float32)
-    if not len(cent):
-        return out
-    per = len(SHAPE_FEATURES) // len(SCALES)
-    for i, s in enumerate(SCALES):
-        g = _smoothed(v, s, TRUNCATE, out=None if bufs is None else bufs.get("tmp", v.shape))
-        out[:, i * per:(i + 1) * per] = scale_features(g, cent)
-    return out
-
-
 def detect_block(block, *, model, threshold: float | None = None,
                  mode: Modes = "candidates", sigmas=DEFAULT_SIGMAS,
                  candidate_threshold: float = DEFAULT_CANDIDATE_THRESHOLD, min_distance: int = 1,
@@ -892,7 +878,12 @@ def detect_block(block, *, model, threshold: float | None = None,
     core = tuple(slice(0, n) for n in v.shape)
     cent, sc, rs = _detect_in_block(v, model=net, params=params, core=core, vol_lo=(True,) * 3,
                                     vol_hi=(True,) * 3, stats={})
-    feats = _block_features(v, cent) if params.features else None
+    if params.features:
+        from .rescore import shape_features
+
+        feats = shape_features(v, cent)
+    else:
+        feats = None
     return _finish(cent, sc, rs, local_snr(v, cent), nms_radius=_nms_radius(nms_radius, mode),
                    nms_scale=nms_scale, min_snr=min_snr, features=feats, rescorer=rescorer,
                    threshold=threshold if rescorer is not None else None, keep_features=features)
@@ -1408,7 +1399,9 @@ def _chunk_work(core, shared: _Shared, block, bufs: _Buffers) -> dict:
     feats = None
     if shared.params.features:
         t0 = time.perf_counter()
-        feats = _block_features(v, cent, bufs)
+        from .rescore import shape_features
+
+        feats = shape_features(v, cent, buffer=bufs.get("tmp", v.shape))
         stats["features_s"] = time.perf_counter() - t0
     stats["chunk_s"] = time.perf_counter() - t_all
     stats["voxels"] = int(np.prod(bshape))

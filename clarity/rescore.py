@@ -82,7 +82,7 @@ def _hessian_at(g: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return h
 
 
-def shape_features(block, centres, *, smoothed: Sequence[np.ndarray] | None = None) -> np.ndarray:
+def shape_features(block, centres, *, buffer: np.ndarray | None = None) -> np.ndarray:
     """Local shape of the blob at each centre.
 
     Parameters
@@ -91,8 +91,8 @@ def shape_features(block, centres, *, smoothed: Sequence[np.ndarray] | None = No
         Normalised intensities (voxels).
     centres : int array (N, 3)
         Voxel indices (z, y, x) into ``block``.
-    smoothed : sequence of arrays, optional, keyword-only
-        ``block`` already smoothed at each of :data:`SCALES` (computed when None).
+    buffer : float32 array shaped like ``block``, optional, keyword-only
+        Scratch space the block is smoothed into, one scale after the other (allocated when None).
 
     Returns
     -------
@@ -107,11 +107,9 @@ def shape_features(block, centres, *, smoothed: Sequence[np.ndarray] | None = No
     out = np.zeros((len(pts), len(SHAPE_FEATURES)), np.float32)
     if not len(pts):
         return out
-    if smoothed is not None and len(smoothed) != len(SCALES):
-        raise ValueError(f"smoothed must hold {len(SCALES)} arrays, one per scale")
+    v = np.asarray(v, np.float32)
     for i, s in enumerate(SCALES):
-        g = (smoothed[i] if smoothed is not None else
-             ndi.gaussian_filter(np.asarray(v, np.float32), s, truncate=TRUNCATE, mode="nearest"))
+        g = ndi.gaussian_filter(v, s, truncate=TRUNCATE, mode="nearest", output=buffer)
         out[:, i * len(_PER_SCALE):(i + 1) * len(_PER_SCALE)] = scale_features(g, pts)
     return out
 

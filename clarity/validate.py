@@ -452,7 +452,8 @@ def _train(train_set, val_set, *, out_dir: Path, model_config, config, fingerpri
 def _resave(model_path: Path, *, threshold: float, extra: dict,
             detection_threshold: float | None = None, count_factor: float | None = None,
             rescorer=None) -> Path:
-    """Rewrite a trained model file with the chosen thresholds and more provenance."""
+    """Rewrite a trained model file with the chosen thresholds and more provenance.
+    ``rescorer``: None keeps the file's, False removes it, else the new one."""
     from .model import load_model, save_model
 
     loaded = load_model(model_path, device="cpu")
@@ -462,7 +463,7 @@ def _resave(model_path: Path, *, threshold: float, extra: dict,
                       detection_threshold=(loaded.detection_threshold if detection_threshold is None
                                            else detection_threshold),
                       count_factor=loaded.count_factor if count_factor is None else count_factor,
-                      rescorer=loaded.rescorer if rescorer is None else rescorer)
+                      rescorer=loaded.rescorer if rescorer is None else (rescorer or None))
 
 
 def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radius: float = 6.0,
@@ -514,8 +515,9 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
                                       f"on {', '.join(brains)} (complete labels)")
         except ValueError:
             rescorer = None
+    # a recalibration that fits no rescorer drops an older one: it belongs to other labels
     _resave(model_path, threshold=loaded.threshold, detection_threshold=thr, count_factor=factor,
-            rescorer=rescorer,
+            rescorer=rescorer if rescorer is not None else False,
             extra={"detection_threshold_rule": f"max F1 of whole-volume detection at {radius:g} "
                                                f"voxels on {', '.join(brains)} ({source} labels)",
                    **extra})
