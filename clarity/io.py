@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import os
 import re
 import tempfile
@@ -21,7 +22,7 @@ import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -88,11 +89,46 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     return path
 
 
+def jsonable(obj: Any) -> Any:
+    """``obj`` with plain JSON types only: numpy scalars and arrays, paths, tuples and sets are
+    converted, objects with ``to_dict`` call it, NaN and inf become None."""
+    def default(o):
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, (set, frozenset)):
+            return sorted(o)
+        if hasattr(o, "to_dict"):
+            return o.to_dict()
+        return str(o)  # paths, devices, anything else
+
+    def no_nan(o):
+        if isinstance(o, float) and not np.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: no_nan(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [no_nan(v) for v in o]
+        return o
+
+    return no_nan(json.loads(json.dumps(obj, default=default)))
+
+
+def write_json(path: str | os.PathLike, obj, *, indent: int = 2) -> Path:
+    """Write ``obj`` as JSON (through :func:`jsonable`) atomically; returns ``path``."""
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(jsonable(obj), indent=indent) + "\n")
+    return path
+
+
 # --------------------------------------------------------------------------------------------
 # volumes
 # --------------------------------------------------------------------------------------------
-def _natural_key(name: str):
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+def natural_key(name: str) -> list:
+    """Sort key that orders names as a person would: ``brain2`` before ``brain10``, case-insensitive."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(name))]
 
 
 def plane_files(folder: str | os.PathLike) -> list[Path]:
@@ -104,7 +140,7 @@ def plane_files(folder: str | os.PathLike) -> list[Path]:
              and not p.name.startswith(".")]
     if not files:
         raise ClarityInputError(f"{folder}: empty folder, no .tif/.tiff planes in it")
-    return sorted(files, key=lambda p: _natural_key(p.name))
+    return sorted(files, key=lambda p: natural_key(p.name))
 
 
 def _open_tiff(path: Path):
@@ -561,7 +597,7 @@ def list_brains(data_dir: str | os.PathLike, *, names: Sequence[str] | None = No
     if not brains:
         raise ClarityInputError(f"{raw}: no brains (no .tif volumes or folders of TIFF planes)")
     out = []
-    for name in sorted(brains, key=_natural_key):
+    for name in sorted(brains, key=natural_key):
         ann = next((raw / f"{name}{s}" for s in (".csv", ".xml") if (raw / f"{name}{s}").exists()), None)
         truth = data_dir / "truth" / f"{name}.csv"
         out.append(Brain(name, brains[name], ann, truth if truth.exists() else None))

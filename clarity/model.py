@@ -40,7 +40,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from .io import ClarityInputError, atomic_write  # noqa: E402
+from .io import ClarityInputError, atomic_write, jsonable  # noqa: E402
 
 __all__ = [
     "ModelConfig",
@@ -383,33 +383,6 @@ class LoadedModel:
         return float(self.threshold if self.detection_threshold is None else self.detection_threshold)
 
 
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON types only (numpy scalars/arrays, paths, tuples converted; NaN/inf -> None)."""
-    def default(o):
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        if isinstance(o, (Path, torch.device)):
-            return str(o)
-        if isinstance(o, (set, frozenset)):
-            return sorted(o)
-        if hasattr(o, "to_dict"):
-            return o.to_dict()
-        return str(o)
-
-    def no_nan(o):
-        if isinstance(o, float) and not np.isfinite(o):
-            return None
-        if isinstance(o, dict):
-            return {k: no_nan(v) for k, v in o.items()}
-        if isinstance(o, list):
-            return [no_nan(v) for v in o]
-        return o
-
-    return no_nan(json.loads(json.dumps(obj, default=default)))
-
-
 def code_version() -> str:
     """``clarity <version>`` plus the git commit of the source tree when it is a checkout."""
     from . import __version__
@@ -462,13 +435,13 @@ def save_model(path: str | os.PathLike, model: CellCNN, *, normalisation: dict, 
         "format": MODEL_FORMAT,
         "format_version": MODEL_FORMAT_VERSION,
         "config": model.config.to_dict(),
-        "normalisation": _jsonable(dict(normalisation)),
+        "normalisation": jsonable(dict(normalisation)),
         "threshold": float(threshold),
         "detection_threshold": None if detection_threshold is None else float(detection_threshold),
         "count_factor": None if count_factor is None else float(count_factor),
         "rescorer": (None if rescorer is None else
-                     _jsonable(rescorer if isinstance(rescorer, dict) else rescorer.to_dict())),
-        "provenance": _jsonable(prov),
+                     jsonable(rescorer if isinstance(rescorer, dict) else rescorer.to_dict())),
+        "provenance": jsonable(prov),
     }
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     with atomic_write(path) as tmp:

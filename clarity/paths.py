@@ -10,7 +10,10 @@ Layout (see ``data/README.md``)::
     <data_dir>/processed/<name>.npz              patch sets
     <data_dir>/labels/review.csv                 human review decisions
     <project>/models/<run>/                      weights + config + threshold
+    <project>/models/<run>/<split>/<variant>/model.pt   a cross-validation split's models
+    <project>/models/<run>/final.pt              the final model (all brains)
     <project>/reports/<run>/                     executed notebooks, metrics, figures
+    <project>/reports/<run>/folds/<split>/       a split's metrics, predictions, done.json
 """
 
 from __future__ import annotations
@@ -98,6 +101,33 @@ class Paths:
 
     def patchset(self, name: str = "patches") -> Path:
         return self.processed / f"{name}.npz"
+
+    # ---- cross-validation splits and models
+    @property
+    def folds_reports(self) -> Path:
+        """``reports/<run>/folds``: one folder per split (``coarse``, ``fold1``, ...)."""
+        return self.reports / "folds"
+
+    def fold_reports(self, split: str) -> Path:
+        """``reports/<run>/folds/<split>``: metrics.csv, predictions.csv, done.json of one split."""
+        return self.folds_reports / str(split)
+
+    def fold_models(self, split: str) -> Path:
+        """``models/<run>/<split>``: the models of one split, one folder per variant."""
+        return self.models / str(split)
+
+    def fold_model_dir(self, split: str, variant: str = "cnn") -> Path:
+        """``models/<run>/<split>/<variant>``: training folder (model.pt, history.csv, ...)."""
+        return self.fold_models(split) / str(variant)
+
+    def fold_model(self, split: str, variant: str = "cnn") -> Path:
+        """``models/<run>/<split>/<variant>/model.pt``."""
+        return self.fold_model_dir(split, variant) / "model.pt"
+
+    @property
+    def final_model(self) -> Path:
+        """``models/<run>/final.pt``: the model trained on every brain (notebook 04b)."""
+        return self.models / "final.pt"
 
 
 def paths_from_env(data_dir: str | os.PathLike | None = None, run: str | None = None) -> Paths:

@@ -402,7 +402,7 @@ def simulate_unreviewed(items, truth: dict[str, np.ndarray], *, store, radius: f
 # --------------------------------------------------------------------------------------------
 def _patchset_brains(paths, patchset: str = "patches") -> list[str]:
     """Brains of the patch set of notebook 02, in natural order (as :mod:`clarity.validate`)."""
-    from .validate import _natural_key
+    from .io import natural_key as _natural_key
 
     p = paths.patchset(patchset)
     if p.exists():
@@ -707,7 +707,7 @@ def write_json(path: str | os.PathLike, obj) -> Path:
     import json
 
     from .io import atomic_write
-    from .model import _jsonable
+    from .io import jsonable as _jsonable
 
     path = Path(path)
     with atomic_write(path) as tmp:

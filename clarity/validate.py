@@ -423,7 +423,7 @@ def _cells_per_brain(paths, ps: PatchSet) -> dict[str, np.ndarray]:
 # training helpers
 # --------------------------------------------------------------------------------------------
 def _run_fingerprint(**kw) -> str:
-    from .model import _jsonable
+    from .io import jsonable as _jsonable
 
     return json.dumps(_jsonable(kw), sort_keys=True)
 
@@ -819,7 +819,7 @@ def mark_done(result: SplitResult) -> Path:
     file, whose presence makes ``make report`` skip the split."""
     import datetime as dt
 
-    from .model import _jsonable
+    from .io import jsonable as _jsonable
 
     seconds = float(result.seconds)
     info = {"split": result.split, "params": result.params, "thresholds": result.thresholds,

@@ -12,6 +12,12 @@ SMALL = dict(shape=(24, 64, 64), n_tubes=6, n_debris=4, cell_density=4e-4)
 
 
 @pytest.fixture(scope="session")
+def small_kwargs():
+    """Keyword arguments of :func:`clarity.synthetic.make_brain` for a small test brain."""
+    return dict(SMALL)
+
+
+@pytest.fixture(scope="session")
 def small_brain():
     """One small synthetic brain (24 x 64 x 64) with complete truth."""
     return make_brain(7, **SMALL)

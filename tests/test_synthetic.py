@@ -4,21 +4,19 @@ from clarity import io
 from clarity.sampling import nearest_distance
 from clarity.synthetic import make_brain, write_dataset
 
-from conftest import SMALL
 
-
-def test_deterministic(small_brain):
-    again = make_brain(7, **SMALL)
+def test_deterministic(small_brain, small_kwargs):
+    again = make_brain(7, **small_kwargs)
     np.testing.assert_array_equal(again.volume, small_brain.volume)
     np.testing.assert_array_equal(again.cells, small_brain.cells)
     np.testing.assert_array_equal(again.annotated, small_brain.annotated)
-    other = make_brain(8, **SMALL)
+    other = make_brain(8, **small_kwargs)
     assert not np.array_equal(other.volume, small_brain.volume)
 
 
-def test_volume_properties(small_brain):
+def test_volume_properties(small_brain, small_kwargs):
     b = small_brain
-    assert b.volume.dtype == np.uint16 and b.volume.shape == SMALL["shape"]
+    assert b.volume.dtype == np.uint16 and b.volume.shape == small_kwargs["shape"]
     assert len(b.cells) > 5
     # dark outside the tissue, brighter inside
     assert np.median(b.volume[~b.tissue]) < 0.2 * np.median(b.volume[b.tissue])
@@ -39,8 +37,8 @@ def test_truth_annotation_consistency(small_brain):
     assert nearest_distance(b.annotated, b.cells).max() < 3.5
 
 
-def test_write_dataset(tmp_path):
-    paths = write_dataset(tmp_path, n_brains=2, seed=3, progress=False, **SMALL)
+def test_write_dataset(tmp_path, small_kwargs):
+    paths = write_dataset(tmp_path, n_brains=2, seed=3, progress=False, **small_kwargs)
     assert [p.name for p in paths] == ["brain01.tif", "brain02.tif"]
     brains = io.list_brains(tmp_path)
     assert [b.name for b in brains] == ["brain01", "brain02"]
@@ -50,5 +48,5 @@ def test_write_dataset(tmp_path):
     assert 0 < len(ann) < len(truth)
     assert (tmp_path / "raw" / "dataset.json").exists()
     before = (tmp_path / "raw" / "brain01.tif").stat().st_mtime_ns
-    write_dataset(tmp_path, n_brains=2, seed=3, progress=False, **SMALL)  # kept, not rewritten
+    write_dataset(tmp_path, n_brains=2, seed=3, progress=False, **small_kwargs)  # kept, not rewritten
     assert (tmp_path / "raw" / "brain01.tif").stat().st_mtime_ns == before

@@ -15,7 +15,6 @@ from clarity.model import ModelConfig, load_model
 from clarity.paths import Paths
 from clarity.train import TrainConfig
 
-SMALL = dict(shape=(24, 64, 64), n_tubes=6, n_debris=4, cell_density=4e-4)
 TINY = ModelConfig(patch_size=12, channels=(4, 8, 8), fc=8, dropout=0.1)
 CFG = TrainConfig(epochs=2, batch_size=64, lr=3e-3, seed=0, patience=0, num_threads=1)
 RECFG = TrainConfig(epochs=1, batch_size=64, lr=1e-3, seed=0, patience=0, num_threads=1)
@@ -67,7 +66,7 @@ def test_coarse_split_is_seeded_stratified_and_disjoint():
 # one split end to end on tiny brains
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
+def tiny_root(tmp_path_factory, small_kwargs):
     """Four tiny synthetic brains, preprocessed and sampled: a complete data root."""
     from clarity.io import write_points_csv
     from clarity.preprocess import N4Config, preprocess_dataset
@@ -78,7 +77,7 @@ def tiny_root(tmp_path_factory):
     (root / "raw").mkdir(parents=True)
     (root / "truth").mkdir()
     for i in range(4):
-        b = make_brain(20 + i, **SMALL)
+        b = make_brain(20 + i, **small_kwargs)
         tifffile.imwrite(root / "raw" / f"b{i + 1}.tif", b.volume, photometric="minisblack")
         write_points_csv(root / "raw" / f"b{i + 1}.csv", b.annotated)
         write_points_csv(root / "truth" / f"b{i + 1}.csv", b.cells)
