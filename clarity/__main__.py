@@ -26,6 +26,17 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
+from . import __version__
+from .detect import DetectionConfig, RunOptions, detect_volume
+from .detect.config import resolve_config
+from .io import ClarityInputError, volume_shape
+from .model import load_model
+from .paths import Paths
+from .pipeline import load_params, run_report, synthetic_kwargs
+from .synthetic import write_dataset
+
 __all__ = ["build_parser", "main", "add_detect_parser", "add_make_data_parser", "add_report_parser",
            "volume_name"]
 
@@ -91,9 +102,10 @@ def add_detect_parser(subparsers) -> argparse.ArgumentParser:
                    help="local threads / processes (default: CPU count)")
     p.add_argument("--xml", action="store_true",
                    help="also write DIR/<name>.xml (Cell Counter XML for Fiji / cellfinder)")
-    p.add_argument("--mode", choices=["candidates", "dense", "log"], default="candidates",
+    p.add_argument("--mode", choices=["candidates", "dense", "log"], default=None,
                    help="candidates: LoG screen + CNN (default, CPU); dense: CNN score map + "
-                        "peaks (GPU); log: the LoG baseline alone")
+                        "peaks (GPU); log: the LoG baseline alone. Default: the model's stored "
+                        "detection settings (candidates)")
     p.add_argument("--refine", choices=["snap", "climb", "none"], default=None,
                    help="candidates mode: how promising candidates move to the soma's centre: snap "
                         "(default; one extra patch each), climb (CNN score ascent; slower, slightly "
@@ -103,7 +115,7 @@ def add_detect_parser(subparsers) -> argparse.ArgumentParser:
                         "below S (default: no gate). For data unlike the model's training data, "
                         "such as real planes with a model trained on synthetic brains, 2 keeps "
                         "the visible somata")
-    p.add_argument("--no-rescore", dest="rescore", action="store_false",
+    p.add_argument("--no-rescore", dest="rescore", action="store_false", default=None,
                    help="keep the CNN's score: skip the model's second stage (shape rescoring, "
                         "present in fold models calibrated on completely labelled brains)")
     p.add_argument("--device", choices=["cpu", "cuda"],
@@ -118,49 +130,52 @@ def add_detect_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def cmd_detect(args: argparse.Namespace) -> int:
-    """Run ``clarity detect``; returns the exit code."""
-    from .detect import detect_volume
-    from .io import ClarityInputError, volume_shape
-
+def _check_detect_args(args: argparse.Namespace) -> list[str]:
+    """Validate the options and every input before the long work starts; the output names."""
     if args.mode != "log" and not args.model:
         raise _CLIError("--model is required (except with --mode log)")
     if args.mode == "log" and args.threshold is None:
         raise _CLIError("--mode log needs --threshold (a LoG-response threshold)")
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise _CLIError("--device cuda: no CUDA device is available")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise _CLIError("--device cuda: no CUDA device is available")
     names = [volume_name(v) for v in args.volumes]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise _CLIError(f"several volumes would write the same output name {dup[0]!r}; "
                         "run them into different --out folders")
-    # validate every input before the long work starts
     for v in args.volumes:
         if not Path(v).exists():
             raise ClarityInputError(f"{v}: no such file or folder")
         volume_shape(v)
-    model = None
-    if args.mode != "log":
-        from .model import load_model
-
-        model = load_model(args.model, device=args.device)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise _CLIError(f"{out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    return names
+
+
+def detection_settings(args: argparse.Namespace, model) -> tuple[DetectionConfig, RunOptions]:
+    """The model's stored detection config with the flags given on the command line replacing
+    single fields, and the run options (speed only)."""
+    config = resolve_config(model, None, mode=args.mode, refine=args.refine, rescore=args.rescore)
+    if args.min_snr is not None:
+        config = config.replace(min_snr=args.min_snr)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    scheduler = args.scheduler
-    refine = {} if args.refine is None else {"refine": args.refine}
+    run = RunOptions(chunk=tuple(args.chunk), scheduler=args.scheduler, num_workers=args.workers,
+                     device=args.device, progress=progress)
+    return config, run
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    """Run ``clarity detect``; returns the exit code."""
+    names = _check_detect_args(args)
+    model = load_model(args.model, device=args.device) if args.mode != "log" else None
+    config, run = detection_settings(args, model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     for v, name in zip(args.volumes, names):
         t0 = time.perf_counter()
-        res = detect_volume(v, model=model, threshold=args.threshold, chunk=tuple(args.chunk),
-                            mode=args.mode, scheduler=scheduler, num_workers=args.workers,
-                            preprocessed=args.preprocessed, device=args.device, name=name,
-                            progress=progress, min_snr=args.min_snr, rescore=args.rescore,
-                            **refine)
+        res = detect_volume(v, model=model, config=config, run=run, threshold=args.threshold,
+                            preprocessed=args.preprocessed, name=name)
         csv_path = res.write_csv(out / f"{name}.csv")
         written = [str(csv_path)]
         if args.xml:
@@ -175,9 +190,6 @@ def cmd_detect(args: argparse.Namespace) -> int:
 # make-data and report (the pipeline, clarity.pipeline)
 # --------------------------------------------------------------------------------------------
 def _make_data(args) -> int:
-    from .pipeline import load_params, synthetic_kwargs
-    from .synthetic import write_dataset
-
     params = load_params(args.params)
     kw = synthetic_kwargs(params)
     t0 = time.perf_counter()
@@ -200,9 +212,6 @@ def add_make_data_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _report(args) -> int:
-    from .paths import Paths
-    from .pipeline import run_report
-
     paths = Paths(data_dir=args.data_dir, run=args.run, models_root=args.models_root,
                   reports_root=args.reports_root)
     return run_report(paths, seed=args.seed, params_file=args.params, only=args.only or None)
@@ -231,7 +240,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clarity", description="Find and count fluorescent neurons in 3D CLARITY / "
                                     "light-sheet brain images.")
-    from . import __version__
 
     parser.add_argument("--version", action="version", version=f"clarity {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -243,7 +251,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 for bad input, with a one-line message)."""
-    from .io import ClarityInputError
 
     parser = build_parser()
     args = parser.parse_args(argv)

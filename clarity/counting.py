@@ -15,11 +15,17 @@ from typing import Sequence
 
 import numpy as np
 
-from .evaluate import count_calibration, match_points
-from .io import list_brains, read_volume
+import pandas as pd
+from tqdm.auto import tqdm
 
-__all__ = ["BrainCount", "score_counts", "heldout_detection", "calibration_table",
-           "calibration_points", "calibrate_detection_threshold"]
+from .detect import DetectionConfig, RunOptions, detect_volume, fit_log_threshold, log_config
+from .detect.config import resolve_config
+from .evaluate import count_calibration, match_points
+from .io import ClarityInputError, list_brains, read_volume
+from .model import load_model
+from .validate.splits import cv_folds
+
+__all__ = ["BrainCount", "score_counts", "heldout_detection", "calibration_table"]
 
 
 @dataclass
@@ -70,7 +76,7 @@ def heldout_detection(paths, *, variant: str = "cnn", n_folds: int = 4, mode: st
     Parameters
     ----------
     paths : clarity.paths.Paths
-        Fold models are read from ``models/<run>/fold<k>/<variant>/model.pt`` (notebook 04a).
+        Fold models are read from ``paths.fold_model("fold<k>", variant)`` (notebook 04a).
     variant : {"cnn", "cnn_retrained"}
     mode : {"candidates", "dense"}
         Detection mode of :func:`clarity.detect.detect_volume`.
@@ -90,67 +96,62 @@ def heldout_detection(paths, *, variant: str = "cnn", n_folds: int = 4, mode: st
     -------
     list of BrainCount, one per brain and method.
     """
-    from tqdm.auto import tqdm
-
-    from . import detect
-    from .io import ClarityInputError
-    from .model import load_model
-    from .validate import cv_folds
-
     all_brains = list_brains(paths.data_dir)
     by_name = {b.name: b for b in all_brains}
     out: list[BrainCount] = []
+    run = RunOptions(chunk=tuple(chunk), progress=False)
     folds = cv_folds([b.name for b in all_brains], n_folds=n_folds)
     for k, (train, test) in enumerate(tqdm(folds, desc="folds", disable=not progress), start=1):
         test = [t for t in test if brains is None or t in brains]
         if not test:
             continue
-        model_path = paths.models / f"fold{k}" / variant / "model.pt"
+        model_path = paths.fold_model(f"fold{k}", variant)
         if not model_path.exists():
             raise ClarityInputError(f"{model_path}: no fold model; run notebook 04a_validate_fold for fold{k}")
         model = load_model(model_path)
-        log_thr = None
-        if log_baseline:
-            blocks, targets = [], []
-            for name in train:
-                b = by_name[name]
-                vol = read_volume(paths.corrected(name), check_finite=False)
-                blocks.append(np.asarray(vol))
-                targets.append(b.truth_points() if b.truth is not None else b.points())
-            log_thr, _ = detect.fit_log_threshold(blocks, targets, radius=radius)
-            del blocks
+        log_thr = _fit_log_baseline(paths, [by_name[n] for n in train], radius=radius) if log_baseline else None
         for name in test:
-            b = by_name[name]
-            truth = b.truth_points() if b.truth is not None else None
-            ann = b.points() if b.annotations is not None else None
-            t0 = time.perf_counter()
-            res = detect.detect_volume(b.volume, model=model, mode=mode, chunk=chunk, progress=False, name=name)
-            tm, am = score_counts(res.cells, truth=truth, annotations=ann, radius=radius)
-            out.append(BrainCount(name, f"CNN ({variant})", res.cells, time.perf_counter() - t0, tm, am,
-                                  {"fold": k, "threshold": res.info.get("threshold"),
-                                   "n_candidates": res.info.get("n_candidates"),
-                                   "estimated_count": res.estimated_count,
-                                   "rescored": res.info.get("rescored", False)}))
-            if compare_without_rescoring and getattr(model, "rescorer", None) is not None:
-                t0 = time.perf_counter()
-                nres = detect.detect_volume(b.volume, model=model, mode=mode, chunk=chunk, progress=False,
-                                            name=name, field=res.field, normalisation=res.normalisation,
-                                            rescore=False)
-                tm, am = score_counts(nres.cells, truth=truth, annotations=ann, radius=radius)
-                out.append(BrainCount(name, f"without rescoring: CNN ({variant})", nres.cells,
-                                      time.perf_counter() - t0, tm, am,
-                                      {"fold": k, "threshold": nres.info.get("threshold"),
-                                       "n_candidates": nres.info.get("n_candidates"),
-                                       "estimated_count": nres.estimated_count, "rescored": False}))
-            if log_thr is not None:
-                t0 = time.perf_counter()
-                # the same N4 field and normalisation as the CNN run: only the detector differs
-                lres = detect.detect_volume(b.volume, mode="log", threshold=log_thr, chunk=chunk,
-                                            field=res.field, normalisation=res.normalisation,
-                                            progress=False, name=name)
-                tm, am = score_counts(lres.cells, truth=truth, annotations=ann, radius=radius)
-                out.append(BrainCount(name, "LoG baseline", lres.cells, time.perf_counter() - t0, tm, am,
-                                      {"fold": k, "threshold": log_thr}))
+            out += _detect_heldout(by_name[name], model, fold=k, variant=variant,
+                                   config=resolve_config(model, None, mode=mode), run=run, radius=radius,
+                                   log_threshold=log_thr, without_rescoring=compare_without_rescoring)
+    return out
+
+
+def _fit_log_baseline(paths, train_brains, *, radius: float) -> float:
+    """The LoG threshold of max F1 on the training brains (truth, or annotations without it)."""
+    blocks, targets = [], []
+    for b in train_brains:
+        blocks.append(np.asarray(read_volume(paths.corrected(b.name), check_finite=False)))
+        targets.append(b.truth_points() if b.truth is not None else b.points())
+    thr, _ = fit_log_threshold(blocks, targets, radius=radius)
+    return thr
+
+
+def _detect_heldout(b, model, *, fold: int, variant: str, config: DetectionConfig, run: RunOptions,
+                    radius: float, log_threshold: float | None, without_rescoring: bool) -> list[BrainCount]:
+    """The CNN (with and without its rescorer) and the LoG baseline on one held-out brain."""
+    truth = b.truth_points() if b.truth is not None else None
+    ann = b.points() if b.annotations is not None else None
+    out = []
+
+    def one(method, **kw):
+        t0 = time.perf_counter()
+        res = detect_volume(b.volume, run=run, name=b.name, **kw)
+        tm, am = score_counts(res.cells, truth=truth, annotations=ann, radius=radius)
+        info = {"fold": fold, "threshold": res.info.get("threshold")}
+        if method != "LoG baseline":
+            info.update({"n_candidates": res.info.get("n_candidates"),
+                         "estimated_count": res.estimated_count, "rescored": res.info.get("rescored", False)})
+        out.append(BrainCount(b.name, method, res.cells, time.perf_counter() - t0, tm, am, info))
+        return res
+
+    res = one(f"CNN ({variant})", model=model, config=config)
+    # the same N4 field and normalisation as the CNN run: only the detector differs
+    again = {"field": res.field, "normalisation": res.normalisation}
+    if without_rescoring and getattr(model, "rescorer", None) is not None:
+        one(f"without rescoring: CNN ({variant})", model=model, config=config.replace(rescore=False), **again)
+    if log_threshold is not None:
+        one("LoG baseline", config=log_config(), threshold=log_threshold, **again)
     return out
 
 
@@ -158,8 +159,6 @@ def calibration_table(counts: Sequence[BrainCount]):
     """Per-method summary: pooled precision/recall/F1 against truth, mean |count error|, the
     count calibration (slope, r of predicted vs true counts across brains), and the errors of the
     estimated counts (``n_detected * count_factor``) where the model carries a count factor."""
-    import pandas as pd
-
     rows = []
     df = pd.DataFrame([c.row() for c in counts])
     for method, g in df.groupby("method", sort=False):
@@ -182,87 +181,3 @@ def calibration_table(counts: Sequence[BrainCount]):
         r["seconds_per_brain"] = float(g.seconds.mean())
         rows.append(r)
     return pd.DataFrame(rows)
-
-
-# --------------------------------------------------------------------------------------------
-# the detection threshold
-# --------------------------------------------------------------------------------------------
-def calibration_points(brain, *, shape=None):
-    """The labels a detection threshold is calibrated against, for one :class:`clarity.io.Brain`.
-
-    Returns ``(points (N, 3), source)``: the brain's *complete* labels (``data/truth/<brain>.csv``:
-    the synthetic ground truth, or on real data an exhaustive annotation of a calibration brain)
-    with ``source == "complete"``; else its partial annotations, ``source == "annotations"``.
-    Against partial annotations every unannotated cell the model finds counts as a false
-    positive, so the threshold comes out too high (fewer cells): annotate one brain (or block)
-    exhaustively for a count you can trust.
-    """
-    if brain.truth is not None:
-        return brain.truth_points(shape=shape), "complete"
-    if brain.annotations is None:
-        return None, "none"
-    return brain.points(shape=shape, on_outside="drop"), "annotations"
-
-
-def calibrate_detection_threshold(model, volumes: Sequence, points: Sequence, *, radius: float = 6.0,
-                                  thresholds=None, floor: float = 0.05, **detect_kw):
-    """The probability threshold maximising pooled detection F1 on labelled whole volumes.
-
-    Patch thresholds (:mod:`clarity.validate`) are chosen on patches cut at annotations and near
-    them; whole-volume detection meets every blob of the tissue (vessels, debris, texture) and
-    every cell, annotated or not, so it needs its own threshold. This one is chosen on volumes
-    the model was not fitted on (the inner-validation brains of a fold), never on test brains.
-
-    Parameters
-    ----------
-    model : clarity.model.LoadedModel, CellCNN or path
-    volumes : sequence of arrays (z, y, x)
-        Corrected, normalised volumes (``data/interim/<brain>_corrected.npy``).
-    points : sequence of (N, 3) arrays
-        Cell centres (z, y, x), voxels, of each volume: complete labels (see
-        :func:`calibration_points`).
-    radius : float, keyword-only
-        Matching radius in voxels (:func:`clarity.evaluate.match_points`).
-    thresholds : array, keyword-only
-        Candidate thresholds (default 0.05, 0.06, ..., 0.99).
-    floor : float, keyword-only
-        Detection runs once at this threshold; greedy NMS keeps, for any higher threshold, exactly
-        the detections of that run scoring at least the threshold, so the sweep is exact.
-    **detect_kw
-        Passed to :func:`clarity.detect.detect_block` (``sigmas``, ``nms_radius``, ...).
-
-    Returns
-    -------
-    threshold : float
-        The best threshold (the lowest among ties).
-    table : pandas.DataFrame
-        threshold, n_detected, tp, fp, fn, precision, recall, f1, pooled over the volumes.
-    """
-    import pandas as pd
-
-    from . import detect
-    from .evaluate import match_points
-
-    if len(volumes) != len(points) or not len(volumes):
-        raise ValueError(f"need as many label sets as volumes (at least one), got {len(volumes)} "
-                         f"volumes and {len(points)} label sets")
-    thr = np.round(np.arange(0.05, 1.0, 0.01), 2) if thresholds is None else np.asarray(thresholds, float)
-    thr = np.sort(thr[thr >= floor])
-    if not len(thr):
-        raise ValueError(f"no threshold at or above floor={floor}")
-    counts = np.zeros((len(thr), 4), np.int64)  # n_detected, tp, fp, fn
-    for vol, pts in zip(volumes, points):
-        cells = detect.detect_block(np.asarray(vol, np.float32), model=model, threshold=floor, **detect_kw)
-        xyz = cells[["z", "y", "x"]].to_numpy(float)
-        sc = cells["score"].to_numpy(float)
-        pts = np.asarray(pts, float).reshape(-1, 3)
-        for i, t in enumerate(thr):
-            m = match_points(xyz[sc >= t], pts, radius=radius)
-            counts[i] += (m.n_pred, m.tp, m.fp, m.fn)
-    n, tp, fp, fn = counts.T
-    precision = tp / np.maximum(tp + fp, 1)
-    recall = tp / np.maximum(tp + fn, 1)
-    f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
-    table = pd.DataFrame({"threshold": thr, "n_detected": n, "tp": tp, "fp": fp, "fn": fn,
-                          "precision": precision, "recall": recall, "f1": f1})
-    return float(thr[int(np.argmax(f1))]), table

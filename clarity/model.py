@@ -23,9 +23,9 @@ i.e. whose centre is ``(i + P//2, j + P//2, k + P//2)``.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import subprocess
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,7 +40,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from .io import ClarityInputError, atomic_write, jsonable  # noqa: E402
+from .io import ClarityInputError, atomic_write, jsonable, write_json  # noqa: E402
+from .rescore import Rescorer  # noqa: E402
 
 __all__ = [
     "ModelConfig",
@@ -233,12 +234,24 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+_PREPARE_LOCK = threading.Lock()
+
+
 def _prepare(model: CellCNN, device) -> tuple[CellCNN, torch.device]:
+    """``model`` on ``device`` (channels-last on the CPU: oneDNN 3D convolutions run ~1.5x
+    faster), in eval mode. A model already in that state is left untouched, so threads scoring
+    with one shared network never see its weights swapped under them."""
     dev = pick_device(device) if device is not None else next(model.parameters()).device
-    model = model.to(dev)
-    if dev.type == "cpu":  # oneDNN 3D convolutions run ~1.5x faster channels-last
-        model = model.to(memory_format=torch.channels_last_3d)
-    model.eval()
+    w = model.conv1.weight
+    ready = (w.device == dev or (dev.type == w.device.type and dev.index is None)) and not model.training
+    if dev.type == "cpu":
+        ready = ready and w.is_contiguous(memory_format=torch.channels_last_3d)
+    if not ready:
+        with _PREPARE_LOCK:
+            model = model.to(dev)
+            if dev.type == "cpu":
+                model = model.to(memory_format=torch.channels_last_3d)
+            model.eval()
     return model, dev
 
 
@@ -353,7 +366,7 @@ class LoadedModel:
     path : Path
     detection_threshold : float or None
         Probability above which a *whole-volume detection* counts as a cell, calibrated on
-        completely labelled held-out brains (:func:`clarity.counting.calibrate_detection_threshold`);
+        completely labelled held-out brains (:func:`clarity.detect.calibrate.calibrate_detection_threshold`);
         None when never calibrated (detection then uses ``threshold``).
     count_factor : float or None
         Precision / recall of whole-volume detection at ``detection_threshold`` on the
@@ -364,6 +377,11 @@ class LoadedModel:
         Second stage fitted on the calibration brains (:func:`clarity.rescore.fit_rescorer`):
         whole-volume detection rescores its detections with it (CNN score, local SNR, local
         shape) and keeps those above the rescorer's own threshold. None when never fitted.
+    detection_config : dict or None
+        The detection settings (:meth:`clarity.detect.DetectionConfig.to_dict`) the calibrated
+        threshold, count factor and rescorer hold for; detection uses them unless told otherwise.
+        None in model files written before settings were stored (detection then uses the
+        defaults, which those files were calibrated under).
     """
 
     model: CellCNN
@@ -375,6 +393,7 @@ class LoadedModel:
     detection_threshold: float | None = None
     count_factor: float | None = None
     rescorer: Any = None
+    detection_config: dict | None = None
 
     @property
     def operating_threshold(self) -> float:
@@ -400,7 +419,7 @@ def code_version() -> str:
 
 def save_model(path: str | os.PathLike, model: CellCNN, *, normalisation: dict, threshold: float,
                provenance: dict, detection_threshold: float | None = None,
-               count_factor: float | None = None, rescorer=None) -> Path:
+               count_factor: float | None = None, rescorer=None, detection_config=None) -> Path:
     """Save a model, atomically, as one ``.pt`` file plus a ``config.json`` beside it.
 
     Parameters
@@ -421,6 +440,9 @@ def save_model(path: str | os.PathLike, model: CellCNN, *, normalisation: dict, 
         Count correction at that threshold (see :class:`LoadedModel`).
     rescorer : clarity.rescore.Rescorer or dict or None, keyword-only
         Second-stage rescoring of detections (see :class:`LoadedModel`), stored as plain numbers.
+    detection_config : clarity.detect.DetectionConfig or dict or None, keyword-only
+        The detection settings ``detection_threshold``, ``count_factor`` and ``rescorer`` were
+        calibrated under (stored as plain numbers; detection then uses them by default).
 
     Returns
     -------
@@ -441,13 +463,15 @@ def save_model(path: str | os.PathLike, model: CellCNN, *, normalisation: dict, 
         "count_factor": None if count_factor is None else float(count_factor),
         "rescorer": (None if rescorer is None else
                      jsonable(rescorer if isinstance(rescorer, dict) else rescorer.to_dict())),
+        "detection_config": (None if detection_config is None else
+                             jsonable(detection_config if isinstance(detection_config, dict)
+                                      else detection_config.to_dict())),
         "provenance": jsonable(prov),
     }
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     with atomic_write(path) as tmp:
         torch.save({**meta, "state_dict": state}, tmp)
-    with atomic_write(path.parent / "config.json") as tmp:
-        tmp.write_text(json.dumps({**meta, "weights": path.name}, indent=2) + "\n")
+    write_json(path.parent / "config.json", {**meta, "weights": path.name})
     return path
 
 
@@ -484,8 +508,6 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
         raise ClarityInputError(f"{path}: corrupt clarity model file ({exc})") from None
     rescorer = None
     if blob.get("rescorer") is not None:
-        from .rescore import Rescorer
-
         try:
             rescorer = Rescorer.from_dict(blob["rescorer"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -498,4 +520,6 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
                        detection_threshold=(None if blob.get("detection_threshold") is None
                                             else float(blob["detection_threshold"])),
                        count_factor=(None if blob.get("count_factor") is None
-                                     else float(blob["count_factor"])), rescorer=rescorer)
+                                     else float(blob["count_factor"])), rescorer=rescorer,
+                       detection_config=(None if blob.get("detection_config") is None
+                                         else dict(blob["detection_config"])))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -62,10 +63,11 @@ class N4Config:
 
 def shrink_factors(shape: Sequence[int], shrink: int) -> tuple[int, int, int]:
     """Per-axis shrink factors (z, y, x): ``shrink`` in y and x, and in z only as far as at
-    least 12 planes remain (thin light-sheet stacks keep their z resolution)."""
-    nz = int(shape[0])
+    least 12 planes remain (thin light-sheet stacks keep their z resolution); never so much that
+    fewer than 2 voxels remain along an axis (N4's B-spline needs 2)."""
+    nz, ny, nx = (int(n) for n in shape)
     fz = max(1, min(int(shrink), nz // 12))
-    return (fz, max(1, int(shrink)), max(1, int(shrink)))
+    return (fz, max(1, min(int(shrink), ny // 2)), max(1, min(int(shrink), nx // 2)))
 
 
 def downsample(volume, factors: Sequence[int], *, slab: int = 64) -> np.ndarray:
@@ -194,6 +196,8 @@ def fit_bias_field(volume, *, config: N4Config | None = None, mask: np.ndarray |
     small = downsample(volume, factors, slab=cfg.slab * 4)
     if mask is None:
         mask = tissue_mask(small)
+    if min(small.shape) < 2:
+        return _flat_field(volume.shape, factors, small.shape, mask, cfg, t0)
     offset = float(max(np.percentile(small[mask], 0.1), 0.0)) if mask.any() else 0.0
     img = sitk.GetImageFromArray(np.clip(small, 1e-3, None).astype(np.float32))
     img.SetSpacing([float(f) for f in factors[::-1]])
@@ -213,6 +217,17 @@ def fit_bias_field(volume, *, config: N4Config | None = None, mask: np.ndarray |
             "field_fold": float(np.exp(np.percentile(log_field[mask], 99) - np.percentile(log_field[mask], 1)))
             if mask.any() else 1.0}
     return BiasField(log_field, factors, tuple(int(s) for s in volume.shape), mask, info)
+
+
+def _flat_field(shape, factors, small_shape, mask, cfg: N4Config, t0: float) -> BiasField:
+    """A field of 1 for a volume too thin for N4 (one voxel along an axis), with a warning."""
+    why = (f"volume of shape {tuple(int(s) for s in shape)} has a single voxel along an axis; "
+           "N4 needs at least 2 per axis: bias-field correction skipped (field = 1)")
+    warnings.warn(why, stacklevel=3)
+    info = {"n4": cfg.to_dict(), "factors": list(factors), "seconds": time.perf_counter() - t0,
+            "tissue_fraction": float(mask.mean()), "offset": 0.0, "iterations_done": 0,
+            "field_fold": 1.0, "skipped": why}
+    return BiasField(np.zeros(small_shape, np.float32), factors, tuple(int(s) for s in shape), mask, info)
 
 
 @dataclass

@@ -10,11 +10,12 @@ import torch
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from clarity.detect import (_max_filter, _neg_laplacian, _VolumeReader, candidate_halo,
-                            chunk_boxes, cut_patches, detect_block, detect_volume,
-                            find_candidates, find_peaks, fit_log_threshold, local_snr, log_detect,
-                            nms)
-from clarity.io import ClarityInputError
+from clarity.detect import (DetectionConfig, RunOptions, candidate_halo, chunk_boxes, detect_block,
+                            detect_volume, find_candidates, find_peaks, fit_log_threshold, local_snr,
+                            log_detect, nms)
+from clarity.detect.filters import max_filter, neg_laplacian
+from clarity.io import ClarityInputError, VolumeReader
+from clarity.patches import cut_patches
 from clarity.model import CellCNN, ModelConfig, load_model, save_model
 from clarity.preprocess import N4Config, correct_volume, estimate_normalisation, fit_bias_field
 from clarity.synthetic import make_brain
@@ -50,8 +51,7 @@ def files(tmp_path_factory, brain):
 @pytest.fixture(scope="module")
 def reference(files):
     """Unchunked detection of the tiny volume (one chunk), N4 included."""
-    return detect_volume(files["volume"], model=load_model(files["model"], device="cpu"),
-                         chunk=SHAPE, n4=N4_FAST, scheduler="sync", progress=False, device="cpu")
+    return detect_volume(files['volume'], model=load_model(files['model'], device='cpu'), n4=N4_FAST, run=RunOptions(chunk=SHAPE, scheduler='sync', progress=False, device='cpu'))
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,7 +60,7 @@ def reference(files):
 @pytest.mark.parametrize("radius", [0, 1, 2, 3, 5])
 def test_max_filter_equals_scipy(radius):
     a = np.random.default_rng(radius).standard_normal((9, 14, 11)).astype(np.float32)
-    got = _max_filter(a, radius, np.empty_like(a), np.empty_like(a))
+    got = max_filter(a, radius, np.empty_like(a), np.empty_like(a))
     want = ndimage.maximum_filter(a, size=2 * radius + 1, mode="nearest")
     np.testing.assert_array_equal(got, want)
 
@@ -68,7 +68,7 @@ def test_max_filter_equals_scipy(radius):
 def test_neg_laplacian_matches_scipy():
     g = np.random.default_rng(1).standard_normal((7, 12, 10)).astype(np.float32)
     sigma = (2.0, 1.25, 1.25)
-    got = _neg_laplacian(g, sigma, np.empty_like(g), np.empty_like(g))
+    got = neg_laplacian(g, sigma, np.empty_like(g), np.empty_like(g))
     want = np.zeros_like(g, dtype=np.float64)
     for a, s in enumerate(sigma):
         want -= s ** 2 * ndimage.correlate1d(g.astype(np.float64), [1.0, -2.0, 1.0], axis=a, mode="nearest")
@@ -142,7 +142,7 @@ def test_nms_merges_duplicates_within_radius():
 def test_cut_patches_edge_replication():
     a = np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7)
     c = np.array([[0, 0, 0], [2, 3, 3], [4, 5, 6]])
-    got = cut_patches(a, c, 4)
+    got = cut_patches(a, c, size=4)
     padded = np.pad(a, 2, mode="edge")
     for i, (z, y, x) in enumerate(c):
         np.testing.assert_array_equal(got[i], padded[z:z + 4, y:y + 4, x:x + 4])
@@ -175,7 +175,7 @@ def test_volume_reader_formats(tmp_path):
     keys = [(slice(None),) * 3, (slice(1, 5), slice(2, 9), slice(3, 8)),
             (slice(None, None, 2), slice(None, None, 4), slice(1, None, 4))]
     for name in ("a.npy", "a.tif", "c.tif", "planes"):
-        r = _VolumeReader(tmp_path / name)
+        r = VolumeReader(tmp_path / name)
         assert r.shape == a.shape
         for k in keys:
             np.testing.assert_array_equal(r[k], a[k])
@@ -183,7 +183,7 @@ def test_volume_reader_formats(tmp_path):
     bad[4, 3, 2] = np.nan
     tifffile.imwrite(tmp_path / "nan.tif", bad)
     with pytest.raises(ClarityInputError, match="NaN"):
-        _VolumeReader(tmp_path / "nan.tif")[3:6]
+        VolumeReader(tmp_path / "nan.tif")[3:6]
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,9 +213,7 @@ def test_detect_volume_result(reference, brain):
 
 def test_chunked_equals_unchunked(reference, files):
     chunk = (10, 40, 30)
-    res = detect_volume(files["volume"], model=load_model(files["model"], device="cpu"), chunk=chunk,
-                        field=reference.field, normalisation=reference.normalisation,
-                        progress=False, device="cpu")
+    res = detect_volume(files['volume'], model=load_model(files['model'], device='cpu'), field=reference.field, normalisation=reference.normalisation, run=RunOptions(chunk=chunk, progress=False, device='cpu'))
     assert res.chunks == 4 * 3 * 4
     _same(res.cells, reference.cells)
     # the test means something: candidates sat on the chunk borders
@@ -227,9 +225,7 @@ def test_chunked_equals_unchunked(reference, files):
     assert near.sum() >= 5
     # same again with the sync scheduler and an in-memory array source
     vol = tifffile.imread(files["volume"])
-    res2 = detect_volume(vol, model=load_model(files["model"], device="cpu"), chunk=(16, 48, 48),
-                         scheduler="sync", field=reference.field, normalisation=reference.normalisation,
-                         progress=False, device="cpu")
+    res2 = detect_volume(vol, model=load_model(files['model'], device='cpu'), field=reference.field, normalisation=reference.normalisation, run=RunOptions(chunk=(16, 48, 48), scheduler='sync', progress=False, device='cpu'))
     _same(res2.cells, reference.cells)
 
 
@@ -237,15 +233,10 @@ def test_distributed_cluster_matches_local(reference, files):
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                                   dashboard_address=None) as cluster:
-        res = detect_volume(files["volume"], model=load_model(files["model"], device="cpu"),
-                            chunk=(16, 48, 48), scheduler=cluster.scheduler_address,
-                            field=reference.field, normalisation=reference.normalisation,
-                            progress=False, device="cpu")
+        res = detect_volume(files['volume'], model=load_model(files['model'], device='cpu'), field=reference.field, normalisation=reference.normalisation, run=RunOptions(chunk=(16, 48, 48), scheduler=cluster.scheduler_address, progress=False, device='cpu'))
         # an in-memory array is shipped chunk by chunk
         vol = tifffile.imread(files["volume"])
-        res2 = detect_volume(vol, model=load_model(files["model"], device="cpu"), chunk=(16, 48, 48),
-                             scheduler=cluster.scheduler_address, field=reference.field,
-                             normalisation=reference.normalisation, progress=False, device="cpu")
+        res2 = detect_volume(vol, model=load_model(files['model'], device='cpu'), field=reference.field, normalisation=reference.normalisation, run=RunOptions(chunk=(16, 48, 48), scheduler=cluster.scheduler_address, progress=False, device='cpu'))
     _same(res.cells, reference.cells)
     _same(res2.cells, reference.cells)
     assert res.chunks == 2 * 2 * 2
@@ -255,8 +246,8 @@ def test_preprocessed_and_detect_block_agree(reference, files):
     vol = tifffile.imread(files["volume"])
     v = correct_volume(vol, reference.field, reference.normalisation)
     net = load_model(files["model"], device="cpu")
-    a = detect_volume(v, model=net, preprocessed=True, chunk=(16, 40, 40), progress=False, device="cpu")
-    b = detect_block(v, model=net, device="cpu")
+    a = detect_volume(v, model=net, preprocessed=True, run=RunOptions(chunk=(16, 40, 40), progress=False, device='cpu'))
+    b = detect_block(v, model=net, run=RunOptions(device='cpu'))
     _same(a.cells, b)
     _same(a.cells, reference.cells)
     assert a.field is None and a.normalisation is None
@@ -264,24 +255,20 @@ def test_preprocessed_and_detect_block_agree(reference, files):
 
 def test_threshold_and_nan_input(reference, files, tmp_path):
     net = load_model(files["model"], device="cpu")
-    hi = detect_volume(files["volume"], model=net, threshold=0.9, field=reference.field,
-                       normalisation=reference.normalisation, progress=False, device="cpu")
+    hi = detect_volume(files['volume'], model=net, threshold=0.9, field=reference.field, normalisation=reference.normalisation, run=RunOptions(progress=False, device='cpu'))
     assert hi.n_cells < reference.n_cells and (hi.cells["score"] >= 0.9).all()
     bad = tifffile.imread(files["volume"]).astype(np.float32)
     bad[20, 50, 50] = np.nan
     with pytest.raises(ClarityInputError, match="NaN"):
-        detect_volume(bad, model=net, progress=False)
+        detect_volume(bad, model=net, run=RunOptions(progress=False))
     with pytest.raises(ClarityInputError, match="NaN"):
-        detect_volume(bad, model=net, preprocessed=True, chunk=(8, 96, 96), progress=False)
+        detect_volume(bad, model=net, preprocessed=True, run=RunOptions(chunk=(8, 96, 96), progress=False))
 
 
 def test_dense_mode_close_to_candidates_geometry(reference, files):
     net = load_model(files["model"], device="cpu")
-    whole = detect_volume(files["volume"], model=net, mode="dense", field=reference.field,
-                          normalisation=reference.normalisation, progress=False, device="cpu")
-    chunked = detect_volume(files["volume"], model=net, mode="dense", chunk=(16, 48, 48),
-                            field=reference.field, normalisation=reference.normalisation,
-                            progress=False, device="cpu")
+    whole = detect_volume(files['volume'], model=net, field=reference.field, normalisation=reference.normalisation, config=DetectionConfig(mode='dense'), run=RunOptions(progress=False, device='cpu'))
+    chunked = detect_volume(files['volume'], model=net, field=reference.field, normalisation=reference.normalisation, config=DetectionConfig(mode='dense'), run=RunOptions(chunk=(16, 48, 48), progress=False, device='cpu'))
     assert whole.n_cells > 0
     assert (whole.cells["score"] >= 0.5).all()
     # dense score maps of different tilings differ in the last float bits only
@@ -299,11 +286,10 @@ def test_log_baseline(brain):
     assert best > 0.5
     det = log_detect(v, threshold=thr)
     assert (det["score"] >= thr).all()
-    whole = detect_volume(v, mode="log", threshold=thr, preprocessed=True, chunk=(16, 40, 40),
-                          progress=False)
+    whole = detect_volume(v, threshold=thr, preprocessed=True, config=DetectionConfig(mode='log'), run=RunOptions(chunk=(16, 40, 40), progress=False))
     _same(whole.cells, det)
     with pytest.raises(ValueError, match="threshold"):
-        detect_volume(v, mode="log", preprocessed=True, progress=False)
+        detect_volume(v, preprocessed=True, config=DetectionConfig(mode='log'), run=RunOptions(progress=False))
 
 
 @pytest.mark.slow
@@ -312,21 +298,18 @@ def test_distributed_worker_processes_match_local(reference, files):
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster:
-        res = detect_volume(files["volume"], model=load_model(files["model"], device="cpu"),
-                            chunk=(16, 48, 48), scheduler=cluster.scheduler_address,
-                            field=reference.field, normalisation=reference.normalisation,
-                            progress=False, device="cpu")
+        res = detect_volume(files['volume'], model=load_model(files['model'], device='cpu'), field=reference.field, normalisation=reference.normalisation, run=RunOptions(chunk=(16, 48, 48), scheduler=cluster.scheduler_address, progress=False, device='cpu'))
     _same(res.cells, reference.cells)
 
 
 def test_balanced_chunk_keeps_every_worker_busy():
-    from clarity.detect import _balanced_chunk
+    from clarity.detect.chunks import balanced_chunk
 
-    assert _balanced_chunk((64, 512, 512), (64, 512, 512), 2, (8, 6, 6)) == (64, 256, 512)
-    assert _balanced_chunk((256, 1024, 1024), (64, 512, 512), 2, (8, 6, 6)) == (64, 512, 512)
-    assert _balanced_chunk((20, 30, 30), (64, 512, 512), 8, (8, 6, 6)) == (20, 15, 15)
+    assert balanced_chunk((64, 512, 512), (64, 512, 512), 2, (8, 6, 6)) == (64, 256, 512)
+    assert balanced_chunk((256, 1024, 1024), (64, 512, 512), 2, (8, 6, 6)) == (64, 512, 512)
+    assert balanced_chunk((20, 30, 30), (64, 512, 512), 8, (8, 6, 6)) == (20, 15, 15)
     with pytest.raises(ValueError):
-        _balanced_chunk((10, 10, 10), (0, 5, 5), 1, (1, 1, 1))
+        balanced_chunk((10, 10, 10), (0, 5, 5), 1, (1, 1, 1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,13 +318,13 @@ def test_balanced_chunk_keeps_every_worker_busy():
 def test_calibrated_detection_threshold(reference, files, tmp_path):
     """The calibration sweep is exact (each row equals a detection run at that threshold), picks
     the row of maximum F1, and a saved detection threshold becomes detection's default."""
-    from clarity.counting import calibrate_detection_threshold
+    from clarity.detect.calibrate import calibrate_detection_threshold
     from clarity.evaluate import match_points
 
     vol = tifffile.imread(files["volume"])
     v = correct_volume(vol, reference.field, reference.normalisation)
     net = load_model(files["model"], device="cpu")
-    cells = detect_block(v, model=net, threshold=0.05, device="cpu")
+    cells = detect_block(v, model=net, threshold=0.05, run=RunOptions(device='cpu'))
     # labels: the detections scoring >= 0.7 plus far-away points that no detection can match,
     # so the best threshold is 0.7 exactly
     labels = cells.loc[cells.score >= 0.7, ["z", "y", "x"]].to_numpy(float)
@@ -350,7 +333,7 @@ def test_calibrated_detection_threshold(reference, files, tmp_path):
     assert thr == pytest.approx(0.7)
     assert table.f1.idxmax() == 2 and table.f1.iloc[2] > table.f1.iloc[[0, 1, 3]].max()
     for _, row in table.iterrows():
-        det = detect_block(v, model=net, threshold=row.threshold, device="cpu")
+        det = detect_block(v, model=net, threshold=row.threshold, run=RunOptions(device='cpu'))
         m = match_points(det[["z", "y", "x"]].to_numpy(float), labels, radius=6.0)
         assert (row.n_detected, row.tp, row.fp, row.fn) == (len(det), m.tp, m.fp, m.fn)
     with pytest.raises(ValueError, match="label sets"):
@@ -362,19 +345,18 @@ def test_calibrated_detection_threshold(reference, files, tmp_path):
     cal = load_model(path, device="cpu")
     assert cal.threshold == pytest.approx(0.2) and cal.detection_threshold == pytest.approx(0.7)
     assert cal.operating_threshold == pytest.approx(0.7)
-    default = detect_block(v, model=cal, device="cpu")
-    _same(default, detect_block(v, model=net, threshold=0.7, device="cpu"))
+    default = detect_block(v, model=cal, run=RunOptions(device='cpu'))
+    _same(default, detect_block(v, model=net, threshold=0.7, run=RunOptions(device='cpu')))
     assert load_model(files["model"], device="cpu").detection_threshold is None
     # a count factor turns the detections at the calibrated threshold into an estimated count
     path = save_model(tmp_path / "cal2.pt", net.model, normalisation=net.normalisation, threshold=0.2,
                       provenance={}, detection_threshold=thr, count_factor=1.25)
     cal2 = load_model(path, device="cpu")
     assert cal2.count_factor == pytest.approx(1.25)
-    res = detect_volume(v, model=cal2, preprocessed=True, progress=False, device="cpu")
+    res = detect_volume(v, model=cal2, preprocessed=True, run=RunOptions(progress=False, device='cpu'))
     assert res.estimated_count == pytest.approx(1.25 * res.n_cells)
-    assert detect_volume(v, model=cal2, threshold=0.5, preprocessed=True, progress=False,
-                         device="cpu").estimated_count is None
-    assert detect_volume(v, model=cal, preprocessed=True, progress=False, device="cpu").estimated_count is None
+    assert detect_volume(v, model=cal2, threshold=0.5, preprocessed=True, run=RunOptions(progress=False, device='cpu')).estimated_count is None
+    assert detect_volume(v, model=cal, preprocessed=True, run=RunOptions(progress=False, device='cpu')).estimated_count is None
 
 
 def test_refine_candidates_climbs_the_score(files):
@@ -403,13 +385,15 @@ def test_refine_candidates_climbs_the_score(files):
     c0, s0 = refine_candidates(net, block, cent, sc, steps=0)
     assert np.array_equal(c0, cent) and np.array_equal(s0, sc)
     with pytest.raises(ValueError, match="refine_steps"):
-        detect_block(block, model=net, refine="climb", refine_steps=-1)
+        detect_block(block, model=net, config=DetectionConfig(refine='climb', refine_steps=-1))
     with pytest.raises(ValueError, match="refine must be"):
-        detect_block(block, model=net, refine="sideways")
+        detect_block(block, model=net, config=DetectionConfig(refine='sideways'))
 
 
 def test_snap_candidates_moves_to_the_brightest_point_when_it_scores_higher(files):
-    from clarity.detect import SNAP_SIGMA, _smoothed, score_candidates, snap_candidates
+    from clarity.detect import score_candidates, snap_candidates
+    from clarity.detect.config import SNAP_SIGMA
+    from clarity.detect.score import gaussian_smoothed
 
     rng = np.random.default_rng(1)
     block = ndimage.gaussian_filter(rng.standard_normal((24, 40, 40)).astype(np.float32), 1.5) * 3
@@ -423,7 +407,7 @@ def test_snap_candidates_moves_to_the_brightest_point_when_it_scores_higher(file
     assert not moved[sc < floor].any()
     assert (np.abs(c2 - cent) <= [1, 2, 2]).all()
     np.testing.assert_allclose(s2, score_candidates(net, block, c2), atol=1e-6)
-    g = _smoothed(block, SNAP_SIGMA)
+    g = gaussian_smoothed(block, SNAP_SIGMA)
     for i in np.flatnonzero(moved):  # a moved candidate sits on the brightest smoothed voxel of its box
         z, y, x = cent[i]
         box = g[max(z - 1, 0):z + 2, max(y - 2, 0):y + 3, max(x - 2, 0):x + 3]
@@ -435,9 +419,8 @@ def test_chunked_equals_unchunked_every_refinement(reference, files, refine):
     vol = tifffile.imread(files["volume"])
     v = correct_volume(vol, reference.field, reference.normalisation)
     net = load_model(files["model"], device="cpu")
-    whole = detect_block(v, model=net, refine=refine, device="cpu")
-    chunked = detect_volume(v, model=net, preprocessed=True, chunk=(12, 40, 40), refine=refine,
-                            scheduler="sync", progress=False, device="cpu")
+    whole = detect_block(v, model=net, config=DetectionConfig(refine=refine), run=RunOptions(device='cpu'))
+    chunked = detect_volume(v, model=net, preprocessed=True, config=DetectionConfig(refine=refine), run=RunOptions(chunk=(12, 40, 40), scheduler='sync', progress=False, device='cpu'))
     assert chunked.chunks > 1
     _same(chunked.cells, whole)
 
@@ -464,14 +447,13 @@ def test_min_snr_gate(reference, files):
     vol = tifffile.imread(files["volume"])
     v = correct_volume(vol, reference.field, reference.normalisation)
     net = load_model(files["model"], device="cpu")
-    every = detect_block(v, model=net, device="cpu")
+    every = detect_block(v, model=net, run=RunOptions(device='cpu'))
     assert "snr" in every and np.isfinite(every["snr"]).all()
     cut = float(np.median(every["snr"]))
-    gated = detect_block(v, model=net, device="cpu", min_snr=cut)
+    gated = detect_block(v, model=net, config=DetectionConfig(min_snr=cut), run=RunOptions(device='cpu'))
     # the gate runs after NMS: exactly the ungated cells at or above it
     _same(gated, every[every["snr"] >= cut].reset_index(drop=True))
     assert 0 < len(gated) < len(every)
-    chunked = detect_volume(v, model=net, preprocessed=True, chunk=(12, 40, 40), min_snr=cut,
-                            scheduler="sync", progress=False, device="cpu")
+    chunked = detect_volume(v, model=net, preprocessed=True, config=DetectionConfig(min_snr=cut), run=RunOptions(chunk=(12, 40, 40), scheduler='sync', progress=False, device='cpu'))
     _same(chunked.cells, gated)
     assert chunked.info["min_snr"] == cut and chunked.estimated_count is None

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from clarity.detect import detect_block, detect_volume
+from clarity.detect import DetectionConfig, RunOptions, detect_block, detect_volume
 from clarity.model import CellCNN, ModelConfig, load_model, save_model
 from clarity.rescore import (FEATURES, SHAPE_FEATURES, Rescorer, feature_halo, feature_matrix,
                              fit_rescorer, shape_features)
@@ -126,31 +126,30 @@ def test_rescored_detection_chunked_equals_unchunked(tmp_path):
     torch.nn.init.normal_(net.fc2.weight, std=0.5)
     path = save_model(tmp_path / "m.pt", net.eval(), normalisation={}, threshold=0.5, provenance={})
     plain = load_model(path, device="cpu")
-    frame = detect_block(v, model=plain, threshold=0.05, features=True, device="cpu")
+    frame = detect_block(v, model=plain, threshold=0.05, features=True, run=RunOptions(device='cpu'))
     assert set(SHAPE_FEATURES) <= set(frame.columns) and (frame.score >= 0.05).all()
     r, _ = fit_rescorer([frame], [b.cells])
     path = save_model(tmp_path / "r.pt", net, normalisation={}, threshold=0.5, provenance={},
                       detection_threshold=0.5, count_factor=2.0, rescorer=r)
     m = load_model(path, device="cpu")
-    whole = detect_block(v, model=m, device="cpu")
+    whole = detect_block(v, model=m, run=RunOptions(device='cpu'))
     assert "cnn_score" in whole and (whole.score >= r.threshold).all() and len(whole)
     # the rescored cells are the floor-threshold detections whose rescored probability passes
     x = feature_matrix(frame.score, frame.snr, frame.response, frame[list(SHAPE_FEATURES)].to_numpy())
     kept = frame[r.predict(x) >= r.threshold].reset_index(drop=True)
     np.testing.assert_array_equal(whole[["z", "y", "x"]].to_numpy(), kept[["z", "y", "x"]].to_numpy())
     np.testing.assert_allclose(whole.cnn_score, kept.score, atol=1e-6)
-    chunked = detect_volume(v, model=m, preprocessed=True, chunk=(12, 40, 40), scheduler="sync",
-                            progress=False, device="cpu")
+    chunked = detect_volume(v, model=m, preprocessed=True, run=RunOptions(chunk=(12, 40, 40), scheduler='sync', progress=False, device='cpu'))
     assert chunked.chunks > 1 and chunked.info["rescored"]
     np.testing.assert_array_equal(chunked.cells[["z", "y", "x"]].to_numpy(), whole[["z", "y", "x"]].to_numpy())
     np.testing.assert_allclose(chunked.cells.score, whole.score, atol=1e-5)
     assert chunked.estimated_count == pytest.approx(r.count_factor * chunked.n_cells)
     # rescore=False: the CNN alone at the model's detection threshold, with its own count factor
-    alone = detect_volume(v, model=m, preprocessed=True, progress=False, device="cpu", rescore=False)
+    alone = detect_volume(v, model=m, preprocessed=True, config=DetectionConfig(rescore=False), run=RunOptions(progress=False, device='cpu'))
     assert not alone.info["rescored"] and "cnn_score" not in alone.cells
     np.testing.assert_array_equal(alone.cells[["z", "y", "x"]].to_numpy(),
-                                  detect_block(v, model=plain, threshold=0.5, device="cpu")[["z", "y", "x"]].to_numpy())
+                                  detect_block(v, model=plain, threshold=0.5, run=RunOptions(device='cpu'))[["z", "y", "x"]].to_numpy())
     assert alone.estimated_count == pytest.approx(2.0 * alone.n_cells)
     # an explicit threshold applies to the rescored probability
-    strict = detect_block(v, model=m, threshold=0.9, device="cpu")
+    strict = detect_block(v, model=m, threshold=0.9, run=RunOptions(device='cpu'))
     assert (strict.score >= 0.9).all() and len(strict) <= len(whole)

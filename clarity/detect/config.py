@@ -13,8 +13,8 @@ Every length is in voxels, axis order (z, y, x).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Literal, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
 
 import numpy as np
 
@@ -22,7 +22,7 @@ __all__ = [
     "DEFAULT_SIGMAS", "DEFAULT_CANDIDATE_THRESHOLD", "DEFAULT_NMS_RADIUS", "LOG_NMS_RADIUS",
     "DEFAULT_TISSUE_LEVEL", "REFINE_METHODS", "MODES", "DEFAULT_REFINE", "DEFAULT_REFINE_STEPS",
     "DEFAULT_REFINE_FLOOR", "SNAP_SIGMA", "SNAP_RADIUS", "SNR_CORE", "SNR_INNER", "SNR_OUTER",
-    "TRUNCATE", "DetectionConfig", "RunOptions", "as_sigmas",
+    "TRUNCATE", "DetectionConfig", "RunOptions", "as_sigmas", "resolve_config",
 ]
 
 #: Default LoG scales, (z, y, x) voxels: narrow in y-x so touching somata keep separate maxima,

@@ -1,0 +1,271 @@
+"""Chunked execution: each chunk core with its halo is read, corrected, normalised and searched
+on local threads, local processes or a :mod:`dask.distributed` cluster.
+
+Every chunk task gets the same :class:`ChunkJob` (reader, bias field, normalisation, block plan,
+model weights as plain numbers); a worker rebuilds the network once per process and caches it by
+weight hash (:func:`worker_model`); threads of one process lend each other sets of scratch buffers
+(:class:`clarity.detect.filters.BufferPool`), one set per task in flight, never two tasks at once.
+Results come back in chunk order whatever order the chunks finish in. Arrays are (z, y, x) voxels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
+
+import dask
+import numpy as np
+import torch
+from dask.callbacks import Callback
+from tqdm.auto import tqdm
+
+from ..io import ArrayReader, ClarityInputError, MemmapReader
+from ..model import CellCNN, ModelConfig, pick_device
+from ..preprocess import correct_volume
+from ..rescore import shape_features
+from .block import BlockPlan, search_block
+from .filters import BufferPool, ScratchBuffers, local_snr
+
+__all__ = ["ModelBlob", "worker_model", "ChunkJob", "chunk_boxes", "balanced_chunk", "run_chunk",
+           "compute_chunks"]
+
+
+@dataclass
+class ModelBlob:
+    """A model as plain data (config + numpy weights), cheap to pickle to dask workers."""
+
+    config: dict
+    state: dict
+    token: str
+
+    @classmethod
+    def from_model(cls, net) -> "ModelBlob":
+        state = {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
+        h = hashlib.sha1(repr(sorted(net.config.to_dict().items())).encode())
+        for k in sorted(state):
+            h.update(k.encode())
+            h.update(np.ascontiguousarray(state[k]).tobytes())
+        return cls(net.config.to_dict(), state, h.hexdigest())
+
+
+_MODEL_CACHE: dict[tuple[str, str], Any] = {}
+
+
+_MODEL_LOCK = threading.Lock()
+
+
+def worker_model(blob: ModelBlob, device: str | None):
+    """The CellCNN of ``blob`` on ``device``, built once per process (cached by weight hash)."""
+    dev = pick_device(device)
+    key = (blob.token, str(dev))
+    with _MODEL_LOCK:
+        net = _MODEL_CACHE.get(key)
+        if net is None:
+            net = CellCNN(ModelConfig.from_dict(blob.config))
+            net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in blob.state.items()})
+            net = net.to(dev).eval()
+            if len(_MODEL_CACHE) > 8:
+                _MODEL_CACHE.clear()
+            _MODEL_CACHE[key] = net
+    return net
+
+
+def chunk_boxes(shape: Sequence[int], chunk: Sequence[int]) -> list[tuple[slice, slice, slice]]:
+    """The chunk cores: boxes of at most ``chunk`` voxels (z, y, x) that partition ``shape``."""
+    shape = tuple(int(s) for s in shape)
+    chunk = tuple(int(c) for c in chunk)
+    if len(chunk) != 3 or min(chunk) < 1:
+        raise ValueError(f"chunk must be three positive sizes (z, y, x), not {chunk}")
+    grids = [[slice(a, min(a + c, n)) for a in range(0, n, c)] for n, c in zip(shape, chunk)]
+    return [(z, y, x) for z in grids[0] for y in grids[1] for x in grids[2]]
+
+
+@dataclass
+class ChunkJob:
+    """Per-run data every chunk task needs: shipped once per worker."""
+
+    reader: Any
+    field: Any
+    norm: Any
+    preprocessed: bool
+    plan: BlockPlan
+    blob: ModelBlob | None
+    halo: tuple[int, int, int]
+    shape: tuple[int, int, int]
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def __dask_tokenize__(self):
+        return ("clarity-detect-shared", self.token)
+
+
+_POOLS: dict[str, BufferPool] = {}
+
+
+def run_chunk(core: tuple[slice, slice, slice], shared: ChunkJob, block=None) -> dict:
+    """Read, correct, normalise and search one chunk; detections in its core (volume coords)."""
+    pool = _POOLS.get(shared.token)
+    with (pool.lease() if pool is not None else contextlib.nullcontext(ScratchBuffers())) as bufs:
+        return chunk_work(core, shared, block, bufs)
+
+
+def chunk_work(core, shared: ChunkJob, block, bufs: ScratchBuffers) -> dict:
+    stats: dict = {}
+    t_all = time.perf_counter()
+    shape, halo = shared.shape, shared.halo
+    lo = [max(0, c.start - h) for c, h in zip(core, halo)]
+    hi = [min(n, c.stop + h) for c, n, h in zip(core, shape, halo)]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    bshape = tuple(b - a for a, b in zip(lo, hi))
+    t0 = time.perf_counter()
+    if block is not None:
+        raw = np.asarray(block)
+    else:
+        raw = shared.reader.read(box, out=bufs.get("raw", bshape, shared.reader.dtype))
+    if np.issubdtype(raw.dtype, np.floating) and not np.isfinite(raw).all():
+        raise ClarityInputError(f"{getattr(shared.reader, 'name', 'volume')}: contains NaN or "
+                                "infinite values; clean the volume before running clarity")
+    stats["read_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    v = bufs.get("v", bshape)
+    if shared.preprocessed:
+        np.copyto(v, raw, casting="unsafe")
+    else:
+        correct_volume(raw, shared.field, shared.norm, box=box, out=v, slab=8)
+    del raw
+    stats["correct_s"] = time.perf_counter() - t0
+    net = worker_model(shared.blob, shared.plan.device) if shared.blob is not None else None
+    core_local = tuple(slice(c.start - a, c.stop - a) for c, a in zip(core, lo))
+    cent, sc, rs = search_block(v, model=net, plan=shared.plan, core=core_local,
+                                    vol_lo=[a == 0 for a in lo],
+                                    vol_hi=[b == n for b, n in zip(hi, shape)], stats=stats,
+                                    bufs=bufs)
+    snr = local_snr(v, cent)
+    feats = None
+    if shared.plan.features:
+        t0 = time.perf_counter()
+        feats = shape_features(v, cent, buffer=bufs.get("tmp", v.shape))
+        stats["features_s"] = time.perf_counter() - t0
+    stats["chunk_s"] = time.perf_counter() - t_all
+    stats["voxels"] = int(np.prod(bshape))
+    return {"points": cent + np.asarray(lo, np.int64), "scores": np.array(sc, np.float32),
+            "responses": np.array(rs, np.float32), "snr": snr, "features": feats, "stats": stats}
+
+
+def balanced_chunk(shape, chunk, workers: int, halo) -> tuple[int, int, int]:
+    """``chunk``, halved along its longest axis while the volume has fewer chunks than local
+    workers (a small volume would otherwise leave cores idle). Results do not depend on it."""
+    if len(tuple(chunk)) != 3 or min(int(c) for c in chunk) < 1:
+        raise ValueError(f"chunk must be three positive sizes (z, y, x), not {tuple(chunk)}")
+    chunk = [min(int(c), int(n)) for c, n in zip(chunk, shape)]
+
+    def count(c):
+        return int(np.prod([math.ceil(n / k) for n, k in zip(shape, c)]))
+
+    while count(chunk) < workers:
+        a = int(np.argmax([c / max(1, 2 * h) for c, h in zip(chunk, halo)]))
+        if chunk[a] < 4 * max(1, halo[a]):  # halves would be mostly halo
+            break
+        chunk[a] = math.ceil(chunk[a] / 2)
+    return tuple(chunk)
+
+
+class ChunkProgress:
+    """tqdm over finished chunk tasks of a local dask computation (a scheduler callback)."""
+
+    def __init__(self, prefix: str, total: int, enabled: bool, desc: str):
+        self.prefix = prefix
+        self.bar = tqdm(total=total, desc=desc, unit="chunk", disable=not enabled)
+
+    def callback(self):
+        outer = self
+
+        class _CB(Callback):
+            def _posttask(self, key, result, dsk, state, id):
+                k = key[0] if isinstance(key, tuple) else key
+                if isinstance(k, str) and k.startswith(outer.prefix):
+                    outer.bar.update(1)
+
+        return _CB()
+
+
+def compute_chunks(cores, shared: ChunkJob, *, scheduler, num_workers, progress, desc) -> list[dict]:
+    """Run :func:`run_chunk` over ``cores`` with dask; results in chunk order."""
+    prefix = f"clarity-detect-chunk-{shared.token}"
+    in_memory = isinstance(shared.reader, ArrayReader) and not isinstance(shared.reader, MemmapReader)
+    distributed = scheduler is not None and not (isinstance(scheduler, str) and
+                                                 scheduler in ("threads", "sync", "processes", "synchronous"))
+    local_ship = in_memory and (distributed or scheduler == "processes")
+    shared_d = (dask.delayed(shared, name=f"clarity-detect-shared-{shared.token}", traverse=False)
+                if not local_ship else None)
+    tasks = []
+    for i, core in enumerate(cores):
+        if local_ship:
+            # an in-memory array cannot be read by a remote worker: send each chunk's box
+            lo = [max(0, c.start - h) for c, h in zip(core, shared.halo)]
+            hi = [min(n, c.stop + h) for c, n, h in zip(core, shared.shape, shared.halo)]
+            block = shared.reader.array[tuple(slice(a, b) for a, b in zip(lo, hi))]
+            if not hasattr(block, "__dask_graph__"):
+                block = np.asarray(block)  # a view of a numpy array; a dask array stays lazy
+            if i == 0:
+                sh = replace(shared, reader=ArrayReader(np.zeros((1, 1, 1), np.uint8), shared.reader.name),
+                             token=shared.token)
+                sh_d = dask.delayed(sh, name=f"clarity-detect-shared-{shared.token}", traverse=False)
+            tasks.append(dask.delayed(run_chunk, pure=False)(core, sh_d, block,
+                                                              dask_key_name=f"{prefix}-{i}"))
+        else:
+            tasks.append(dask.delayed(run_chunk, pure=False)(core, shared_d, dask_key_name=f"{prefix}-{i}"))
+    if not distributed:
+        sched = {"sync": "sync", "synchronous": "sync", "processes": "processes"}.get(scheduler, "threads")
+        workers = 1 if sched == "sync" else int(num_workers or os.cpu_count() or 1)
+        kw = {} if sched == "sync" else {"num_workers": workers}
+        prog = ChunkProgress(prefix, len(tasks), progress, desc)
+        if sched != "processes":
+            _POOLS[shared.token] = BufferPool()  # released when the run ends
+        try:
+            with prog.callback(), _torch_threads(min(workers, len(tasks)) if sched == "threads" else 1):
+                return list(dask.compute(*tasks, scheduler=sched, **kw))
+        finally:
+            _POOLS.pop(shared.token, None)
+            prog.bar.close()
+    return _compute_distributed(tasks, scheduler, progress=progress, desc=desc)
+
+
+@contextlib.contextmanager
+def _torch_threads(concurrent: int):
+    """Give each of ``concurrent`` chunk threads its share of the cores for torch (no
+    oversubscription: torch's intra-op pool is per process)."""
+    before = torch.get_num_threads()
+    share = max(1, (os.cpu_count() or 1) // max(1, concurrent))
+    if share < before:
+        torch.set_num_threads(share)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def _compute_distributed(tasks, scheduler, *, progress: bool, desc: str) -> list[dict]:
+    from distributed import Client, as_completed
+    own = not isinstance(scheduler, Client)
+    client = Client(scheduler, set_as_default=False) if own else scheduler
+    try:
+        futures = client.compute(tasks)
+        index = {f.key: i for i, f in enumerate(futures)}
+        out: list = [None] * len(futures)
+        with tqdm(total=len(futures), desc=desc, unit="chunk", disable=not progress) as bar, \
+                client.as_current():
+            for fut in as_completed(futures):
+                out[index[fut.key]] = fut.result()
+                bar.update(1)
+        return out
+    finally:
+        if own:
+            client.close()

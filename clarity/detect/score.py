@@ -1,0 +1,161 @@
+"""Stage 2: the CNN's probability at each candidate, and refinement towards the soma's centre.
+
+Patches are cut with :func:`clarity.sampling.cut_patches`, the cutter training uses, so a
+candidate is scored on exactly the cube a training patch at that point would hold. Arrays are
+(z, y, x) in voxels.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..model import pick_device, score_patches
+from ..patches import cut_patches
+from .config import DEFAULT_REFINE_FLOOR, DEFAULT_REFINE_STEPS, SNAP_RADIUS, SNAP_SIGMA, TRUNCATE
+
+__all__ = ["score_candidates", "refine_candidates", "snap_candidates", "gaussian_smoothed"]
+
+
+def score_candidates(model, block: np.ndarray, centres, *, batch_size: int | None = None,
+                     device=None) -> np.ndarray:
+    """CNN probability of the patch centred on each candidate (patches cut batch by batch).
+
+    Parameters
+    ----------
+    model : clarity.model.CellCNN
+    block : float32 array (z, y, x)
+        Normalised intensities.
+    centres : int array (N, 3)
+        Voxel indices into ``block``.
+    batch_size : int, keyword-only
+        Patches cut and scored at once (bounds memory: ``batch_size * P^3 * 4`` bytes). Default
+        256 on the CPU (larger batches make torch map fresh memory for every batch, which costs
+        more than it saves), 4096 on a GPU.
+    device : str or torch.device, keyword-only
+        Default: where the model's weights are.
+
+    Returns
+    -------
+    float32 array (N,), probabilities.
+    """
+    c = np.asarray(centres, dtype=np.int64).reshape(-1, 3)
+    out = np.empty(len(c), np.float32)
+    p = model.patch_size
+    if batch_size is None:
+        dev = pick_device(device) if device is not None else next(model.parameters()).device
+        batch_size = 4096 if dev.type == "cuda" else 256
+    for s in range(0, len(c), batch_size):
+        out[s:s + batch_size] = score_patches(model, cut_patches(block, c[s:s + batch_size], size=p),
+                                              batch_size=batch_size, device=device)
+    return out
+
+
+_FACE_STEPS = np.array([[-1, 0, 0], [1, 0, 0], [0, -1, 0], [0, 1, 0], [0, 0, -1], [0, 0, 1]], np.int64)
+
+
+def refine_candidates(model, block: np.ndarray, centres, scores, *, steps: int = DEFAULT_REFINE_STEPS,
+                      floor: float = DEFAULT_REFINE_FLOOR, batch_size: int | None = None,
+                      device=None) -> tuple[np.ndarray, np.ndarray]:
+    """Move each candidate to a local maximum of the CNN score (coordinate ascent).
+
+    A candidate scoring at least ``floor`` scores its six face neighbours and moves to the best
+    one if it scores strictly higher; it repeats this ``steps`` times at most (so it moves at
+    most ``steps`` voxels in all), stopping when no neighbour is better. Deterministic (ties go
+    to the first neighbour in the order -z, +z, -y, +y, -x, +x). Positions stay inside ``block``.
+
+    Parameters
+    ----------
+    model : clarity.model.CellCNN
+    block : float32 array (z, y, x)
+        Normalised intensities.
+    centres : int array (N, 3)
+        Voxel indices into ``block`` (candidate-screen maxima).
+    scores : float array (N,)
+        Their CNN probabilities (:func:`score_candidates`).
+    steps : int, keyword-only
+        Largest number of one-voxel moves; 0 returns the input.
+    floor : float, keyword-only
+        Only candidates scoring at least this are refined.
+
+    Returns
+    -------
+    centres (N, 3) int64, scores (N,) float32: the refined positions and their scores, in the
+    input order.
+    """
+    c = np.asarray(centres, dtype=np.int64).reshape(-1, 3).copy()
+    s = np.asarray(scores, dtype=np.float32).reshape(-1).copy()
+    hi = np.array(block.shape[:3], np.int64) - 1
+    active = np.flatnonzero(s >= floor)
+    for _ in range(int(steps)):
+        if not len(active):
+            break
+        nb = np.clip(c[active, None, :] + _FACE_STEPS[None], 0, hi).reshape(-1, 3)
+        ns = score_candidates(model, block, nb, batch_size=batch_size, device=device)
+        ns = ns.reshape(len(active), len(_FACE_STEPS))
+        best = ns.argmax(axis=1)
+        best_s = ns[np.arange(len(active)), best]
+        up = best_s > s[active]
+        moved = active[up]
+        c[moved] = nb.reshape(len(active), -1, 3)[up, best[up]]
+        s[moved] = best_s[up]
+        active = moved
+    return c, s
+
+
+def gaussian_smoothed(block: np.ndarray, sigma, truncate: float = TRUNCATE, out: np.ndarray | None = None) -> np.ndarray:
+    """``block`` smoothed by a Gaussian of ``sigma`` (z, y, x voxels), edges replicated; into ``out``."""
+    return ndi.gaussian_filter(np.asarray(block, np.float32), sigma, truncate=truncate, mode="nearest",
+                               output=out)
+
+
+def snap_candidates(model, block: np.ndarray, centres, scores, *, floor: float = DEFAULT_REFINE_FLOOR,
+                    sigma=SNAP_SIGMA, radius=SNAP_RADIUS, smoothed: np.ndarray | None = None,
+                    batch_size: int | None = None, device=None) -> tuple[np.ndarray, np.ndarray]:
+    """Move each promising candidate to the soma's brightest point, if the CNN agrees.
+
+    For a candidate scoring at least ``floor``: find the brightest voxel of the Gaussian-smoothed
+    block (``sigma`` per axis, about a soma's radius) within ``radius`` voxels per axis of it,
+    score the patch there, and move there if that scores strictly higher. One extra patch per
+    promising candidate (against up to 24 for :func:`refine_candidates`).
+
+    Parameters
+    ----------
+    model : clarity.model.CellCNN
+    block : float32 array (z, y, x)
+        Normalised intensities.
+    centres : int array (N, 3)
+        Voxel indices into ``block``.
+    scores : float array (N,)
+        Their CNN probabilities.
+    floor : float, keyword-only
+    sigma : 3 floats, keyword-only
+        Gaussian sigmas (z, y, x), voxels.
+    radius : 3 ints, keyword-only
+        Search box half-widths (z, y, x), voxels.
+    smoothed : array, keyword-only
+        ``block`` already smoothed with ``sigma`` (computed when None).
+
+    Returns
+    -------
+    centres (N, 3) int64, scores (N,) float32, in the input order.
+    """
+    c = np.asarray(centres, dtype=np.int64).reshape(-1, 3).copy()
+    s = np.asarray(scores, dtype=np.float32).reshape(-1).copy()
+    act = np.flatnonzero(s >= floor)
+    if not len(act):
+        return c, s
+    g = gaussian_smoothed(block, sigma) if smoothed is None else smoothed
+    r = [int(v) for v in radius]
+    off = np.array(list(itertools.product(*(range(-k, k + 1) for k in r))), np.int64)
+    hi = np.array(block.shape[:3], np.int64) - 1
+    pos = np.clip(c[act, None, :] + off[None], 0, hi)  # (A, B, 3)
+    vals = g[tuple(pos.reshape(-1, 3).T)].reshape(len(act), len(off))
+    alt = pos[np.arange(len(act)), vals.argmax(axis=1)]
+    alt_s = score_candidates(model, block, alt, batch_size=batch_size, device=device)
+    up = alt_s > s[act]
+    c[act[up]] = alt[up]
+    s[act[up]] = alt_s[up]
+    return c, s
