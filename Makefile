@@ -53,6 +53,10 @@ bench: $(STAMP) ## Print speed and memory figures (training, inference, whole-vo
 	$(PY) bench/bench_model.py
 	$(PY) bench/bench_detect.py
 
+.PHONY: stress
+stress: $(STAMP) ## Same cells every time: repeated detection on threads, processes and a dask cluster
+	$(PY) bench/stress_detect.py
+
 .PHONY: strip
 strip: $(STAMP) ## Strip outputs from the committed notebooks
 	$(VENV)/bin/nbstripout --keep-metadata-keys cell.metadata.tags notebooks/*.ipynb

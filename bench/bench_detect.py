@@ -48,6 +48,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from clarity.paths import Paths  # noqa: E402
 
 TILE = (64, 512, 512)
 
@@ -101,7 +102,8 @@ def run_one(args) -> dict:
     """Detection on one volume file, in this process; returns the figures as a dict."""
     import torch
 
-    from clarity.detect import detect_volume
+    from clarity.detect import RunOptions, detect_volume
+    from clarity.detect.config import resolve_config
     from clarity.model import CellCNN, ModelConfig, load_model
 
     if args.model and args.model != "untrained":
@@ -114,9 +116,10 @@ def run_one(args) -> dict:
     rss_before = peak_rss_mb()
     load_before = os.getloadavg()[0]
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    res = detect_volume(args.volume, model=model, chunk=tuple(args.chunk), mode=args.mode,
-                        scheduler=args.scheduler, num_workers=args.workers, device=args.device,
-                        progress=not args.quiet, **({"refine": args.refine} if args.refine else {}))
+    config = resolve_config(model, None, mode=args.mode, refine=args.refine)
+    run = RunOptions(chunk=tuple(args.chunk), scheduler=args.scheduler, num_workers=args.workers,
+                     device=args.device, progress=not args.quiet)
+    res = detect_volume(args.volume, model=model, config=config, run=run)
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     info = res.info
     shape = info["shape"]
@@ -166,7 +169,7 @@ def main(argv=None) -> int:
         ap.error("--mode log needs a LoG threshold; benchmark candidates or dense")
 
     if args.model is None and not (args.generate or args.volume):
-        default_model = Path(__file__).resolve().parents[1] / "models" / "default" / "final.pt"
+        default_model = Paths().final_model
         args.model = str(default_model) if default_model.exists() else "untrained"
     if args.generate:  # child: generate one volume (keeps the parent's memory small)
         generate_volume(Path(args.generate), tuple(args.shape), seed=args.seed, progress=not args.quiet)

@@ -30,6 +30,7 @@ from clarity import detect  # noqa: E402
 from clarity.evaluate import match_points  # noqa: E402
 from clarity.io import list_brains  # noqa: E402
 from clarity.model import load_model  # noqa: E402
+from clarity.paths import Paths  # noqa: E402
 from clarity.synthetic import write_dataset  # noqa: E402
 
 
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
         ap.error("seed 0 is the default dataset: pick another")
     models = []
     for k in range(1, args.n_folds + 1):
-        p = ROOT / "models" / args.run / f"fold{k}" / args.variant / "model.pt"
+        p = Paths(run=args.run).fold_model(f"fold{k}", args.variant)
         if not p.exists():
             ap.error(f"{p}: missing; run `make report` first")
         models.append(load_model(p, device="cpu"))
@@ -58,12 +59,13 @@ def main(argv=None) -> int:
     for i, b in enumerate(list_brains(data)):
         k = i % args.n_folds
         m, truth = models[k], b.truth_points()
-        res = detect.detect_volume(b.volume, model=m, chunk=(64, 256, 256), progress=False, name=b.name)
+        run = detect.RunOptions(chunk=(64, 256, 256), progress=False)
+        res = detect.detect_volume(b.volume, model=m, run=run, name=b.name)
         runs = [("rescored" if res.info.get("rescored") else "CNN", res)]
         if res.info.get("rescored"):
-            runs.append(("CNN alone", detect.detect_volume(b.volume, model=m, chunk=(64, 256, 256),
-                                                           progress=False, name=b.name, field=res.field,
-                                                           normalisation=res.normalisation, rescore=False)))
+            alone = detect.DetectionConfig.from_dict(m.detection_config).replace(rescore=False)
+            runs.append(("CNN alone", detect.detect_volume(b.volume, model=m, config=alone, run=run, name=b.name,
+                                                           field=res.field, normalisation=res.normalisation)))
         for method, r in runs:
             mt = match_points(r.points, truth, radius=args.radius)
             rows.append({"brain": b.name, "fold": k + 1, "method": method, "n_detected": r.n_cells,

@@ -1,18 +1,28 @@
 """clarity: find and count fluorescent neurons in 3D CLARITY / light-sheet brain images.
 
 Arrays are in (z, y, x) order and voxel units unless a name says otherwise (``*_um``).
-Modules, one per pipeline stage:
+Modules, in the order data flows through them (imports run downwards only):
 
-``io``          volumes, annotations, data-root layout, atomic writes
+``io``          volumes, box readers, annotations, the data root, atomic writes (package)
+``paths``       every path of a data root and a run (fold models, reports, the final model)
 ``synthetic``   built-in synthetic CLARITY brains with complete ground truth
 ``preprocess``  N4 bias-field correction and intensity normalisation
+``patches``     the one cutter of (z, y, x) cubes around points (training, detection, review)
+``labels``      the review decisions store (labels/review.csv) and the labels it gives training
 ``sampling``    patch sets (positives, near negatives, hard examples, review labels)
-``model``       the 3D CNN (Dou et al. 2016), fully convolutional for dense maps
+``model``       the 3D CNN (Dou et al. 2016), fully convolutional for dense maps; save / load
 ``train``       seeded, resumable training loop
-``evaluate``    patch metrics, thresholds, point matching, count calibration
-``baselines``   LoG blob score and normalised template matching
-``review``      ipywidgets gallery to review false positives
-``detect``      whole-volume two-stage detection, chunked with dask
+``evaluate``    patch metrics, ROC / PR curves, thresholds, adjusted false positives
+``matching``    one-to-one matching of detected and true cell centres, count calibration
+``baselines``   LoG blob score and normalised template matching of patches
+``rescore``     second-stage rescoring of detections from their local shape
+``detect``      whole-volume detection by stage, chunked with dask (package)
+``counting``    held-out whole-brain counts against truth, with the LoG baseline
+``validate``    cross-validation by brain: splits, hard-example mining, one fold, summary (package)
+``review``      review of detections in JupyterLab and retraining with the decisions (package)
+``plotting``    figures of the notebooks
+``pipeline``    the report: notebooks run headless with papermill
+``__main__``    the command line: ``python -m clarity detect | make-data | report``
 """
 
 __version__ = "0.1.0"

@@ -39,7 +39,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
+from tqdm.auto import tqdm
 
+from . import __version__
 from .io import ClarityInputError, atomic_write, jsonable, write_json  # noqa: E402
 from .rescore import Rescorer  # noqa: E402
 
@@ -275,8 +277,6 @@ def score_patches(model: CellCNN, patches: np.ndarray, *, batch_size: int = 2048
     -------
     float32 array, shape (N,), probabilities in [0, 1].
     """
-    from tqdm.auto import tqdm
-
     patches = np.asarray(patches)
     p = model.patch_size
     if patches.ndim != 4 or patches.shape[1:] != (p, p, p):
@@ -320,8 +320,6 @@ def dense_score_map(model: CellCNN, block: np.ndarray, *, device: str | torch.de
         ``out[c]`` is the probability of the patch centred on voxel ``c`` (covering
         ``[c - P//2, c - P//2 + P)``); 0 where that patch does not fit inside the block.
     """
-    from tqdm.auto import tqdm
-
     block = np.asarray(block)
     if block.ndim != 3:
         raise ValueError(f"expected a (z, y, x) block, got shape {block.shape}")
@@ -404,8 +402,6 @@ class LoadedModel:
 
 def code_version() -> str:
     """``clarity <version>`` plus the git commit of the source tree when it is a checkout."""
-    from . import __version__
-
     version = f"clarity {__version__}"
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,

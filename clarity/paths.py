@@ -125,6 +125,11 @@ class Paths:
         return self.fold_model_dir(split, variant) / "model.pt"
 
     @property
+    def final_training(self) -> Path:
+        """``models/<run>/final``: the final model's training folder (checkpoint, history)."""
+        return self.models / "final"
+
+    @property
     def final_model(self) -> Path:
         """``models/<run>/final.pt``: the model trained on every brain (notebook 04b)."""
         return self.models / "final.pt"

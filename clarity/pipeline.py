@@ -18,7 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import papermill as pm
+import yaml
+
 from .paths import PROJECT_ROOT, Paths
+from .synthetic import write_dataset
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 
@@ -44,8 +48,6 @@ def load_params(path: str | os.PathLike | None) -> dict:
     """Read a flat YAML parameter file (``KEY: value``); ``{}`` for ``None``."""
     if not path:
         return {}
-    import yaml
-
     path = Path(path)
     if not path.exists():
         from .io import ClarityInputError
@@ -81,8 +83,6 @@ def ensure_dataset(paths: Paths, *, seed: int, params: dict, progress: bool = Tr
     raw = paths.raw
     if raw.exists() and any(p for p in raw.iterdir() if not p.name.startswith(".")):
         return False
-    from .synthetic import write_dataset
-
     kw = synthetic_kwargs(params)
     print(f"[clarity] {raw} is empty: writing the synthetic dataset (seed {seed})", flush=True)
     write_dataset(paths.data_dir, n_brains=int(params.get("N_BRAINS", 8)), seed=seed, progress=progress, **kw)
@@ -90,14 +90,10 @@ def ensure_dataset(paths: Paths, *, seed: int, params: dict, progress: bool = Tr
 
 
 def _declared(notebook: Path) -> set[str]:
-    import papermill as pm
-
     return set(pm.inspect_notebook(str(notebook)).keys())
 
 
 def run_notebook(notebook: Path, output: Path, parameters: dict, *, cwd: Path) -> None:
-    import papermill as pm
-
     declared = _declared(notebook)
     params = {k: v for k, v in parameters.items() if k in declared}
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -125,8 +121,6 @@ def run_report(paths: Paths, *, seed: int = 0, params_file: str | os.PathLike | 
 
 
 def _run_steps(paths: Paths, params: dict, *, seed: int, only) -> int:
-    import papermill as pm
-
     base = {"DATA_DIR": str(paths.data_dir), "RUN": paths.run, "SEED": int(seed)}
     if paths.truth.is_dir() and any(paths.truth.glob("*.csv")):
         # headless on synthetic data (complete truth): notebook 05's clearly named simulated reviewer
@@ -148,9 +142,9 @@ def _run_steps(paths: Paths, params: dict, *, seed: int, only) -> int:
         jobs = [(s, out_dir / f"{step.notebook}_{s}.ipynb") for s in splits(params)] if step.per_split \
             else [(None, out_dir / f"{step.notebook}.ipynb")]
         for split, output in jobs:
-            if split is not None and (out_dir / "folds" / split / "done.json").exists():
+            if split is not None and (paths.fold_reports(split) / "done.json").exists():
                 print(f"[clarity] {step.notebook} [{split}]: already done, skipped "
-                      f"(delete {out_dir / 'folds' / split} to redo)", flush=True)
+                      f"(delete {paths.fold_reports(split)} to redo)", flush=True)
                 continue
             p = dict(base)
             if split is not None:

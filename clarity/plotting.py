@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 
 from .io import atomic_write
@@ -29,8 +30,6 @@ def preprocess_figure(raw, corrected, field, *, z: int | None = None, title: str
     ``raw`` and ``corrected`` are (z, y, x) volumes (memory maps are fine); ``field`` the field on
     the same plane, (y, x). Plane ``z`` defaults to the middle.
     """
-    import matplotlib.pyplot as plt
-
     z = raw.shape[0] // 2 if z is None else int(z)
     r = np.asarray(raw[z], np.float32)
     c = np.asarray(corrected[z], np.float32)
@@ -50,8 +49,6 @@ def preprocess_figure(raw, corrected, field, *, z: int | None = None, title: str
 def profile_figure(raw, corrected, *, mask=None, title: str = ""):
     """Mean intensity per z plane and per y row, before and after correction (each scaled to its
     own mean), which shows depth attenuation and the illumination gradient being removed."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.5), constrained_layout=True)
     for arr, name in ((raw, "raw"), (corrected, "corrected")):
         a = np.asarray(arr, np.float32)
@@ -78,8 +75,6 @@ def patch_gallery(patches, *, titles=None, ncols: int = 10, vmin: float = -0.5, 
 
     ``patches`` (N, P, P, P) normalised intensities, axes (z, y, x); up to ``ncols`` per row.
     """
-    import matplotlib.pyplot as plt
-
     patches = np.asarray(patches)
     n = len(patches)
     nrows = max(1, int(np.ceil(n / ncols)))
@@ -108,8 +103,6 @@ def detection_figure(volume, *, found=None, missed=None, spurious=None, detectio
     optionally ``rejected`` (detections a gate removed, magenta).
     Each is (N, 3) (z, y, x) in voxels; ``volume`` is normalised (z, y, x).
     """
-    import matplotlib.pyplot as plt
-
     z = volume.shape[0] // 2 if z is None else int(z)
     groups = [(found, "found", "lime"), (missed, "missed", "red"), (spurious, "spurious", "yellow"),
               (detections, "detected", "cyan"), (rejected, "rejected", "magenta")]
@@ -148,8 +141,6 @@ def snr_histogram(groups: dict, *, gate: float | None = None, bins=None, title: 
     bins : array, optional, keyword-only
         Bin edges (default: -2 to 12 in steps of 0.25).
     """
-    import matplotlib.pyplot as plt
-
     bins = np.arange(-2.0, 12.01, 0.25) if bins is None else bins
     fig, ax = plt.subplots(figsize=(8, 4), constrained_layout=True)
     for label, vals in groups.items():

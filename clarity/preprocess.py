@@ -18,12 +18,15 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
+import pandas as pd
+import SimpleITK as sitk
 from scipy import ndimage as ndi
+from tqdm.auto import tqdm
 
-from .io import ClarityInputError, atomic_write, read_volume, save_npy
+from .io import ClarityInputError, atomic_write, list_brains, read_volume
 
 __all__ = [
     "N4Config", "BiasField", "shrink_factors", "downsample", "tissue_mask", "fit_bias_field",
@@ -90,8 +93,6 @@ def tissue_mask(small: np.ndarray, *, min_fraction: float = 0.02) -> np.ndarray:
     """Tissue mask of a (shrunk) volume: Otsu threshold of the smoothed log intensity, largest
     components kept, holes filled. Robust to a several-fold multiplicative field because it
     works on log intensity. Falls back to all-tissue if the split is implausible."""
-    import SimpleITK as sitk
-
     sm = ndi.gaussian_filter(np.log1p(np.clip(small, 0, None).astype(np.float32)), 1.0)
     img = sitk.GetImageFromArray(sm)
     otsu = sitk.OtsuThresholdImageFilter()
@@ -188,8 +189,6 @@ def fit_bias_field(volume, *, config: N4Config | None = None, mask: np.ndarray |
     -------
     BiasField
     """
-    import SimpleITK as sitk
-
     cfg = config or N4Config()
     t0 = time.perf_counter()
     factors = shrink_factors(volume.shape, cfg.shrink)
@@ -278,8 +277,6 @@ def correct_volume(volume, field: BiasField, norm: Normalisation, *, out: np.nda
     coordinates), which is how chunked detection applies a field fitted once on the whole brain.
     Writes into ``out`` (e.g. a ``.npy`` memory map) if given. Returns float32 (z, y, x).
     """
-    from tqdm.auto import tqdm
-
     box = tuple(box) if box is not None else tuple(slice(0, s) for s in volume.shape)
     z0 = box[0].indices(field.full_shape[0])[0]
     if out is None:
@@ -371,11 +368,6 @@ def preprocess_dataset(paths, *, brains=None, config: N4Config | None = None, fo
     ``force``). Returns a pandas DataFrame, one row per brain: seconds, background CV before and
     after, field fold and, on synthetic data (``truth/<brain>_field.npy``), the agreement of the
     estimated field with the true one."""
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    from .io import list_brains
-
     rows = []
     for b in tqdm(list_brains(paths.data_dir, names=brains), desc="N4", disable=not progress):
         stats_path = paths.interim / f"{b.name}_preprocess.json"

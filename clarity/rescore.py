@@ -31,11 +31,17 @@ Axis order is (z, y, x) throughout; lengths are voxels.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 from scipy import ndimage as ndi
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network import MLPClassifier
+
+from .evaluate import match_points
 
 __all__ = ["SCALES", "SHAPE_FEATURES", "FEATURES", "DEFAULT_FLOOR", "shape_features",
            "feature_halo", "Rescorer", "fit_rescorer"]
@@ -235,11 +241,6 @@ def fit_rescorer(frames: Sequence, truths: Sequence, *, radius: float = 6.0, hid
         threshold, tp, fp, fn, precision, recall, f1 of the sweep (in-sample: on the
         calibration volumes themselves).
     """
-    import pandas as pd
-    from sklearn.neural_network import MLPClassifier
-
-    from .evaluate import match_points
-
     if len(frames) != len(truths) or not len(frames):
         raise ValueError("give one truth array per detection frame, at least one")
     xs, ys, n_true = [], [], 0
@@ -268,10 +269,6 @@ def fit_rescorer(frames: Sequence, truths: Sequence, *, radius: float = 6.0, hid
     scale[scale < 1e-9] = 1.0
     clf = MLPClassifier(hidden_layer_sizes=(int(hidden),), alpha=float(alpha), max_iter=2000,
                         random_state=int(seed))
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-
     with warnings.catch_warnings():  # convergence is recorded in ``info`` instead
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit((x - mean) / scale, y)

@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
+from scipy.spatial import cKDTree
+from tqdm.auto import tqdm
 
-from .io import ClarityInputError, atomic_write
+from .detect import find_candidates
+from .io import ClarityInputError, atomic_write, list_brains, read_volume
+from .labels import ReviewStore, review_labels
 from .patches import cut_patches
+from .preprocess import load_bias_field
 
 #: How a patch was drawn.
 ORIGINS = (
@@ -101,8 +107,6 @@ class PatchSet:
 
     def counts(self):
         """Table (pandas DataFrame) of patch counts per brain and origin."""
-        import pandas as pd
-
         df = pd.DataFrame({"brain": self.brain, "origin": self.origin, "label": self.label})
         return df.pivot_table(index="brain", columns="origin", values="label", aggfunc="size",
                               fill_value=0)
@@ -135,8 +139,6 @@ class PatchSet:
 def nearest_distance(points, reference) -> np.ndarray:
     """Distance (voxels) from each of ``points`` (N, 3) to the nearest of ``reference`` (M, 3);
     inf where ``reference`` is empty."""
-    from scipy.spatial import cKDTree
-
     points = np.asarray(points, float).reshape(-1, 3)
     reference = np.asarray(reference, float).reshape(-1, 3)
     if len(reference) == 0 or len(points) == 0:
@@ -207,8 +209,6 @@ def candidate_centres(volume, annotations, *, n: int, dmin: float = 20.0, rng: n
     unannotated cells (the patch set's ``truth`` says how many on synthetic data), far fewer than
     among a model's high-scoring "false positives".
     """
-    from .detect import find_candidates
-
     if n <= 0:
         return np.zeros((0, 3), np.int64)
     cand, _ = find_candidates(np.asarray(volume, np.float32))
@@ -238,7 +238,6 @@ class SamplingConfig:
     seed: int = 0
 
     def to_dict(self) -> dict:
-        from dataclasses import asdict
         return asdict(self)
 
 
@@ -266,7 +265,7 @@ def sample_brain(volume, annotations, *, brain: str, config: SamplingConfig | No
         A previous model's false positives (added as negatives, origin ``hard_fp``) and false
         negatives (added again as positives, origin ``hard_fn``).
     review : dict, optional
-        ``{"cell": (A, 3), "not_cell": (B, 3)}`` from :func:`clarity.review.review_labels`:
+        ``{"cell": (A, 3), "not_cell": (B, 3)}`` from :func:`clarity.labels.review_labels`:
         reviewed cells become positives (``review_cell``), reviewed non-cells hard negatives
         (``review_noncell``); no random negative is drawn within ``near_min`` of a reviewed cell.
     seed : int, optional
@@ -318,16 +317,9 @@ def sample_dataset(paths, *, brains: Sequence[str] | None = None, config: Sampli
     decisions in ``data/labels/review.csv``. ``hard_examples`` maps brain ->
     ``{"fp": (K, 3), "fn": (L, 3)}``. The normalisation of each brain is recorded in ``meta``.
     """
-    from tqdm.auto import tqdm
-
-    from .io import list_brains, read_volume
-    from .preprocess import load_bias_field
-
     cfg = config or SamplingConfig()
     review = {}
     if cfg.use_review and Path(paths.review_csv).exists():
-        from .review import ReviewStore, review_labels
-
         review = review_labels(ReviewStore(paths.review_csv))
     sets = []
     norms = {}

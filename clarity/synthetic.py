@@ -24,11 +24,12 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
+import tifffile
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
+from tqdm.auto import tqdm
 
 from .io import atomic_write, save_npy, write_points_csv
 
@@ -347,9 +348,6 @@ def write_dataset(data_dir: str | os.PathLike, *, n_brains: int = 8, seed: int =
 
     Returns the volume paths.
     """
-    import tifffile
-    from tqdm.auto import tqdm
-
     data_dir = Path(data_dir)
     raw, truth = data_dir / "raw", data_dir / "truth"
     raw.mkdir(parents=True, exist_ok=True)

@@ -36,9 +36,13 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import average_precision_score, roc_auc_score
+from tqdm.auto import tqdm
 
+from .evaluate import threshold_max_f1
 from .io import ClarityInputError, atomic_write
 from .model import CellCNN, ModelConfig, pick_device, save_model
 from .sampling import PatchSet
@@ -49,9 +53,7 @@ CHECKPOINT_FORMAT = "clarity-train-checkpoint"
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_roc_auc", "val_pr_auc", "lr", "seconds"]
 
 
-# --------------------------------------------------------------------------------------------
-# configuration and result
-# --------------------------------------------------------------------------------------------
+# ---- configuration and result
 @dataclass
 class TrainConfig:
     """Options of :func:`train_model`.
@@ -136,16 +138,14 @@ class TrainResult:
     """
 
     model: CellCNN
-    history: "pandas.DataFrame"  # noqa: F821
+    history: pd.DataFrame
     best_epoch: int
     out_dir: Path
     model_path: Path
     threshold: float = 0.5
 
 
-# --------------------------------------------------------------------------------------------
-# augmentation
-# --------------------------------------------------------------------------------------------
+# ---- augmentation
 _PERM_CACHE: dict[tuple, torch.Tensor] = {}
 
 
@@ -194,14 +194,10 @@ def augment(batch: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return torch.gather(flat, 1, tables[choice]).reshape(batch.shape)
 
 
-# --------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------
+# ---- helpers
 def max_f1_threshold(labels: np.ndarray, scores: np.ndarray, *, default: float = 0.5) -> float:
     """Probability threshold maximising F1 of ``scores >= t`` (``default`` when ``labels`` hold one
     class only); see :func:`clarity.evaluate.threshold_max_f1`."""
-    from .evaluate import threshold_max_f1
-
     labels = np.asarray(labels).astype(int)
     if labels.min(initial=0) == labels.max(initial=0):
         return float(default)
@@ -209,8 +205,6 @@ def max_f1_threshold(labels: np.ndarray, scores: np.ndarray, *, default: float =
 
 
 def _metrics(labels: np.ndarray, logits: np.ndarray) -> dict:
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
     y = torch.from_numpy(labels.astype(np.float32))
     loss = float(F.binary_cross_entropy_with_logits(torch.from_numpy(logits), y))
     two = 0 < labels.sum() < len(labels)
@@ -219,38 +213,6 @@ def _metrics(labels: np.ndarray, logits: np.ndarray) -> dict:
             "val_roc_auc": float(roc_auc_score(labels, prob)) if two else float("nan"),
             "val_pr_auc": float(average_precision_score(labels, prob)) if two else float("nan"),
             "prob": prob}
-
-
-def _logits(model: CellCNN, x: torch.Tensor, *, batch_size: int, fmt) -> np.ndarray:
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(x), batch_size):
-            out.append(model(x[s:s + batch_size].contiguous(memory_format=fmt)).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
-
-
-def _train_epoch(model: CellCNN, opt: torch.optim.Optimizer, x: torch.Tensor, t: torch.Tensor,
-                 order: torch.Tensor, rng: np.random.Generator, *, batch_size: int,
-                 do_augment: bool, pos_weight: torch.Tensor | None, fmt, progress) -> float:
-    """One pass over ``x[order]`` in batches; returns the mean training loss per patch."""
-    model.train()
-    total, seen = 0.0, 0
-    with progress:
-        for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
-            progress.update(len(idx))
-            if len(idx) < 2:  # BatchNorm needs two samples
-                continue
-            xb = augment(x[idx], rng) if do_augment else x[idx]
-            xb = xb.contiguous(memory_format=fmt)
-            loss = F.binary_cross_entropy_with_logits(model(xb), t[idx], pos_weight=pos_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
-    return total / max(seen, 1)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -292,9 +254,7 @@ def _rank_key(row: dict, monitor: str) -> tuple[float, float]:
     return (val(row[monitor], -1), val(row["train_loss"], -1))
 
 
-def _history_frame(rows: list[dict]):
-    import pandas as pd
-
+def _history_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=HISTORY_COLUMNS).astype({"epoch": int})
 
 
@@ -319,17 +279,205 @@ def _fingerprint(train_set: PatchSet, val_set: PatchSet | None) -> list[float]:
     return out
 
 
-def _check_set(ps: PatchSet, name: str, p: int) -> None:
-    if len(ps) == 0:
-        raise ClarityInputError(f"{name}: empty patch set")
-    if ps.patches.shape[1:] != (p, p, p):
-        raise ClarityInputError(f"{name}: patches of shape {ps.patches.shape[1:]} do not match "
-                                f"the model's patch size {p}")
+# ---- training
+def _checked_sets(train_set: PatchSet, val_set: PatchSet | None, p: int) -> PatchSet | None:
+    """Check both sets for patch size ``p`` and both classes; an empty ``val_set`` becomes None."""
+    val_set = None if val_set is not None and len(val_set) == 0 else val_set
+    for ps, name in ((train_set, "training set"), (val_set, "validation set")):
+        if ps is not None and len(ps) == 0:
+            raise ClarityInputError(f"{name}: empty patch set")
+        if ps is not None and ps.patches.shape[1:] != (p, p, p):
+            raise ClarityInputError(f"{name}: patches of shape {ps.patches.shape[1:]} do not match "
+                                    f"the model's patch size {p}")
+    n_pos = int(train_set.label.sum())
+    if n_pos == 0 or n_pos == len(train_set):
+        raise ClarityInputError(f"training set has {n_pos} positive and {len(train_set) - n_pos} negative "
+                                "patches; both classes are needed")
+    return val_set
 
 
-# --------------------------------------------------------------------------------------------
-# training
-# --------------------------------------------------------------------------------------------
+class _Training:
+    """The steps of one :func:`train_model` (construct inside :func:`_torch_settings`): seeded
+    model, optimiser and scheduler, the data on the device, and ``state`` (epoch, history, best
+    model, early stopping), which every checkpoint holds whole."""
+
+    def __init__(self, train_set: PatchSet, val_set: PatchSet | None, *, model_config: ModelConfig,
+                 config: TrainConfig, out_dir: Path, dev: torch.device):
+        self.train_set, self.val_set, self.config, self.model_config = train_set, val_set, config, model_config
+        self.out_dir, self.dev = out_dir, dev
+        self.fmt = torch.channels_last_3d if dev.type == "cpu" else torch.contiguous_format
+        self.y_val = val_set.label.astype(np.int64) if val_set is not None else None
+        two = val_set is not None and 0 < self.y_val.sum() < len(self.y_val)
+        self.monitor = "val_roc_auc" if two else ("val_loss" if val_set is not None else "train_loss")
+        self.data = _fingerprint(train_set, val_set)
+        torch.manual_seed(config.seed)
+        self.model = CellCNN(model_config).to(dev).to(memory_format=self.fmt)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.sched = (torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode="min", factor=0.5, patience=1)
+                      if config.lr_schedule == "plateau" else None)
+        self.state = {"epoch": 0, "history": [], "best_state": None, "best_epoch": 0,
+                      "best_metric": None, "best_threshold": 0.5, "bad_epochs": 0, "stopped": False}
+        y_train = train_set.label.astype(np.float32)  # no random numbers drawn from here on
+        n_pos, n_neg = int(y_train.sum()), len(y_train) - int(y_train.sum())
+        self.x_train = torch.from_numpy(train_set.patches).unsqueeze(1).to(dev)
+        self.t_train = torch.from_numpy(y_train).to(dev)
+        self.x_val = torch.from_numpy(val_set.patches).unsqueeze(1).to(dev) if val_set is not None else None
+        self.pos_weight = torch.tensor(n_neg / n_pos, device=dev) if config.balance == "weighted" else None
+        self.sample_p = None
+        if config.balance == "sampler":
+            self.sample_p = np.where(y_train > 0, 0.5 / n_pos, 0.5 / n_neg)
+            self.sample_p /= self.sample_p.sum()
+
+    def start(self, *, resume: bool, init_state: dict | None) -> None:
+        """Resume from ``checkpoint.pt`` (same model config; model, optimiser, scheduler, torch RNG,
+        state), else start from ``init_state`` (fine-tuning; the RNG restarts from the seed)."""
+        ckpt_path = self.out_dir / "checkpoint.pt"
+        if not (resume and ckpt_path.exists()):
+            if init_state is not None:
+                self.model.load_state_dict(init_state)
+                torch.set_rng_state(torch.Generator().manual_seed(int(self.config.seed)).get_state())
+            return
+        try:
+            ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            if ck.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError("format tag missing")
+        except Exception as exc:
+            raise ClarityInputError(f"{ckpt_path}: unreadable training checkpoint ({exc}); "
+                                    "delete it or pass resume=False") from None
+        if ModelConfig.from_dict(ck["model_config"]) != self.model_config:
+            raise ClarityInputError(
+                f"{ckpt_path}: checkpoint of model config {ck['model_config']} does not match "
+                f"{self.model_config.to_dict()}; pass resume=False or use another out_dir")
+        if ck.get("data") and ck["data"] != self.data:
+            warnings.warn(f"{ckpt_path}: resuming on other patches than the checkpoint was "
+                          f"trained on ({ck['data']} vs {self.data})", stacklevel=3)
+        self.model.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optimizer"])
+        if self.sched is not None and ck.get("scheduler"):
+            self.sched.load_state_dict(ck["scheduler"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        for k in self.state:
+            self.state[k] = ck[k]
+
+    def epoch(self, epoch: int, *, progress: bool) -> tuple[dict, np.ndarray | None, int]:
+        """One epoch (seeded batch order, augmentation and dropout; the learning rate) and its
+        validation; returns the history row, the validation probabilities and the epoch's seed."""
+        cfg, t0 = self.config, time.perf_counter()
+        eseed = _epoch_seed(cfg.seed, epoch)
+        rng = np.random.default_rng(eseed)
+        torch.manual_seed(eseed)  # dropout
+        if cfg.lr_schedule == "cosine":
+            for g in self.opt.param_groups:
+                g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / cfg.epochs))
+        lr = float(self.opt.param_groups[0]["lr"])
+        n = len(self.t_train)
+        order = rng.choice(n, size=n, p=self.sample_p) if self.sample_p is not None else rng.permutation(n)
+        order = torch.from_numpy(order).to(self.dev)
+        bar = tqdm(total=len(order), desc=f"epoch {epoch}", unit="patch", unit_scale=True, leave=False,
+                   disable=not progress)
+        train_loss = self.train_pass(order, rng, bar)
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": float("nan"),
+               "val_roc_auc": float("nan"), "val_pr_auc": float("nan"), "lr": lr}
+        val_prob = None
+        if self.x_val is not None:
+            m = _metrics(self.y_val, self.val_logits())
+            val_prob = m.pop("prob")
+            row.update(m)
+        row["seconds"] = time.perf_counter() - t0
+        return row, val_prob, eseed
+
+    def train_pass(self, order: torch.Tensor, rng: np.random.Generator, bar) -> float:
+        """One pass over ``x_train[order]`` in batches; returns the mean training loss per patch."""
+        self.model.train()
+        total, seen, bs = 0.0, 0, self.config.batch_size
+        with bar:
+            for s in range(0, len(order), bs):
+                idx = order[s:s + bs]
+                bar.update(len(idx))
+                if len(idx) < 2:  # BatchNorm needs two samples
+                    continue
+                xb = augment(self.x_train[idx], rng) if self.config.augment else self.x_train[idx]
+                xb = xb.contiguous(memory_format=self.fmt)
+                loss = F.binary_cross_entropy_with_logits(self.model(xb), self.t_train[idx],
+                                                          pos_weight=self.pos_weight)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+                total += float(loss.detach()) * len(idx)
+                seen += len(idx)
+        return total / max(seen, 1)
+
+    def val_logits(self) -> np.ndarray:
+        """Logits of the validation patches (eval mode, no gradients)."""
+        self.model.eval()
+        out, bs = [], self.config.eval_batch_size
+        with torch.no_grad():
+            for s in range(0, len(self.x_val), bs):
+                out.append(self.model(self.x_val[s:s + bs].contiguous(memory_format=self.fmt)).float().cpu())
+        return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+    def end_epoch(self, row: dict, val_prob: np.ndarray | None, eseed: int) -> None:
+        """Best model, early stopping, scheduler and history after an epoch; then write
+        ``history.csv``, ``model.pt`` (when improved) and ``checkpoint.pt``, in that order."""
+        state, epoch = self.state, row["epoch"]
+        key = _rank_key(row, self.monitor)
+        improved = state["best_metric"] is None or key > tuple(state["best_metric"])
+        if improved:
+            state.update(best_metric=list(key), best_epoch=epoch, bad_epochs=0,
+                         best_state=_state_copy(self.model),
+                         best_threshold=max_f1_threshold(self.y_val, val_prob) if val_prob is not None else 0.5)
+        else:
+            state["bad_epochs"] += 1
+        if self.sched is not None:
+            self.sched.step(row["val_loss"] if self.x_val is not None else row["train_loss"])
+        state["history"].append(row)
+        state["epoch"] = epoch
+        if self.config.patience and state["bad_epochs"] >= self.config.patience:
+            state["stopped"] = True
+        ck = {"format": CHECKPOINT_FORMAT, "model": _state_copy(self.model), "optimizer": self.opt.state_dict(),
+              "scheduler": self.sched.state_dict() if self.sched is not None else None,
+              "rng": {"torch": torch.get_rng_state(), "epoch_seed": eseed},
+              "model_config": self.model_config.to_dict(), "train_config": self.config.to_dict(),
+              "monitor": self.monitor, "data": self.data, **state}
+        _write_history(self.out_dir / "history.csv", state["history"])
+        if improved:
+            self.save_best()
+        with atomic_write(self.out_dir / "checkpoint.pt") as tmp:
+            torch.save(ck, tmp)
+
+    def finish(self) -> CellCNN:
+        """Write ``history.csv`` if missing and ``model.pt``; return the best model in eval mode."""
+        if self.state["best_state"] is None:  # epochs=0 and nothing to resume: an untrained model
+            self.state["best_state"] = _state_copy(self.model)
+        if not (self.out_dir / "history.csv").exists():
+            _write_history(self.out_dir / "history.csv", self.state["history"])
+        self.save_best()
+        best = CellCNN(self.model_config)
+        best.load_state_dict(self.state["best_state"])
+        return best.to(self.dev).eval()
+
+    def save_best(self) -> Path:
+        """Write ``model.pt`` (+ ``config.json``): the best state so far, its threshold, provenance."""
+        state, train_set, val_set, config = self.state, self.train_set, self.val_set, self.config
+        model = CellCNN(self.model_config)
+        model.load_state_dict(state["best_state"])
+        best_row = {r["epoch"]: r for r in state["history"]}.get(state["best_epoch"], {})
+        provenance = {
+            "train_brains": sorted(set(train_set.brain.tolist())),
+            "val_brains": sorted(set(val_set.brain.tolist())) if val_set is not None else [],
+            "seed": config.seed, "model_config": self.model_config.to_dict(), "train_config": config.to_dict(),
+            "n_train": len(train_set), "n_train_pos": int(train_set.label.sum()),
+            "n_val": len(val_set) if val_set is not None else 0,
+            "n_val_pos": int(val_set.label.sum()) if val_set is not None else 0,
+            "best_epoch": int(state["best_epoch"]), "epochs_run": int(state["epoch"]), "monitor": self.monitor,
+            "best_metrics": {k: best_row.get(k) for k in ("train_loss", "val_loss", "val_roc_auc", "val_pr_auc")},
+            "device": str(self.dev),
+            "patchset_meta": {k: v for k, v in train_set.meta.items() if k != "normalisation"},
+        }
+        return save_model(self.out_dir / "model.pt", model, normalisation=train_set.meta.get("normalisation", {}),
+                          threshold=float(state["best_threshold"]), provenance=provenance)
+
+
 def train_model(train_set: PatchSet, val_set: PatchSet | None, *,
                 model_config: ModelConfig | None = None, config: TrainConfig | None = None,
                 out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
@@ -364,178 +512,28 @@ def train_model(train_set: PatchSet, val_set: PatchSet | None, *,
     -------
     TrainResult
     """
-    from tqdm.auto import tqdm
-
     config = config or TrainConfig()
     model_config = model_config or ModelConfig(patch_size=train_set.patch_size)
-    p = model_config.patch_size
-    _check_set(train_set, "training set", p)
-    if val_set is not None and len(val_set) == 0:
-        val_set = None
-    if val_set is not None:
-        _check_set(val_set, "validation set", p)
-    y_train = train_set.label.astype(np.float32)
-    n_pos = int(y_train.sum())
-    n_neg = len(y_train) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        raise ClarityInputError(f"training set has {n_pos} positive and {n_neg} negative patches; "
-                                "both classes are needed")
-
+    val_set = _checked_sets(train_set, val_set, model_config.patch_size)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path, hist_path = out_dir / "checkpoint.pt", out_dir / "history.csv"
-    model_path = out_dir / "model.pt"
     dev = pick_device(device)
-    fmt = torch.channels_last_3d if dev.type == "cpu" else torch.contiguous_format
-
-    y_val = val_set.label.astype(np.int64) if val_set is not None else None
-    val_two_classes = val_set is not None and 0 < y_val.sum() < len(y_val)
-    monitor = "val_roc_auc" if val_two_classes else ("val_loss" if val_set is not None else "train_loss")
-
     with _torch_settings(dev, config.num_threads):
-        torch.manual_seed(config.seed)
-        model = CellCNN(model_config).to(dev).to(memory_format=fmt)
-        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        sched = (torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=1)
-                 if config.lr_schedule == "plateau" else None)
-        state = {"epoch": 0, "history": [], "best_state": None, "best_epoch": 0,
-                 "best_metric": None, "best_threshold": 0.5, "bad_epochs": 0, "stopped": False}
-
-        if resume and ckpt_path.exists():
-            try:
-                ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-                if ck.get("format") != CHECKPOINT_FORMAT:
-                    raise ValueError("format tag missing")
-            except Exception as exc:
-                raise ClarityInputError(f"{ckpt_path}: unreadable training checkpoint ({exc}); "
-                                        "delete it or pass resume=False") from None
-            if ModelConfig.from_dict(ck["model_config"]) != model_config:
-                raise ClarityInputError(
-                    f"{ckpt_path}: checkpoint of model config {ck['model_config']} does not match "
-                    f"{model_config.to_dict()}; pass resume=False or use another out_dir")
-            if ck.get("data") and ck["data"] != _fingerprint(train_set, val_set):
-                warnings.warn(f"{ckpt_path}: resuming on other patches than the checkpoint was "
-                              f"trained on ({ck['data']} vs {_fingerprint(train_set, val_set)})",
-                              stacklevel=2)
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            if sched is not None and ck.get("scheduler"):
-                sched.load_state_dict(ck["scheduler"])
-            torch.set_rng_state(ck["rng"]["torch"])
-            for k in state:
-                state[k] = ck[k]
-        elif init_state is not None:
-            model.load_state_dict(init_state)  # fine-tuning; the RNG restarts from the seed
-            torch.set_rng_state(torch.Generator().manual_seed(int(config.seed)).get_state())
-
-        x_train = torch.from_numpy(train_set.patches).unsqueeze(1).to(dev)
-        t_train = torch.from_numpy(y_train).to(dev)
-        x_val = torch.from_numpy(val_set.patches).unsqueeze(1).to(dev) if val_set is not None else None
-        pos_weight = (torch.tensor(n_neg / n_pos, device=dev) if config.balance == "weighted" else None)
-        sample_p = None
-        if config.balance == "sampler":
-            sample_p = np.where(y_train > 0, 0.5 / n_pos, 0.5 / n_neg)
-            sample_p /= sample_p.sum()
-
-        fingerprint = _fingerprint(train_set, val_set)
-        start = state["epoch"] + 1
+        run = _Training(train_set, val_set, model_config=model_config, config=config, out_dir=out_dir, dev=dev)
+        run.start(resume=resume, init_state=init_state)
+        start = run.state["epoch"] + 1
         epochs = tqdm(range(start, config.epochs + 1), desc="training", unit="epoch",
-                      disable=not progress or state["stopped"], initial=start - 1, total=config.epochs)
+                      disable=not progress or run.state["stopped"], initial=start - 1, total=config.epochs)
         for epoch in epochs:
-            if state["stopped"]:
+            if run.state["stopped"]:
                 break
-            t0 = time.perf_counter()
-            eseed = _epoch_seed(config.seed, epoch)
-            rng = np.random.default_rng(eseed)
-            torch.manual_seed(eseed)  # dropout
-            if config.lr_schedule == "cosine":
-                for g in opt.param_groups:
-                    g["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / config.epochs))
-            lr = float(opt.param_groups[0]["lr"])
-            n = len(y_train)
-            order = rng.choice(n, size=n, p=sample_p) if sample_p is not None else rng.permutation(n)
-            order = torch.from_numpy(order).to(dev)
-            train_loss = _train_epoch(model, opt, x_train, t_train, order, rng,
-                                      batch_size=config.batch_size, do_augment=config.augment,
-                                      pos_weight=pos_weight, fmt=fmt,
-                                      progress=tqdm(total=len(order), desc=f"epoch {epoch}",
-                                                    unit="patch", unit_scale=True, leave=False,
-                                                    disable=not progress))
-            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": float("nan"),
-                   "val_roc_auc": float("nan"), "val_pr_auc": float("nan"), "lr": lr}
-            val_prob = None
-            if x_val is not None:
-                m = _metrics(y_val, _logits(model, x_val, batch_size=config.eval_batch_size, fmt=fmt))
-                val_prob = m.pop("prob")
-                row.update(m)
-            row["seconds"] = time.perf_counter() - t0
-
-            key = _rank_key(row, monitor)
-            improved = state["best_metric"] is None or key > tuple(state["best_metric"])
-            if improved:
-                state.update(best_metric=list(key), best_epoch=epoch, bad_epochs=0,
-                             best_state=_state_copy(model),
-                             best_threshold=(max_f1_threshold(y_val, val_prob) if val_prob is not None
-                                             else 0.5))
-            else:
-                state["bad_epochs"] += 1
-            if sched is not None:
-                sched.step(row["val_loss"] if x_val is not None else row["train_loss"])
-            state["history"].append(row)
-            state["epoch"] = epoch
-            if config.patience and state["bad_epochs"] >= config.patience:
-                state["stopped"] = True
-            ck = {"format": CHECKPOINT_FORMAT, "model": _state_copy(model), "optimizer": opt.state_dict(),
-                  "scheduler": sched.state_dict() if sched is not None else None,
-                  "rng": {"torch": torch.get_rng_state(), "epoch_seed": eseed},
-                  "model_config": model_config.to_dict(), "train_config": config.to_dict(),
-                  "monitor": monitor, "data": fingerprint, **state}
-            _write_history(hist_path, state["history"])
-            if improved:
-                model_path = _save_best(model_path, model_config, state, train_set, val_set, config,
-                                        monitor, dev)
-            with atomic_write(ckpt_path) as tmp:
-                torch.save(ck, tmp)
+            row, val_prob, eseed = run.epoch(epoch, progress=progress)
+            run.end_epoch(row, val_prob, eseed)
             epochs.set_postfix(loss=f"{row['train_loss']:.4f}", auc=f"{row['val_roc_auc']:.4f}")
-            if state["stopped"]:
+            if run.state["stopped"]:
                 break
         epochs.close()
-
-        if state["best_state"] is None:  # epochs=0 and nothing to resume: an untrained model
-            state["best_state"] = _state_copy(model)
-        if not hist_path.exists():
-            _write_history(hist_path, state["history"])
-        model_path = _save_best(model_path, model_config, state, train_set, val_set, config, monitor, dev)
-        best = CellCNN(model_config)
-        best.load_state_dict(state["best_state"])
-        best.to(dev).eval()
-    return TrainResult(model=best, history=_history_frame(state["history"]),
-                       best_epoch=int(state["best_epoch"]), out_dir=out_dir, model_path=model_path,
-                       threshold=float(state["best_threshold"]))
-
-
-def _save_best(path: Path, model_config: ModelConfig, state: dict, train_set: PatchSet,
-               val_set: PatchSet | None, config: TrainConfig, monitor: str, dev) -> Path:
-    model = CellCNN(model_config)
-    model.load_state_dict(state["best_state"])
-    hist = {r["epoch"]: r for r in state["history"]}
-    best_row = hist.get(state["best_epoch"], {})
-    meta = {k: v for k, v in train_set.meta.items() if k != "normalisation"}
-    provenance = {
-        "train_brains": sorted(set(train_set.brain.tolist())),
-        "val_brains": sorted(set(val_set.brain.tolist())) if val_set is not None else [],
-        "seed": config.seed,
-        "model_config": model_config.to_dict(),
-        "train_config": config.to_dict(),
-        "n_train": len(train_set), "n_train_pos": int(train_set.label.sum()),
-        "n_val": len(val_set) if val_set is not None else 0,
-        "n_val_pos": int(val_set.label.sum()) if val_set is not None else 0,
-        "best_epoch": int(state["best_epoch"]), "epochs_run": int(state["epoch"]),
-        "monitor": monitor,
-        "best_metrics": {k: best_row.get(k) for k in ("train_loss", "val_loss", "val_roc_auc",
-                                                       "val_pr_auc")},
-        "device": str(dev),
-        "patchset_meta": meta,
-    }
-    return save_model(path, model, normalisation=train_set.meta.get("normalisation", {}),
-                      threshold=float(state["best_threshold"]), provenance=provenance)
+        best = run.finish()
+    return TrainResult(model=best, history=_history_frame(run.state["history"]),
+                       best_epoch=int(run.state["best_epoch"]), out_dir=out_dir,
+                       model_path=out_dir / "model.pt", threshold=float(run.state["best_threshold"]))

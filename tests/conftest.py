@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
+import csv
+from pathlib import Path
+
 import pytest
 import tifffile
 
@@ -36,3 +38,19 @@ def data_root(tmp_path, small_brain):
         write_points_csv(root / "raw" / f"{name}.csv", b.annotated)
         write_points_csv(root / "truth" / f"{name}.csv", b.cells)
     return root
+
+
+@pytest.fixture(scope="session")
+def csv_rows():
+    """``csv_rows(path)``: the rows of a CSV as dicts."""
+    def read(path):
+        with open(path, newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    return read
+
+
+@pytest.fixture(scope="session")
+def temp_files():
+    """``temp_files(folder)``: names of leftover temporary files of atomic writes."""
+    return lambda folder: [p.name for p in Path(folder).iterdir() if ".tmp" in p.name]

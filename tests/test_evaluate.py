@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import clarity.evaluate as E
+import clarity.matching as matching
 from clarity.evaluate import (
     adjusted_fp,
     binary_metrics,
@@ -22,8 +23,9 @@ from clarity.evaluate import (
 )
 
 
-def test_doctests():
-    res = doctest.testmod(E)
+@pytest.mark.parametrize("module", [E, matching], ids=["evaluate", "matching"])
+def test_doctests(module):
+    res = doctest.testmod(module)
     assert res.attempted > 0 and res.failed == 0
 
 
@@ -256,7 +258,7 @@ def test_match_sparse_solver_same_optimum(monkeypatch):
     t = rng.uniform(0, 25, (150, 3))           # dense: one big component
     p = rng.uniform(0, 25, (140, 3))
     dense = match_points(p, t, radius=6)
-    monkeypatch.setattr(E, "_DENSE_LIMIT", 0)
+    monkeypatch.setattr(matching, "DENSE_LIMIT", 0)
     sparse = match_points(p, t, radius=6)
     assert sparse.tp == dense.tp
     assert sparse.distances.sum() == pytest.approx(dense.distances.sum())

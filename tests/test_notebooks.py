@@ -4,7 +4,6 @@ exactly as `make report` runs them: the pipeline is tested end to end, not just 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import nbformat
 import pandas as pd

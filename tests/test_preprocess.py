@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 
 from clarity import preprocess
 from clarity.paths import Paths

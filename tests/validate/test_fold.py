@@ -1,108 +1,22 @@
-"""Tests of clarity.validate: folds by brain, one split end to end on tiny brains, determinism,
-the cross-validation table, the summary and the final model."""
+"""Tests of clarity.validate.fold: one split end to end on tiny brains, its files and models,
+determinism, candidate negatives; the split options and the baseline step."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import FrozenInstanceError
 
 import numpy as np
 import pandas as pd
 import pytest
-import tifffile
 
 from clarity import validate as V
+from clarity.baselines import log_patch_scores, mean_template, template_match_scores
+from clarity.detect import DetectionConfig
+from clarity.evaluate import binary_metrics
 from clarity.model import ModelConfig, load_model
-from clarity.paths import Paths
+from clarity.sampling import PatchSet
 from clarity.train import TrainConfig
-
-TINY = ModelConfig(patch_size=12, channels=(4, 8, 8), fc=8, dropout=0.1)
-CFG = TrainConfig(epochs=2, batch_size=64, lr=3e-3, seed=0, patience=0, num_threads=1)
-RECFG = TrainConfig(epochs=1, batch_size=64, lr=1e-3, seed=0, patience=0, num_threads=1)
-
-
-# --------------------------------------------------------------------------------------------
-# folds
-# --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("n_brains,n_folds", [(8, 4), (4, 2), (5, 2), (7, 3)])
-def test_cv_folds_test_each_brain_once_never_in_train(n_brains, n_folds):
-    brains = [f"brain{i:02d}" for i in range(1, n_brains + 1)]
-    folds = V.cv_folds(brains, n_folds=n_folds)
-    assert len(folds) == n_folds
-    tested = [b for _, test in folds for b in test]
-    assert sorted(tested) == brains  # every brain tested exactly once
-    for train, test in folds:
-        assert not set(train) & set(test)
-        assert sorted(train + test) == brains
-    assert V.cv_folds(brains, n_folds=n_folds) == folds  # deterministic
-
-
-def test_cv_folds_seed_layout_and_split_brains():
-    brains = [f"brain{i:02d}" for i in range(1, 9)]
-    for k, (train, test) in enumerate(V.cv_folds(brains), start=1):
-        assert test == [f"brain{2 * k - 1:02d}", f"brain{2 * k:02d}"]
-        assert V.split_brains(f"fold{k}", brains, n_folds=4) == (train, test)
-    # the first training brain (inner validation) rotates across folds
-    assert [tr[0] for tr, _ in V.cv_folds(brains)] == ["brain03", "brain05", "brain07", "brain01"]
-    assert V.split_brains("coarse", brains) == (brains, brains)
-    for bad in ("fold0", "fold5", "fold", "random"):
-        with pytest.raises(ValueError):
-            V.split_brains(bad, brains, n_folds=4)
-    with pytest.raises(ValueError):
-        V.cv_folds(brains[:1], n_folds=2)
-
-
-def test_coarse_split_is_seeded_stratified_and_disjoint():
-    labels = np.r_[np.ones(40), np.zeros(400)].astype(int)
-    fit, val, test = V.coarse_split(labels, seed=3)
-    assert len(np.intersect1d(fit, val)) == len(np.intersect1d(fit, test)) == len(np.intersect1d(val, test)) == 0
-    assert len(fit) + len(val) + len(test) == len(labels)
-    assert labels[test].sum() == 10 and len(test) == 110  # 25 % of each label
-    again = V.coarse_split(labels, seed=3)
-    assert all(np.array_equal(a, b) for a, b in zip((fit, val, test), again))
-    assert not np.array_equal(V.coarse_split(labels, seed=4)[2], test)
-
-
-# --------------------------------------------------------------------------------------------
-# one split end to end on tiny brains
-# --------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory, small_kwargs):
-    """Four tiny synthetic brains, preprocessed and sampled: a complete data root."""
-    from clarity.io import write_points_csv
-    from clarity.preprocess import N4Config, preprocess_dataset
-    from clarity.sampling import SamplingConfig, sample_dataset
-    from clarity.synthetic import make_brain
-
-    root = tmp_path_factory.mktemp("validate") / "data"
-    (root / "raw").mkdir(parents=True)
-    (root / "truth").mkdir()
-    for i in range(4):
-        b = make_brain(20 + i, **small_kwargs)
-        tifffile.imwrite(root / "raw" / f"b{i + 1}.tif", b.volume, photometric="minisblack")
-        write_points_csv(root / "raw" / f"b{i + 1}.csv", b.annotated)
-        write_points_csv(root / "truth" / f"b{i + 1}.csv", b.cells)
-    paths = Paths(data_dir=root, run="t", models_root=root.parent / "models",
-                  reports_root=root.parent / "reports")
-    preprocess_dataset(paths, config=N4Config(shrink=4, iterations=5, levels=1), progress=False)
-    ps = sample_dataset(paths, config=SamplingConfig(seed=0, background_per_pos=1.0), progress=False)
-    ps.save(paths.patchset())
-    return paths
-
-
-def _paths(root_paths, run):
-    return Paths(data_dir=root_paths.data_dir, run=run, models_root=root_paths.models_root,
-                 reports_root=root_paths.reports_root)
-
-
-def _run(paths, split, **kw):
-    return V.run_split(paths, split, train_config=CFG, retrain_config=RECFG, model_config=TINY,
-                       seed=0, n_folds=2, progress=False, **kw)
-
-
-@pytest.fixture(scope="module")
-def fold1(tiny_root):
-    paths = _paths(tiny_root, "a")
-    return paths, _run(paths, "fold1")
 
 
 def test_run_split_writes_all_files(fold1):
@@ -130,12 +44,15 @@ def test_run_split_writes_all_files(fold1):
     # both models saved with the threshold chosen on inner validation
     for v in ("cnn", "cnn_retrained"):
         path = paths.models / "fold1" / v / "model.pt"
+        assert res.model_paths[v] == path == paths.fold_model("fold1", v)
         lm = load_model(path, device="cpu")
         assert lm.threshold == pytest.approx(res.thresholds[v])
         # and the whole-volume detection threshold calibrated on the inner-validation brain
         assert lm.detection_threshold == pytest.approx(res.detection_thresholds[v])
         assert lm.operating_threshold == pytest.approx(lm.detection_threshold)
         assert "b3" in lm.provenance["detection_threshold_rule"]
+        # with the detection settings it was calibrated under (the defaults here)
+        assert DetectionConfig.from_dict(lm.detection_config) == DetectionConfig()
         # the count factor is precision / recall of the calibration sweep at that threshold
         sweep = pd.read_csv(d / "detection_calibration.csv")
         row = sweep[(sweep.variant == v) & np.isclose(sweep.threshold, lm.detection_threshold)].iloc[0]
@@ -148,8 +65,6 @@ def test_run_split_writes_all_files(fold1):
     best = cal[cal.variant == "cnn"].sort_values("threshold")
     assert best.threshold.iloc[best.f1.to_numpy().argmax()] == pytest.approx(res.detection_thresholds["cnn"])
     # metrics are consistent with the predictions at the recorded threshold
-    from clarity.evaluate import binary_metrics
-
     for v in V.VARIANTS:
         pv = p[p.variant == v]
         row = m[(m.variant == v) & (m.labels == "annotations")].iloc[0]
@@ -168,94 +83,78 @@ def test_hard_examples_come_from_fit_brains_only(fold1):
         assert (fp.score >= res.thresholds["cnn"]).all()
 
 
-def test_same_seed_same_metrics(tiny_root, fold1):
+def test_same_seed_same_metrics(paths_for, run_small, fold1):
     paths, _ = fold1
-    other = _paths(tiny_root, "b")  # fresh models and reports: nothing resumed
-    _run(other, "fold1")
+    other = paths_for("b")  # fresh models and reports: nothing resumed
+    run_small(other, "fold1")
     a = (paths.reports / "folds" / "fold1" / "metrics.csv").read_bytes()
     b = (other.reports / "folds" / "fold1" / "metrics.csv").read_bytes()
     assert a == b
     # rerunning in place (resuming the finished training) gives the same file too
-    _run(paths, "fold1")
+    run_small(paths, "fold1")
     assert (paths.reports / "folds" / "fold1" / "metrics.csv").read_bytes() == a
 
 
-def test_coarse_split_and_cv_table(tiny_root, fold1):
-    paths, _ = fold1
-    res = _run(paths, "coarse", retrain=False)
-    assert set(res.metrics.variant) == {"cnn", "log", "template"}
-    _run(paths, "fold2", retrain=False)
-    df = V.collect_cv(paths.reports)
-    assert list(df.split.unique()) == ["coarse", "fold1", "fold2"] or \
-        set(df.split) == {"coarse", "fold1", "fold2"}
-    table = V.cv_table(df, path=paths.reports / "cv_metrics.csv")
-    saved = pd.read_csv(paths.reports / "cv_metrics.csv")
-    assert len(saved) == len(table)
-    for v in ("cnn", "log", "template"):
-        for lab in ("annotations", "truth"):
-            sub = table[(table.variant == v) & (table.labels == lab)]
-            assert {"fold1", "fold2", "mean", "std", "coarse"} <= set(sub.split)
-            folds = sub[sub.split.isin(["fold1", "fold2"])]
-            mean = sub[sub.split == "mean"].iloc[0]
-            assert mean.f1 == pytest.approx(folds.f1.mean())  # coarse is not averaged in
-            assert sub[sub.split == "std"].iloc[0].roc_auc == pytest.approx(folds.roc_auc.std(ddof=1))
-    # cnn_retrained exists in fold1 only: a mean over one fold, std NaN
-    r = table[(table.variant == "cnn_retrained") & (table.split == "std")]
-    assert r.f1.isna().all()
-    checks = V.target_checks(table, variant="cnn")
-    assert len(checks) == 5 and checks.passed.dtype == bool
-
-
-def test_plots_summary_and_final_model(tiny_root, fold1):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    paths, _ = fold1
-    ax = V.plot_fold_curves(paths.reports, kind="roc", variant="cnn")
-    assert len(ax.get_lines()) >= 2  # one curve per fold plus the diagonal
-    ax = V.plot_fold_curves(paths.reports, kind="pr", variant="template", labels="truth")
-    assert ax.get_legend() is not None
-    table = V.cv_table(V.collect_cv(paths.reports))
-    md = V.write_summary(paths.reports, table=table, review_labels_used=True,
-                         figures=["cv_roc.png"], notebooks=["04b_cv_summary.ipynb"]).read_text()
-    assert "annotations + review" in md and "0.737" in md and "cv_roc.png" in md
-    assert "PASS" in md or "FAIL" in md
-    thr = V.cv_thresholds(paths.reports)
-    assert set(thr) >= {"fold1"}
-    lm = V.train_final(paths, train_config=CFG, model_config=TINY, seed=0, progress=False)
-    assert lm.path == paths.models / "final.pt"
-    assert lm.threshold == pytest.approx(np.mean(list(thr.values())))
-    from clarity.sampling import PatchSet
-
-    assert lm.normalisation == PatchSet.load(paths.patchset()).meta["normalisation"]
-    assert lm.provenance["fold_thresholds"] == pytest.approx(thr)
-    assert sorted(lm.provenance["train_brains"]) == ["b1", "b2", "b3"]
-    assert lm.provenance["early_stopping_brains"] == ["b4"]
-    det = V.cv_detection_thresholds(paths.reports)
-    assert set(det) >= {"fold1"}
-    assert lm.detection_threshold == pytest.approx(np.mean(list(det.values())))
-    assert lm.provenance["fold_detection_thresholds"] == pytest.approx(det)
-    factors = lm.provenance["fold_count_factors"]
-    assert set(factors) == set(det) and lm.count_factor == pytest.approx(np.mean(list(factors.values())))
-    lm2 = V.train_final(paths, train_config=CFG, model_config=TINY, seed=0, threshold=0.7,
-                        detection_threshold=0.8, progress=False)
-    assert lm2.threshold == pytest.approx(0.7) and lm2.detection_threshold == pytest.approx(0.8)
-
-
-def test_candidate_negatives_are_fitted_on_never_tested(tiny_root):
+def test_candidate_negatives_are_fitted_on_never_tested(tiny_root, paths_for, tiny):
     """Negatives at random candidate-screen maxima train the CNN but stay out of the inner
     validation and test patches (the patch metrics keep the seed's protocol)."""
-    from clarity.sampling import PatchSet, SamplingConfig, sample_dataset
+    from clarity.sampling import SamplingConfig, sample_dataset
 
     ps = sample_dataset(tiny_root, config=SamplingConfig(seed=0, background_per_pos=1.0,
                                                          candidate_per_pos=2.0), progress=False)
     assert (ps.origin == V.TRAINING_ONLY_ORIGIN).sum() > 0
     ps.save(tiny_root.patchset("cand"))
-    paths = _paths(tiny_root, "cand")
-    res = V.run_split(paths, "fold1", patchset="cand", train_config=CFG, model_config=TINY, seed=0,
-                      n_folds=2, retrain=False, progress=False)
+    paths = paths_for("cand")
+    res = V.run_split(paths, "fold1", V.SplitConfig(patchset="cand", train_config=tiny.train,
+                                                    model_config=tiny.model, seed=0, n_folds=2,
+                                                    retrain=False), progress=False)
     assert not (res.predictions.origin == V.TRAINING_ONLY_ORIGIN).any()
     test = PatchSet.load(tiny_root.patchset("cand")).select_brains(res.test_brains)
     keep = test.origin != V.TRAINING_ONLY_ORIGIN
     assert res.metrics.n.iloc[0] == keep.sum() < len(test)
     assert res.params["n_fit"] == len(PatchSet.load(tiny_root.patchset("cand")).select_brains(res.fit_brains))
+
+
+def test_split_config_defaults_resolve_as_before():
+    cfg = V.SplitConfig(seed=3)
+    with pytest.raises(FrozenInstanceError):
+        cfg.seed = 4
+    r = cfg.resolved(12)
+    assert r.train_config == TrainConfig(seed=3)
+    assert r.retrain_config == TrainConfig(seed=3, epochs=2, lr=TrainConfig().lr / 3)
+    assert r.model_config == ModelConfig(patch_size=12) and r.mining == V.MiningConfig()
+    assert (r.patchset, r.n_folds, r.inner_val, r.retrain, r.target_precision) == ("patches", 4, 1, True, 0.95)
+    given = V.SplitConfig(train_config=TrainConfig(epochs=5, lr=0.03), model_config=ModelConfig(patch_size=16),
+                          mining=V.MiningConfig(max_fn_repeats=2)).resolved(12)
+    assert given.train_config.epochs == 5 and given.model_config.patch_size == 16
+    assert given.retrain_config == TrainConfig(epochs=2, lr=0.01) and given.mining.max_fn_repeats == 2
+
+
+def test_score_baselines_thresholds_reach_target_precision_on_inner_validation():
+    rng = np.random.default_rng(0)
+    p = 12
+
+    def blobs(n_pos, n_neg, brain):
+        x = rng.normal(0.0, 1.0, (n_pos + n_neg, p, p, p)).astype(np.float32)
+        zz, yy, xx = np.mgrid[:p, :p, :p] - p // 2
+        x[:n_pos] += 3.0 * np.exp(-(zz**2 + yy**2 + xx**2) / 8.0).astype(np.float32)
+        n = n_pos + n_neg
+        return PatchSet(x, [brain] * n, np.zeros((n, 3)), np.r_[np.ones(n_pos), np.zeros(n_neg)],
+                        ["annotated"] * n, -np.ones(n), {"patch_size": p})
+
+    fit, val, test = blobs(30, 60, "b3"), blobs(20, 40, "b2"), blobs(20, 40, "b1")
+    parts = V.SplitParts(fit, val, test, ["b3"], ["b2"], ["b1"], None)
+    thresholds, scores = V.score_baselines(parts, target_precision=0.9)
+    assert list(thresholds) == list(scores) == ["log", "template"]
+    tmpl = mean_template(fit.patches, fit.label)
+    val_scores = {"log": log_patch_scores(val.patches), "template": template_match_scores(val.patches, tmpl)}
+    test_scores = {"log": log_patch_scores(test.patches), "template": template_match_scores(test.patches, tmpl)}
+    for v in ("log", "template"):
+        np.testing.assert_array_equal(scores[v], test_scores[v])
+        assert binary_metrics(val.label, val_scores[v], threshold=thresholds[v])["precision"] >= 0.9
+
+
+def test_hard_example_truth_without_mined_patches():
+    table = pd.DataFrame(columns=["brain", "z", "y", "x", "kind", "score"])
+    out = V.hard_example_truth({}, None, table)
+    assert list(out.columns) == V.HARD_EXAMPLE_COLUMNS and len(out) == 0

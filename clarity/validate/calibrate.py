@@ -1,0 +1,107 @@
+"""Whole-volume detection calibration of a saved model on labelled brains: the detection
+threshold, the count factor and the second-stage rescorer, written into the model file with the
+:class:`clarity.detect.DetectionConfig` they were calibrated under."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from ..detect import DetectionConfig, detect_block
+from ..detect.calibrate import calibrate_detection_threshold, calibration_points
+from ..detect.config import resolve_config
+from ..io import list_brains, read_volume
+from ..model import load_model
+from ..rescore import DEFAULT_FLOOR, fit_rescorer
+from .training import resave_model
+
+__all__ = ["calibrate_on_brains"]
+
+
+def _labelled_volumes(paths, brains: Sequence[str]) -> tuple[list, list, str]:
+    """Corrected volumes and calibration points of the brains that have labels, and the labels'
+    source: ``"complete"``, ``"annotations"``, ``"mixed"`` or ``"none"``."""
+    vols, pts, sources = [], [], set()
+    for b in list_brains(paths.data_dir, names=list(brains)):
+        vol = read_volume(paths.corrected(b.name), mmap=True, check_finite=False)
+        p, src = calibration_points(b, shape=vol.shape)
+        if p is None:
+            continue
+        vols.append(vol)
+        pts.append(p)
+        sources.add(src)
+    if not vols:
+        return vols, pts, "none"
+    source = "complete" if sources == {"complete"} else "annotations" if sources == {"annotations"} else "mixed"
+    return vols, pts, source
+
+
+def _fit_rescorer(loaded, vols, pts, *, brains: Sequence[str], config: DetectionConfig,
+                  radius: float, seed: int, source: str):
+    """The second stage fitted on the detections (not rescored, at the rescorer's floor) of
+    ``vols`` against complete labels; ``(None, {})`` when it cannot be fitted."""
+    frames = [detect_block(v, model=loaded, config=config.replace(rescore=False),
+                           threshold=DEFAULT_FLOOR, features=True) for v in vols]
+    try:
+        rescorer, _ = fit_rescorer(frames, pts, radius=radius, seed=seed,
+                                   info={"brains": list(brains), "labels": source})
+    except ValueError:
+        return None, {}
+    return rescorer, {"rescorer_rule": f"MLP on CNN score, SNR and shape, max F1 at {radius:g} voxels "
+                                       f"on {', '.join(brains)} (complete labels)"}
+
+
+def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radius: float = 6.0,
+                        rescore: bool = True, seed: int = 0, config: DetectionConfig | None = None):
+    """Calibrate the whole-volume detection threshold of a saved model on ``brains`` (corrected
+    volumes, complete labels where present: :func:`clarity.detect.calibrate.calibration_points`)
+    and write it into the model file, with the count factor (precision / recall) at that
+    threshold.
+
+    With ``rescore`` and *complete* labels on every brain, also fit the second stage
+    (:func:`clarity.rescore.fit_rescorer`: CNN score, local SNR and local shape of each
+    detection) on the same brains and store it in the model file; detection then uses it
+    (:func:`clarity.detect.detect_volume`, ``DetectionConfig.rescore``). Partial annotations
+    would teach it that unannotated cells are false, so none is fitted from them.
+
+    Parameters
+    ----------
+    paths : clarity.paths.Paths
+    model_path : path
+        The model file, rewritten in place.
+    brains : sequence of str
+        Brains calibrated on (never test brains).
+    radius : float, keyword-only
+        Matching radius, voxels.
+    rescore : bool, keyword-only
+        Fit the second stage (complete labels only).
+    seed : int, keyword-only
+        Seeds the rescorer's fit.
+    config : clarity.detect.DetectionConfig, keyword-only
+        Detection settings calibrated under (default: the model file's, else the defaults);
+        stored in the model file beside the threshold.
+
+    Returns
+    -------
+    ``(threshold, table, source)``; ``(None, None, "none")`` when no brain has labels.
+    """
+    vols, pts, source = _labelled_volumes(paths, brains)
+    if not vols:
+        return None, None, "none"
+    loaded = load_model(model_path, device="cpu")
+    cfg = resolve_config(loaded, config)
+    loaded.rescorer = None  # the CNN's own threshold is calibrated on the CNN's scores
+    thr, table = calibrate_detection_threshold(loaded, vols, pts, radius=radius, config=cfg)
+    best = table.loc[table.threshold == thr].iloc[0]
+    factor = float(best.precision / best.recall) if best.recall > 0 else None
+    rescorer, extra = None, {}
+    if rescore and source == "complete":
+        rescorer, extra = _fit_rescorer(loaded, vols, pts, brains=brains, config=cfg, radius=radius,
+                                        seed=seed, source=source)
+    # a recalibration that fits no rescorer drops an older one: it belongs to other labels
+    resave_model(model_path, threshold=loaded.threshold, detection_threshold=thr, count_factor=factor,
+                 rescorer=rescorer if rescorer is not None else False, detection_config=cfg,
+                 extra={"detection_threshold_rule": f"max F1 of whole-volume detection at {radius:g} "
+                                                    f"voxels on {', '.join(brains)} ({source} labels)",
+                        **extra})
+    return thr, table, source

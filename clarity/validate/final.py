@@ -1,0 +1,93 @@
+"""The final model: trained on every brain, with the thresholds the cross-validation folds chose
+(:func:`train_final`, notebook 04b)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..io import ClarityInputError, natural_key
+from ..model import ModelConfig, load_model, save_model
+from ..sampling import PatchSet
+from ..train import TrainConfig
+from .summary import cv_detection_thresholds, cv_thresholds
+from .training import patchset_key, run_fingerprint, train_variant
+
+__all__ = ["train_final"]
+
+
+def _fold_calibrations(paths, folds) -> tuple[dict[str, float], dict | None]:
+    """The count factor stored in each fold's ``cnn`` model file (folds without one left out),
+    and the detection config those folds were calibrated under when they all agree (else None)."""
+    factors, configs = {}, []
+    for fold in folds:
+        fold_model = paths.fold_model(fold, "cnn")
+        if not fold_model.exists():
+            continue
+        loaded = load_model(fold_model, device="cpu")
+        configs.append(loaded.detection_config)
+        if loaded.count_factor is not None:
+            factors[fold] = loaded.count_factor
+    same = bool(configs) and all(c == configs[0] for c in configs)
+    return factors, (configs[0] if same else None)
+
+
+def train_final(paths, *, patchset: str = "patches", train_config=None, model_config=None,
+                seed: int = 0, threshold: float | None = None, inner_val: int = 1,
+                detection_threshold: float | None = None, progress: bool = True):
+    """Train the model shipped for detection on ALL brains; save ``models/<run>/final.pt``.
+
+    The last ``inner_val`` brains (natural order) are held out for early stopping only; the
+    threshold is ``threshold`` if given, else the mean of the thresholds the cross-validation
+    folds chose for ``cnn`` (:func:`cv_thresholds`; run the folds first). The file carries the
+    patch set's normalisation, the threshold and its provenance (brains, configs, fold
+    thresholds), and is what ``python -m clarity detect --model`` takes. Training files go to
+    ``models/<run>/final/``. Its whole-volume detection threshold is ``detection_threshold`` if
+    given, else the mean of the folds' calibrated ones (:func:`cv_detection_thresholds`), stored
+    with the detection config the folds were calibrated under (when they agree), else none
+    (detection then uses the patch threshold).
+
+    Returns
+    -------
+    clarity.model.LoadedModel
+    """
+    ps_path = paths.patchset(patchset)
+    ps = PatchSet.load(ps_path)
+    train_config = train_config or TrainConfig(seed=seed)
+    model_config = model_config or ModelConfig(patch_size=ps.patch_size)
+    fold_thr = cv_thresholds(paths.reports)
+    rule = "given by the caller" if threshold is not None else \
+        "mean of the cross-validation folds' thresholds (cnn, inner validation)"
+    if threshold is None:
+        if not fold_thr:
+            raise ClarityInputError(f"{paths.folds_reports}: no finished cross-validation fold to take "
+                                    "a threshold from; run notebook 04a first or pass threshold=")
+        threshold = float(np.mean(list(fold_thr.values())))
+    brains = sorted(set(ps.brain.tolist()), key=natural_key)
+    if not 1 <= inner_val < len(brains):
+        raise ValueError(f"inner_val must lie in 1..{len(brains) - 1}, not {inner_val}")
+    fit_b, val_b = brains[:-inner_val], brains[-inner_val:]
+    # training folder models/<run>/final/ beside final.pt
+    res = train_variant(ps.select_brains(fit_b), ps.select_brains(val_b), out_dir=paths.final_training,
+                        model_config=model_config, config=train_config, progress=progress,
+                        fingerprint=run_fingerprint(stage="final", patchset=str(ps_path), data=patchset_key(ps),
+                                                    train_config=train_config.to_dict(),
+                                                    model_config=model_config.to_dict(), val=val_b))
+    trained = load_model(res.model_path, device="cpu")
+    fold_det = cv_detection_thresholds(paths.reports)
+    fold_factor, fold_config = _fold_calibrations(paths, fold_det)
+    count_factor = float(np.mean(list(fold_factor.values()))) if fold_factor else None
+    if detection_threshold is None and fold_det:
+        detection_threshold = float(np.mean(list(fold_det.values())))
+        det_rule = "mean of the cross-validation folds' calibrated detection thresholds (cnn)"
+    else:
+        det_rule = "given by the caller" if detection_threshold is not None else "none calibrated"
+    prov = {**trained.provenance, "patchset": str(ps_path), "early_stopping_brains": val_b,
+            "threshold_rule": rule, "detection_threshold_rule": det_rule,
+            "fold_detection_thresholds": fold_det, "fold_count_factors": fold_factor,
+            "fold_thresholds": fold_thr, "review_labels_used": bool(ps.meta.get("review_labels_used", False))}
+    path = save_model(paths.final_model, trained.model,
+                      normalisation=ps.meta.get("normalisation", {}), threshold=float(threshold),
+                      provenance=prov, detection_threshold=detection_threshold,
+                      count_factor=count_factor if det_rule.startswith("mean") else None,
+                      detection_config=fold_config if det_rule.startswith("mean") else None)
+    return load_model(path)

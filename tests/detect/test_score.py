@@ -1,0 +1,87 @@
+"""Tests of clarity.detect.score: CNN scores and refinement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from clarity.detect import (DetectionConfig, detect_block)
+from clarity.model import load_model
+
+
+def test_refine_candidates_climbs_the_score(files):
+    """Refinement never lowers a score, moves at most `steps` voxels, leaves candidates below the
+    floor alone, and leaves a refined candidate in place only at a face-neighbour maximum."""
+    from clarity.detect import refine_candidates, score_candidates
+
+    rng = np.random.default_rng(0)
+    block = ndimage.gaussian_filter(rng.standard_normal((24, 40, 40)).astype(np.float32), 1.5) * 3
+    net = load_model(files["model"], device="cpu").model
+    cent = np.argwhere(np.ones(block.shape, bool))[rng.choice(block.size, 60, replace=False)]
+    sc = score_candidates(net, block, cent)
+    floor = float(np.median(sc))
+    c2, s2 = refine_candidates(net, block, cent, sc, steps=3, floor=floor)
+    assert c2.shape == cent.shape and (s2 >= sc).all()
+    moved = np.abs(c2 - cent).sum(axis=1)
+    assert moved.max() <= 3 and moved.max() > 0
+    low = sc < floor
+    assert (moved[low] == 0).all() and np.array_equal(s2[low], sc[low])
+    np.testing.assert_allclose(s2, score_candidates(net, block, c2), atol=1e-6)
+    hi = np.array(block.shape) - 1
+    assert (~low & (moved == 0)).any()
+    for i in np.flatnonzero(~low & (moved == 0)):
+        nb = np.clip(c2[i] + np.array([[-1, 0, 0], [1, 0, 0], [0, -1, 0], [0, 1, 0], [0, 0, -1], [0, 0, 1]]), 0, hi)
+        assert score_candidates(net, block, nb).max() <= s2[i] + 1e-6
+    c0, s0 = refine_candidates(net, block, cent, sc, steps=0)
+    assert np.array_equal(c0, cent) and np.array_equal(s0, sc)
+    with pytest.raises(ValueError, match="refine_steps"):
+        detect_block(block, model=net, config=DetectionConfig(refine='climb', refine_steps=-1))
+    with pytest.raises(ValueError, match="refine must be"):
+        detect_block(block, model=net, config=DetectionConfig(refine='sideways'))
+
+
+def test_snap_candidates_moves_to_the_brightest_point_when_it_scores_higher(files):
+    from clarity.detect import score_candidates, snap_candidates
+    from clarity.detect.config import SNAP_SIGMA
+    from clarity.detect.score import gaussian_smoothed
+
+    rng = np.random.default_rng(1)
+    block = ndimage.gaussian_filter(rng.standard_normal((24, 40, 40)).astype(np.float32), 1.5) * 3
+    net = load_model(files["model"], device="cpu").model
+    cent = np.argwhere(np.ones(block.shape, bool))[rng.choice(block.size, 80, replace=False)]
+    sc = score_candidates(net, block, cent)
+    floor = float(np.median(sc))
+    c2, s2 = snap_candidates(net, block, cent, sc, floor=floor, radius=(1, 2, 2))
+    moved = np.any(c2 != cent, axis=1)
+    assert moved.any() and (s2 >= sc).all() and (s2[moved] > sc[moved]).all()
+    assert not moved[sc < floor].any()
+    assert (np.abs(c2 - cent) <= [1, 2, 2]).all()
+    np.testing.assert_allclose(s2, score_candidates(net, block, c2), atol=1e-6)
+    g = gaussian_smoothed(block, SNAP_SIGMA)
+    for i in np.flatnonzero(moved):  # a moved candidate sits on the brightest smoothed voxel of its box
+        z, y, x = cent[i]
+        box = g[max(z - 1, 0):z + 2, max(y - 2, 0):y + 3, max(x - 2, 0):x + 3]
+        assert g[tuple(c2[i])] == pytest.approx(box.max())
+
+
+def test_shared_network_scores_the_same_in_many_threads(files):
+    """Chunk threads share one cached network: preparing it for scoring must not swap its weights
+    under a thread that is scoring (the first call converts it once, later calls leave it alone)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from clarity.detect import score_candidates
+
+    rng = np.random.default_rng(1)
+    block = rng.standard_normal((20, 40, 40)).astype(np.float32)
+    cent = np.argwhere(np.ones(block.shape, bool))[rng.choice(block.size, 400, replace=False)]
+    net = load_model(files["model"], device="cpu").model
+    net.train()  # a state that needs preparing
+    ptr = None
+    with ThreadPoolExecutor(4) as ex:
+        outs = list(ex.map(lambda _: score_candidates(net, block, cent, batch_size=64), range(8)))
+    ptr = net.conv1.weight.data_ptr()
+    again = score_candidates(net, block, cent, batch_size=64)
+    assert net.conv1.weight.data_ptr() == ptr  # a prepared model is left as it is
+    for o in outs:
+        np.testing.assert_allclose(o, again, atol=1e-5)
