@@ -19,11 +19,32 @@ import pandas as pd
 
 from ..model import CellCNN, dense_score_map, load_model, pick_device
 from ..rescore import SHAPE_FEATURES, feature_halo, feature_matrix, shape_features
-from .config import SNAP_RADIUS, SNAP_SIGMA, SNR_OUTER, TRUNCATE, DetectionConfig, RunOptions, resolve_config
-from .filters import ScratchBuffers, candidate_halo, find_candidates, find_peaks, kernel_radius, \
-    local_snr, tissue_map
+from .config import (
+    SNAP_RADIUS,
+    SNAP_SIGMA,
+    SNR_OUTER,
+    TRUNCATE,
+    DetectionConfig,
+    RunOptions,
+    resolve_config,
+)
+from .filters import (
+    ScratchBuffers,
+    candidate_halo,
+    find_candidates,
+    find_peaks,
+    kernel_radius,
+    local_snr,
+    tissue_map,
+)
+from .grid import resample_block, scale_factors, to_input_voxels
 from .nms import nms
-from .score import gaussian_smoothed, refine_candidates, score_candidates, snap_candidates
+from .score import (
+    gaussian_smoothed,
+    refine_candidates,
+    score_candidates,
+    snap_candidates,
+)
 
 __all__ = ["BlockPlan", "search_block", "block_halo", "finish_detections", "detections_frame",
            "resolve_model", "resolve_rescorer", "plan_for", "pick_device_model", "detect_block"]
@@ -263,7 +284,7 @@ def plan_for(model, config: DetectionConfig, threshold: float | None, *, feature
 
 
 def detect_block(block, *, model, config: DetectionConfig | None = None, threshold: float | None = None,
-                 features: bool = False, run: RunOptions | None = None) -> pd.DataFrame:
+                 voxel_um=None, features: bool = False, run: RunOptions | None = None) -> pd.DataFrame:
     """Detect cells in one in-memory, already normalised block (no chunking, no N4).
 
     The same pipeline as :func:`clarity.detect.detect_volume` on a preprocessed volume; the
@@ -284,6 +305,9 @@ def detect_block(block, *, model, config: DetectionConfig | None = None, thresho
         ``mode="log"`` the LoG-response threshold (required). When rescoring (the model carries a
         :class:`clarity.rescore.Rescorer` and ``config.rescore``), it applies to the rescored
         probability (default: the rescorer's threshold).
+    voxel_um : 3 floats, keyword-only
+        The block's voxel size (z, y, x) um: resampled to ``config.voxel_um`` when that differs,
+        cells reported in the block's voxels (default: the model's grid, no resampling).
     features : bool, keyword-only
         Add the shape features (:data:`clarity.rescore.SHAPE_FEATURES`) as columns (used to fit
         a rescorer: :func:`clarity.rescore.fit_rescorer`).
@@ -303,13 +327,20 @@ def detect_block(block, *, model, config: DetectionConfig | None = None, thresho
     net, plan, rescorer, _ = plan_for(model, cfg, threshold, features=features, run=run)
     if net is not None:
         net = pick_device_model(net, plan.device)
+    factors = scale_factors(voxel_um if voxel_um is not None else cfg.voxel_um, cfg.voxel_um)
+    shape = v.shape
+    if any(f != 1.0 for f in factors):
+        v, _ = resample_block(v, (0, 0, 0), factors, full_shape=shape)
     core = tuple(slice(0, n) for n in v.shape)
     cent, sc, rs = search_block(v, model=net, plan=plan, core=core, vol_lo=(True,) * 3,
                                 vol_hi=(True,) * 3, stats={})
     feats = shape_features(v, cent) if plan.features else None
-    return finish_detections(cent, sc, rs, local_snr(v, cent), config=cfg, features=feats,
-                             rescorer=rescorer, threshold=threshold if rescorer is not None else None,
-                             keep_features=features)
+    cells = finish_detections(cent, sc, rs, local_snr(v, cent), config=cfg, features=feats,
+                              rescorer=rescorer, threshold=threshold if rescorer is not None else None,
+                              keep_features=features)
+    if any(f != 1.0 for f in factors):  # model-grid voxels -> the block's voxels
+        cells[["z", "y", "x"]] = to_input_voxels(cells[["z", "y", "x"]].to_numpy(), factors, shape)
+    return cells
 
 
 def pick_device_model(net, device):

@@ -32,6 +32,7 @@ from ..preprocess import correct_volume
 from ..rescore import shape_features
 from .block import BlockPlan, search_block
 from .filters import BufferPool, ScratchBuffers, local_snr
+from .grid import model_range, model_shape, resample_block
 
 __all__ = ["ModelBlob", "worker_model", "ChunkJob", "chunk_boxes", "balanced_chunk", "run_chunk",
            "compute_chunks"]
@@ -99,6 +100,7 @@ class ChunkJob:
     blob: ModelBlob | None
     halo: tuple[int, int, int]
     shape: tuple[int, int, int]
+    factors: tuple[float, float, float] = (1.0, 1.0, 1.0)  # input voxel / model voxel (grid.py)
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __dask_tokenize__(self):
@@ -141,11 +143,10 @@ def chunk_work(core, shared: ChunkJob, block, bufs: ScratchBuffers) -> dict:
     del raw
     stats["correct_s"] = time.perf_counter() - t0
     net = worker_model(shared.blob, shared.plan.device) if shared.blob is not None else None
-    core_local = tuple(slice(c.start - a, c.stop - a) for c, a in zip(core, lo))
+    v, origin, core_local = _on_model_grid(v, lo, core, shared)
     cent, sc, rs = search_block(v, model=net, plan=shared.plan, core=core_local,
-                                    vol_lo=[a == 0 for a in lo],
-                                    vol_hi=[b == n for b, n in zip(hi, shape)], stats=stats,
-                                    bufs=bufs)
+                                vol_lo=[a == 0 for a in lo],
+                                vol_hi=[b == n for b, n in zip(hi, shape)], stats=stats, bufs=bufs)
     snr = local_snr(v, cent)
     feats = None
     if shared.plan.features:
@@ -154,8 +155,22 @@ def chunk_work(core, shared: ChunkJob, block, bufs: ScratchBuffers) -> dict:
         stats["features_s"] = time.perf_counter() - t0
     stats["chunk_s"] = time.perf_counter() - t_all
     stats["voxels"] = int(np.prod(bshape))
-    return {"points": cent + np.asarray(lo, np.int64), "scores": np.array(sc, np.float32),
+    return {"points": cent + np.asarray(origin, np.int64), "scores": np.array(sc, np.float32),
             "responses": np.array(rs, np.float32), "snr": snr, "features": feats, "stats": stats}
+
+
+def _on_model_grid(v: np.ndarray, lo, core, shared: ChunkJob):
+    """The block on the model's grid, its global origin there and the core in its coordinates
+    (the block itself when no resampling is needed)."""
+    if all(f == 1.0 for f in shared.factors):
+        return v, tuple(lo), tuple(slice(c.start - a, c.stop - a) for c, a in zip(core, lo))
+    vm, origin = resample_block(v, lo, shared.factors, full_shape=shared.shape)
+    n_model = model_shape(shared.shape, shared.factors)
+    core_m = []
+    for axis, c in enumerate(core):
+        a, b = model_range(c.start, c.stop, shared.factors[axis], n_model[axis])
+        core_m.append(slice(a - origin[axis], b - origin[axis]))
+    return vm, origin, tuple(core_m)
 
 
 def balanced_chunk(shape, chunk, workers: int, halo) -> tuple[int, int, int]:

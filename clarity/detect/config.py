@@ -143,6 +143,13 @@ class DetectionConfig:
     n4_max_voxels : int or None
         The N4 bias field is fitted on a copy shrunk to at most this many voxels (None: the
         N4 shrink factor as given).
+    voxel_um : 3 floats or None
+        The grid the model works on, (z, y, x) um per voxel: every length above is in its
+        voxels. An input of another voxel size is resampled to it and cells are reported in the
+        input's voxels (:mod:`clarity.detect.grid`). None: work on the input's own grid.
+    cell_diameter_um : float or None
+        Typical cell diameter (um) the model was trained for (recorded with the model; with
+        ``voxel_um`` it says how many voxels a cell spans).
     """
 
     mode: Mode = "candidates"
@@ -159,6 +166,8 @@ class DetectionConfig:
     min_snr: float | None = None
     rescore: bool = True
     n4_max_voxels: int | None = 8192
+    voxel_um: tuple | None = None
+    cell_diameter_um: float | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -185,6 +194,15 @@ class DetectionConfig:
             set_(self, name, None if v is None else float(v))
         set_(self, "rescore", bool(self.rescore))
         set_(self, "n4_max_voxels", None if self.n4_max_voxels is None else int(self.n4_max_voxels))
+        if self.voxel_um is not None:
+            vox = _triple(self.voxel_um, "voxel_um")
+            if min(vox) <= 0:
+                raise ValueError(f"voxel_um must be three positive sizes (z, y, x) in um, not {self.voxel_um}")
+            set_(self, "voxel_um", vox)
+        if self.cell_diameter_um is not None:
+            if not float(self.cell_diameter_um) > 0:
+                raise ValueError(f"cell_diameter_um must be positive, not {self.cell_diameter_um}")
+            set_(self, "cell_diameter_um", float(self.cell_diameter_um))
 
     @property
     def effective_refine(self) -> str:
@@ -207,6 +225,8 @@ class DetectionConfig:
         d = asdict(self)
         d["sigmas"] = [list(s) for s in self.sigmas]
         d["nms_scale"] = list(self.nms_scale)
+        if self.voxel_um is not None:
+            d["voxel_um"] = list(self.voxel_um)
         return d
 
     @classmethod
@@ -241,6 +261,9 @@ class RunOptions:
         ``"cpu"`` or ``"cuda"`` (default: CUDA when available).
     progress : bool
         tqdm bars over chunks.
+    features : bool
+        Add the shape-feature columns (:data:`clarity.rescore.SHAPE_FEATURES`) to the cells
+        (which cells come out is unchanged).
     """
 
     chunk: tuple = (64, 512, 512)
@@ -249,6 +272,7 @@ class RunOptions:
     batch_size: int | None = None
     device: str | None = None
     progress: bool = True
+    features: bool = False
 
     def __post_init__(self):
         c = tuple(int(v) for v in self.chunk)

@@ -27,6 +27,7 @@ from ..rescore import SHAPE_FEATURES
 from .block import finish_detections, block_halo, plan_for
 from .chunks import ChunkJob, ModelBlob, balanced_chunk, chunk_boxes, compute_chunks
 from .config import DetectionConfig, RunOptions, resolve_config
+from .grid import scale_factors, to_input_voxels
 
 __all__ = ["DetectionResult", "detect_volume", "n4_config", "norm_stride"]
 
@@ -169,16 +170,20 @@ def estimated_count(model, n_cells: int, *, config: DetectionConfig, rescorer, t
     return float(n_cells * factor)
 
 
-def _run_chunks(reader, shape, *, net, plan, field, norm, preprocessed, run: RunOptions, name, info):
+def _run_chunks(reader, shape, *, net, plan, field, norm, preprocessed, run: RunOptions, name, info,
+                factors=(1.0, 1.0, 1.0)):
     patch = net.patch_size if net is not None else 12
-    halo = block_halo(plan, patch)
+    halo = block_halo(plan, patch)  # model-grid voxels; +2 input voxels cover the interpolation
+    if any(f != 1.0 for f in factors):
+        halo = tuple(math.ceil(h / f) + 2 for h, f in zip(halo, factors))
     local = run.scheduler is None or (isinstance(run.scheduler, str) and run.scheduler in ("threads", "processes"))
     workers = int(run.num_workers or os.cpu_count() or 1) if local else 1
     chunk = balanced_chunk(shape, run.chunk, workers, halo)
     info["chunk"] = list(chunk)  # the core size used (requested: info["chunk_requested"])
     cores = chunk_boxes(shape, chunk)
     job = ChunkJob(reader=reader, field=field, norm=norm, preprocessed=bool(preprocessed), plan=plan,
-                   blob=ModelBlob.from_model(net) if net is not None else None, halo=halo, shape=shape)
+                   blob=ModelBlob.from_model(net) if net is not None else None, halo=halo, shape=shape,
+                   factors=tuple(factors))
     info.update({"halo": list(halo), "chunks": len(cores),
                  "device": str(pick_device(run.device)) if net is not None else "cpu"})
     t0 = time.perf_counter()
@@ -190,8 +195,8 @@ def _run_chunks(reader, shape, *, net, plan, field, norm, preprocessed, run: Run
 
 def detect_volume(source, *, model=None, config: DetectionConfig | None = None,
                   run: RunOptions | None = None, threshold: float | None = None,
-                  preprocessed: bool = False, field=None, normalisation=None, n4: N4Config | None = None,
-                  name: str | None = None, features: bool = False) -> DetectionResult:
+                  voxel_um=None, preprocessed: bool = False, field=None, normalisation=None,
+                  n4: N4Config | None = None, name: str | None = None) -> DetectionResult:
     """Count every cell of a whole volume, chunk by chunk.
 
     Reads ``source`` lazily; fits the N4 bias field once on a shrunk copy and estimates the
@@ -217,7 +222,13 @@ def detect_volume(source, *, model=None, config: DetectionConfig | None = None,
         What changes which cells come out. Default: the model's stored config (the one its
         threshold, count factor and rescorer were calibrated under), else ``DetectionConfig()``.
     run : RunOptions, keyword-only
-        Chunk size, scheduler, workers, batch size, device, progress bars (speed only).
+        Chunk size, scheduler, workers, batch size, device, progress bars (speed only); with
+        ``features`` the shape-feature columns (:data:`clarity.rescore.SHAPE_FEATURES`).
+    voxel_um : 3 floats, keyword-only
+        The input's voxel size (z, y, x) in um. When it differs from the model's grid
+        (``config.voxel_um``) the volume is resampled to that grid chunk by chunk
+        (:mod:`clarity.detect.grid`) and cells are reported in the input's voxels. Default: the
+        model's grid (no resampling).
     threshold : float, keyword-only
         Probability threshold (default: the model's ``operating_threshold``: its calibrated
         detection threshold, else its patch threshold; 0.5 for a bare CellCNN; the rescorer's
@@ -232,8 +243,6 @@ def detect_volume(source, *, model=None, config: DetectionConfig | None = None,
         N4 parameters (default ``N4Config()``; the shrink grows to honour ``config.n4_max_voxels``).
     name : str, keyword-only
         Name of the volume in messages and outputs (default: the file stem).
-    features : bool, keyword-only
-        Add the shape-feature columns (:data:`clarity.rescore.SHAPE_FEATURES`).
 
     Returns
     -------
@@ -247,25 +256,32 @@ def detect_volume(source, *, model=None, config: DetectionConfig | None = None,
     t_start = time.perf_counter()
     run = run or RunOptions()
     cfg = resolve_config(model, config)
-    net, plan, rescorer, thr = plan_for(model, cfg, threshold, features=features, run=run)
+    net, plan, rescorer, thr = plan_for(model, cfg, threshold, features=run.features, run=run)
     reader, vol_name, path = open_source(source, name)
     shape = tuple(int(s) for s in reader.shape)
+    factors = scale_factors(voxel_um if voxel_um is not None else cfg.voxel_um, cfg.voxel_um)
     info: dict[str, Any] = {"shape": list(shape), "mode": cfg.mode, "threshold": thr,
                             "rescored": rescorer is not None, "refine": cfg.effective_refine,
                             "refine_steps": cfg.refine_steps, "refine_floor": cfg.refine_floor,
                             "chunk_requested": list(run.chunk), "config": cfg.to_dict(),
+                            "voxel_um": None if voxel_um is None else [float(v) for v in voxel_um],
+                            "model_voxel_um": None if cfg.voxel_um is None else list(cfg.voxel_um),
+                            "scale_factors": list(factors),
                             "source": str(path) if path else vol_name}
     field_, norm = (None, None)
     if not preprocessed:
         field_, norm = _preprocessing(reader, shape, cfg, n4=n4, field=field, norm=normalisation, info=info)
     results, n_chunks = _run_chunks(reader, shape, net=net, plan=plan, field=field_, norm=norm,
-                                    preprocessed=preprocessed, run=run, name=vol_name, info=info)
+                                    preprocessed=preprocessed, run=run, name=vol_name, info=info,
+                                    factors=factors)
     if hasattr(reader, "check_unchanged"):
         reader.check_unchanged()  # a file rewritten during the run gives an error, never wrong cells
     t0 = time.perf_counter()
     pts, sc, rs, sn, fe = _merge(results, features=plan.features)
     cells = finish_detections(pts, sc, rs, sn, config=cfg, features=fe, rescorer=rescorer,
-                              threshold=threshold if rescorer is not None else None, keep_features=features)
+                              threshold=threshold if rescorer is not None else None, keep_features=run.features)
+    if any(f != 1.0 for f in factors):  # model-grid voxels -> the input's voxels
+        cells[["z", "y", "x"]] = to_input_voxels(cells[["z", "y", "x"]].to_numpy(), factors, shape)
     info["min_snr"] = cfg.min_snr
     info["nms_s"] = time.perf_counter() - t0
     _stage_times(results, info, len(pts))

@@ -6,7 +6,8 @@ Modules:
 ``volumes``   read 3D TIFFs, plane folders, .npy and .zarr (whole, lazily, or their shape)
 ``readers``   box-by-box readers of large volumes for chunked detection
 ``points``    annotations: CSV and Cell Counter XML, checked against a volume
-``dataroot``  the brains of a data root (``raw/``, ``truth/``)
+``labels``    label images (binary masks, instance labels) as annotations
+``dataroot``  the volumes of a data root, grouped into brains (``brains.csv``), voxel sizes
 
 Arrays are in (z, y, x) order, in voxels. A *volume* is a 3D TIFF (``.tif``/``.tiff``), a folder
 of 2D TIFF planes stacked in natural name order, or a ``.npy`` file. *Annotations* are cell
@@ -18,17 +19,41 @@ traceback from deep inside numpy. Every writer writes to a temporary file in the
 folder and renames it into place, so a crash never leaves a half-written file.
 """
 
-from .dataroot import Brain, list_brains
+from .dataroot import (
+                       BRAINS_CSV,
+                       DEFAULT_VOXEL_UM,
+                       Brain,
+                       VolumeMeta,
+                       brain_groups,
+                       list_brains,
+                       read_brains_csv,
+                       volumes_of,
+)
 from .files import ClarityInputError, atomic_write, jsonable, save_npy, write_json
-from .points import (check_points, read_cellcounter_xml, read_points, read_points_csv,
-                     write_cellcounter_xml, write_points_csv)
+from .labels import is_label_image, label_image_points, read_label_image
+from .points import (
+                       check_points,
+                       read_cellcounter_xml,
+                       read_points,
+                       read_points_csv,
+                       write_cellcounter_xml,
+                       write_points_csv,
+)
 from .readers import ArrayReader, MemmapReader, VolumeReader, file_stamp, open_source
-from .volumes import TIFF_SUFFIXES, lazy_volume, natural_key, plane_files, read_volume, volume_shape
+from .volumes import (
+                       TIFF_SUFFIXES,
+                       lazy_volume,
+                       natural_key,
+                       plane_files,
+                       read_volume,
+                       volume_shape,
+)
 
 __all__ = [
     "ClarityInputError", "Brain", "atomic_write", "save_npy", "jsonable", "write_json",
     "read_volume", "lazy_volume", "volume_shape", "plane_files", "natural_key", "TIFF_SUFFIXES",
     "read_points", "check_points", "write_points_csv", "read_points_csv", "read_cellcounter_xml",
     "write_cellcounter_xml", "list_brains", "VolumeReader", "ArrayReader", "MemmapReader",
-    "open_source", "file_stamp",
+    "open_source", "file_stamp", "BRAINS_CSV", "DEFAULT_VOXEL_UM", "VolumeMeta", "read_brains_csv",
+    "brain_groups", "volumes_of", "is_label_image", "label_image_points", "read_label_image",
 ]

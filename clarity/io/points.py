@@ -13,6 +13,7 @@ import numpy as np
 
 
 from .files import ClarityInputError, atomic_write
+from .labels import is_label_image, label_image_points, read_label_image
 
 Points = np.ndarray  # (N, 3) float64, columns z, y, x in voxels
 
@@ -116,7 +117,7 @@ def read_cellcounter_xml(path: str | os.PathLike, *, cell_type: int | None = 2) 
 
 def read_points(path: str | os.PathLike, *, shape: Sequence[int] | None = None,
                 on_outside: Literal["error", "drop"] = "error") -> np.ndarray:
-    """Read annotated cell centres (CSV or Cell Counter XML) as (N, 3) float (z, y, x).
+    """Read annotated cell centres (CSV, Cell Counter XML or a label image) as (N, 3) float (z, y, x).
 
     If ``shape`` is given, points outside the volume raise (``on_outside="error"``) or are
     dropped with a warning (``"drop"``).
@@ -127,8 +128,15 @@ def read_points(path: str | os.PathLike, *, shape: Sequence[int] | None = None,
         pts = read_points_csv(path)
     elif suffix == ".xml":
         pts = read_cellcounter_xml(path)
+    elif is_label_image(path):
+        lab = read_label_image(path)
+        if shape is not None and tuple(lab.shape) != tuple(int(s) for s in shape):
+            raise ClarityInputError(f"{path}: label image of shape {lab.shape} differs from its volume "
+                                    f"{tuple(int(s) for s in shape)}")
+        pts = label_image_points(lab)
     else:
-        raise ClarityInputError(f"{path}: unknown annotation format; use .csv (z,y,x) or Cell Counter .xml")
+        raise ClarityInputError(f"{path}: unknown annotation format; use .csv (z,y,x), Cell Counter "
+                                ".xml or a label image <volume>_labels.tif / .nii.gz")
     if shape is not None:
         pts = check_points(pts, shape, on_outside=on_outside, source=path)
     return pts
