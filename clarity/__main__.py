@@ -31,7 +31,7 @@ import torch
 from . import __version__
 from .detect import DetectionConfig, RunOptions, detect_volume
 from .detect.config import resolve_config
-from .io import ClarityInputError, volume_shape
+from .io import ClarityInputError, volume_shape, voxel_size_of
 from .model import load_model
 from .paths import Paths
 from .pipeline import load_params, run_report, synthetic_kwargs
@@ -66,6 +66,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, not {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
     return v
 
 
@@ -118,6 +128,10 @@ def add_detect_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-rescore", dest="rescore", action="store_false", default=None,
                    help="keep the CNN's score: skip the model's second stage (shape rescoring, "
                         "present in fold models calibrated on completely labelled brains)")
+    p.add_argument("--voxel-size", type=_positive_float, nargs=3, metavar=("Z", "Y", "X"), default=None,
+                   help="voxel size of the volumes in um (z, y, x); they are resampled to the "
+                        "model's grid and cells reported in their own voxels. Default: the data "
+                        "root's brains.csv when a volume sits in <root>/raw/, else the model's own")
     p.add_argument("--device", choices=["cpu", "cuda"],
                    help="where the CNN runs (default: cuda when available)")
     p.add_argument("--preprocessed", action="store_true",
@@ -165,6 +179,20 @@ def detection_settings(args: argparse.Namespace, model) -> tuple[DetectionConfig
     return config, run
 
 
+def uncorrected_reason(model, config: DetectionConfig, args: argparse.Namespace) -> str:
+    """Why a count is the raw number of detections and not an estimate of the cells."""
+    if args.threshold is not None:
+        why = "a threshold given by hand"
+    elif config.min_snr is not None:
+        why = "an SNR gate"
+    elif getattr(model, "count_factor", None) is None:
+        why = (model.provenance.get("count_factor_rule")
+               or "the model carries no count factor calibrated on completely labelled volumes")
+    else:
+        why = f"mode {config.mode}"
+    return f"detections, uncorrected: {why}"
+
+
 def cmd_detect(args: argparse.Namespace) -> int:
     """Run ``clarity detect``; returns the exit code."""
     names = _check_detect_args(args)
@@ -174,13 +202,15 @@ def cmd_detect(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for v, name in zip(args.volumes, names):
         t0 = time.perf_counter()
+        voxel = tuple(args.voxel_size) if args.voxel_size else voxel_size_of(v)
         res = detect_volume(v, model=model, config=config, run=run, threshold=args.threshold,
-                            preprocessed=args.preprocessed, name=name)
+                            voxel_um=voxel, preprocessed=args.preprocessed, name=name)
         csv_path = res.write_csv(out / f"{name}.csv")
         written = [str(csv_path)]
         if args.xml:
             written.append(str(res.write_xml(out / f"{name}.xml", image_filename=Path(v).name)))
-        est = "" if res.estimated_count is None else f" (estimated total {res.estimated_count:.0f})"
+        est = (f" (estimated total {res.estimated_count:.0f})" if res.estimated_count is not None
+               else f" ({uncorrected_reason(model, config, args)})" if model is not None else "")
         print(f"{name}: {res.n_cells} cells, {time.perf_counter() - t0:.1f} s -> "
               f"{', '.join(written)}{est}", flush=True)
     return EXIT_OK

@@ -207,3 +207,37 @@ def test_no_rescore_option(inputs, tmp_path, capsys):
     assert 0 < len(rescored) < len(alone)
     assert set(map(tuple, rescored[["z", "y", "x"]].to_numpy())) <= set(map(tuple, alone[["z", "y", "x"]].to_numpy()))
     assert (rescored["snr"] >= 2.0 - 0.01).all() and (rescored["score"] >= 0.5).all()
+
+
+def test_voxel_size_flag_and_data_root_metadata(inputs, tmp_path, capsys):
+    """``--voxel-size`` (else the data root's brains.csv) brings a volume to the model's grid;
+    cells come back in the volume's own voxels; the count is marked uncorrected without a count factor."""
+    from clarity.detect import DetectionConfig
+    from clarity.model import load_model
+
+    m = load_model(inputs["model"], device="cpu")
+    model = save_model(tmp_path / "m" / "model.pt", m.model, normalisation=m.normalisation, threshold=0.5,
+                       provenance={}, detection_config=DetectionConfig(voxel_um=(2.0, 1.6, 1.6)))
+    vol = tifffile.imread(inputs["tif"])[::3]  # 8 planes: as if imaged at 6 um in z
+    root = tmp_path / "root"
+    (root / "raw").mkdir(parents=True)
+    tifffile.imwrite(root / "raw" / "v.tif", vol)
+    (root / "brains.csv").write_text("volume,brain,voxel_um_z,voxel_um_y,voxel_um_x\nv,B,6,1.6,1.6\n")
+    rc, out, err = _run(["detect", root / "raw" / "v.tif", "--model", model, "--out", tmp_path / "a",
+                         "--no-progress"], capsys)
+    assert rc == 0, err
+    assert "detections, uncorrected" in out
+    a = pd.read_csv(tmp_path / "a" / "v.csv")
+    assert len(a) > 0 and a.z.max() < vol.shape[0]
+    rc, out, err = _run(["detect", root / "raw" / "v.tif", "--model", model, "--out", tmp_path / "b",
+                         "--no-progress", "--voxel-size", "6", "1.6", "1.6"], capsys)
+    pd.testing.assert_frame_equal(a, pd.read_csv(tmp_path / "b" / "v.csv"))  # the flag = the metadata
+    rc, out, err = _run(["detect", root / "raw" / "v.tif", "--model", model, "--out", tmp_path / "c",
+                         "--no-progress", "--voxel-size", "2", "1.6", "1.6"], capsys)
+    c = pd.read_csv(tmp_path / "c" / "v.csv")  # taken at the model's own grid: other cells
+    assert len(c) != len(a) or not np.array_equal(c[["z", "y", "x"]].to_numpy(), a[["z", "y", "x"]].to_numpy())
+    with pytest.raises(SystemExit) as exc:
+        main(["detect", str(root / "raw" / "v.tif"), "--model", str(model), "--out", str(tmp_path / "d"),
+              "--voxel-size", "0", "1", "1"])
+    assert exc.value.code == 2
+    assert "must be positive" in capsys.readouterr().err

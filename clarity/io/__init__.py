@@ -19,35 +19,14 @@ traceback from deep inside numpy. Every writer writes to a temporary file in the
 folder and renames it into place, so a crash never leaves a half-written file.
 """
 
-from .dataroot import (
-                       BRAINS_CSV,
-                       DEFAULT_VOXEL_UM,
-                       Brain,
-                       VolumeMeta,
-                       brain_groups,
-                       list_brains,
-                       read_brains_csv,
-                       volumes_of,
-)
+from .dataroot import (BRAINS_CSV, DEFAULT_VOXEL_UM, Brain, VolumeMeta, brain_groups, list_brains,
+                       read_brains_csv, volumes_of, voxel_size_of)
 from .files import ClarityInputError, atomic_write, jsonable, save_npy, write_json
 from .labels import is_label_image, label_image_points, read_label_image
-from .points import (
-                       check_points,
-                       read_cellcounter_xml,
-                       read_points,
-                       read_points_csv,
-                       write_cellcounter_xml,
-                       write_points_csv,
-)
+from .points import (check_points, read_cellcounter_xml, read_points, read_points_csv,
+                     write_cellcounter_xml, write_points_csv)
 from .readers import ArrayReader, MemmapReader, VolumeReader, file_stamp, open_source
-from .volumes import (
-                       TIFF_SUFFIXES,
-                       lazy_volume,
-                       natural_key,
-                       plane_files,
-                       read_volume,
-                       volume_shape,
-)
+from .volumes import TIFF_SUFFIXES, lazy_volume, natural_key, plane_files, read_volume, volume_shape
 
 __all__ = [
     "ClarityInputError", "Brain", "atomic_write", "save_npy", "jsonable", "write_json",
@@ -55,5 +34,5 @@ __all__ = [
     "read_points", "check_points", "write_points_csv", "read_points_csv", "read_cellcounter_xml",
     "write_cellcounter_xml", "list_brains", "VolumeReader", "ArrayReader", "MemmapReader",
     "open_source", "file_stamp", "BRAINS_CSV", "DEFAULT_VOXEL_UM", "VolumeMeta", "read_brains_csv",
-    "brain_groups", "volumes_of", "is_label_image", "label_image_points", "read_label_image",
+    "brain_groups", "volumes_of", "voxel_size_of", "is_label_image", "label_image_points", "read_label_image",
 ]

@@ -22,7 +22,7 @@ from .points import read_points
 from .volumes import TIFF_SUFFIXES, natural_key, read_volume
 
 __all__ = ["Brain", "VolumeMeta", "BRAINS_CSV", "DEFAULT_VOXEL_UM", "read_brains_csv", "list_brains",
-           "brain_groups", "volumes_of"]
+           "brain_groups", "volumes_of", "voxel_size_of"]
 
 #: Name of the grouping / voxel-size file at the data root.
 BRAINS_CSV = "brains.csv"
@@ -195,6 +195,19 @@ def list_brains(data_dir: str | os.PathLike, *, names: Sequence[str] | None = No
             raise ClarityInputError(f"{raw}: unknown brain(s) {unknown}; available: {sorted(by, key=natural_key)}")
         out = [by[n] for n in names]
     return out
+
+
+def voxel_size_of(volume: str | os.PathLike) -> tuple[float, float, float] | None:
+    """The voxel size (z, y, x um) that the data root's ``brains.csv`` gives a volume file
+    ``<root>/raw/<name>.tif`` (or plane folder), or None when the volume is not in such a root
+    or its row states none."""
+    p = Path(volume)
+    root = p.parent.parent
+    if p.parent.name != "raw" or not (root / BRAINS_CSV).exists():
+        return None
+    name = p.name if p.is_dir() else p.name[: -len(p.suffix)] if p.suffix else p.name
+    meta = read_brains_csv(root / BRAINS_CSV).get(name)
+    return None if meta is None else meta.voxel_um
 
 
 def brain_groups(volumes: Sequence[Brain]) -> dict[str, list[str]]:

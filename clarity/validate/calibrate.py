@@ -56,7 +56,8 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
     """Calibrate the whole-volume detection threshold of a saved model on ``brains`` (corrected
     volumes, complete labels where present: :func:`clarity.detect.calibrate.calibration_points`)
     and write it into the model file, with the count factor (precision / recall) at that
-    threshold.
+    threshold when every calibration brain has *complete* labels (never from partial annotations:
+    the provenance's ``count_factor_rule`` then says why there is none).
 
     With ``rescore`` and *complete* labels on every brain, also fit the second stage
     (:func:`clarity.rescore.fit_rescorer`: CNN score, local SNR and local shape of each
@@ -93,7 +94,12 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
     loaded.rescorer = None  # the CNN's own threshold is calibrated on the CNN's scores
     thr, table = calibrate_detection_threshold(loaded, vols, pts, radius=radius, config=cfg)
     best = table.loc[table.threshold == thr].iloc[0]
-    factor = float(best.precision / best.recall) if best.recall > 0 else None
+    # a count factor is an estimate of the cells a detection misses and adds: only complete labels
+    # can tell; against partial annotations every unannotated cell found would count as spurious
+    factor = float(best.precision / best.recall) if (best.recall > 0 and source == "complete") else None
+    factor_rule = ("precision / recall at the detection threshold on complete labels" if factor is not None
+                   else f"none: the calibration labels are {source}, not complete; detections are reported "
+                        "uncorrected (annotate volumes completely, truth/, for a count estimate)")
     rescorer, extra = None, {}
     if rescore and source == "complete":
         rescorer, extra = _fit_rescorer(loaded, vols, pts, brains=brains, config=cfg, radius=radius,
@@ -103,5 +109,5 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
                  rescorer=rescorer if rescorer is not None else False, detection_config=cfg,
                  extra={"detection_threshold_rule": f"max F1 of whole-volume detection at {radius:g} "
                                                     f"voxels on {', '.join(brains)} ({source} labels)",
-                        **extra})
+                        "calibration_labels": source, "count_factor_rule": factor_rule, **extra})
     return thr, table, source
