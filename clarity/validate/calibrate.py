@@ -105,7 +105,8 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
         rescorer, extra = _fit_rescorer(loaded, vols, pts, brains=brains, config=cfg, radius=radius,
                                         seed=seed, source=source)
     # a recalibration that fits no rescorer drops an older one: it belongs to other labels
-    resave_model(model_path, threshold=loaded.threshold, detection_threshold=thr, count_factor=factor,
+    resave_model(model_path, threshold=loaded.threshold, detection_threshold=thr,
+                 count_factor=factor if factor is not None else False,
                  rescorer=rescorer if rescorer is not None else False, detection_config=cfg,
                  extra={"detection_threshold_rule": f"max F1 of whole-volume detection at {radius:g} "
                                                     f"voxels on {', '.join(brains)} ({source} labels)",

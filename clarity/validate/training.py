@@ -84,8 +84,10 @@ def resave_model(model_path: Path, *, threshold: float, extra: dict,
         Patch decision threshold.
     extra : dict, keyword-only
         Added to (and overriding) the file's provenance.
-    detection_threshold, count_factor : float or None, keyword-only
+    detection_threshold : float or None, keyword-only
         None keeps the file's.
+    count_factor : float, None or False, keyword-only
+        None keeps the file's, False removes it (labels that cannot give one), else the new one.
     rescorer : clarity.rescore.Rescorer, None or False, keyword-only
         None keeps the file's, False removes it, else the new one.
     detection_config : clarity.detect.DetectionConfig, dict or None, keyword-only
@@ -98,7 +100,8 @@ def resave_model(model_path: Path, *, threshold: float, extra: dict,
                       threshold=threshold, provenance=prov,
                       detection_threshold=(loaded.detection_threshold if detection_threshold is None
                                            else detection_threshold),
-                      count_factor=loaded.count_factor if count_factor is None else count_factor,
+                      count_factor=(loaded.count_factor if count_factor is None
+                                    else None if count_factor is False else count_factor),
                       rescorer=loaded.rescorer if rescorer is None else (rescorer or None),
                       detection_config=(loaded.detection_config if detection_config is None
                                         else detection_config))
