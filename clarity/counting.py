@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .detect import DetectionConfig, RunOptions, detect_volume, fit_log_threshold, log_config
 from .detect.config import resolve_config
 from .evaluate import count_calibration, match_points
-from .io import ClarityInputError, list_brains, read_volume
+from .io import ClarityInputError, group_map, list_brains, read_volume
 from .model import load_model
 from .validate.splits import cv_folds
 
@@ -100,7 +100,7 @@ def heldout_detection(paths, *, variant: str = "cnn", n_folds: int = 4, mode: st
     by_name = {b.name: b for b in all_brains}
     out: list[BrainCount] = []
     run = RunOptions(chunk=tuple(chunk), progress=False)
-    folds = cv_folds([b.name for b in all_brains], n_folds=n_folds)
+    folds = cv_folds([b.name for b in all_brains], n_folds=n_folds, groups=group_map(all_brains))
     for k, (train, test) in enumerate(tqdm(folds, desc="folds", disable=not progress), start=1):
         test = [t for t in test if brains is None or t in brains]
         if not test:
@@ -136,7 +136,7 @@ def _detect_heldout(b, model, *, fold: int, variant: str, config: DetectionConfi
 
     def one(method, **kw):
         t0 = time.perf_counter()
-        res = detect_volume(b.volume, run=run, name=b.name, **kw)
+        res = detect_volume(b.volume, run=run, name=b.name, voxel_um=b.voxel_um, **kw)
         tm, am = score_counts(res.cells, truth=truth, annotations=ann, radius=radius)
         info = {"fold": fold, "threshold": res.info.get("threshold")}
         if method != "LoG baseline":

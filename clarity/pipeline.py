@@ -21,8 +21,10 @@ from typing import Sequence
 import papermill as pm
 import yaml
 
+from .io import ClarityInputError, brain_groups, list_brains
 from .paths import PROJECT_ROOT, Paths
 from .synthetic import write_dataset
+from .validate.splits import train_val_volumes
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 
@@ -50,13 +52,9 @@ def load_params(path: str | os.PathLike | None) -> dict:
         return {}
     path = Path(path)
     if not path.exists():
-        from .io import ClarityInputError
-
         raise ClarityInputError(f"{path}: no such parameter file")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
-        from .io import ClarityInputError
-
         raise ClarityInputError(f"{path}: a parameter file must be a mapping KEY: value")
     return data
 
@@ -66,6 +64,26 @@ def splits(params: dict) -> list[str]:
     k = int(params.get("N_FOLDS", 4))
     out = ["coarse"] if params.get("COARSE", True) else []
     return out + [f"fold{i}" for i in range(1, k + 1)]
+
+
+def data_root_params(paths: Paths, params: dict) -> dict:
+    """Parameters that follow from the data root itself, never from the built-in dataset's names:
+    ``N_FOLDS`` at most the number of brains (leave one brain out when there are fewer brains than
+    folds asked for), and the training / validation brains of notebook 03 when not given (the
+    last quarter of the brains, at least one, validate)."""
+    vols = list_brains(paths.data_dir)
+    groups = brain_groups(vols)
+    if len(groups) < 3:
+        raise ClarityInputError(f"{paths.data_dir}: {len(groups)} brain(s) {list(groups)}; cross-validation by "
+                                "brain needs at least 3 (one to test, one to validate, one to fit)")
+    k = int(params.get("N_FOLDS", 4))
+    out = {"N_FOLDS": min(k, len(groups))}
+    if out["N_FOLDS"] < k:
+        print(f"[clarity] {len(groups)} brains: {out['N_FOLDS']} folds (leave one brain out)", flush=True)
+    if not params.get("TRAIN_BRAINS"):
+        train, val = train_val_volumes(vols)
+        out.update({"TRAIN_BRAINS": ",".join(train), "VAL_BRAINS": ",".join(val)})
+    return out
 
 
 def synthetic_kwargs(params: dict) -> dict:
@@ -128,6 +146,8 @@ def _run_steps(paths: Paths, params: dict, *, seed: int, only) -> int:
         base.update({"SIMULATE_REVIEWER": True, "REVIEW_CSV": str(paths.reports / "review_simulated.csv")})
     base.update(params)
     base.update({"DATA_DIR": str(paths.data_dir), "RUN": paths.run, "SEED": int(seed)})
+    base.update(data_root_params(paths, base))
+    params = {**params, "N_FOLDS": base["N_FOLDS"]}
     out_dir = paths.reports
     out_dir.mkdir(parents=True, exist_ok=True)
     failures = []

@@ -20,7 +20,6 @@ brain, bit for bit.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 from tqdm.auto import tqdm
 
-from .io import atomic_write, save_npy, write_points_csv
+from .io import BRAINS_CSV, DEFAULT_VOXEL_UM, atomic_write, save_npy, write_json, write_points_csv
 
 __all__ = ["SyntheticConfig", "SyntheticBrain", "make_brain", "write_dataset", "brain_names"]
 
@@ -343,7 +342,8 @@ def write_dataset(data_dir: str | os.PathLike, *, n_brains: int = 8, seed: int =
     Writes ``raw/brainNN.tif`` (uint16, uncompressed, memory-mappable), ``raw/brainNN.csv``
     (partial annotations, header ``z,y,x``), ``truth/brainNN.csv`` (every cell, with radius,
     contrast and ring columns), ``truth/brainNN_field.npy`` (smooth illumination field at
-    1/4 resolution) and ``raw/dataset.json`` (parameters). Brain ``i`` uses seed
+    1/4 resolution), ``raw/dataset.json`` (parameters) and ``brains.csv`` (each volume its own brain,
+    voxel size :data:`clarity.io.DEFAULT_VOXEL_UM`). Brain ``i`` uses seed
     ``seed * 1000 + i``. Existing brains are kept unless ``overwrite``.
 
     Returns the volume paths.
@@ -372,7 +372,12 @@ def write_dataset(data_dir: str | os.PathLike, *, n_brains: int = 8, seed: int =
         save_npy(truth / f"{name}_field.npy", b.field)
     if cfg_used is not None:
         meta = {"generator": "clarity.synthetic", "seed": seed, "n_brains": n_brains,
-                "brains": names, "config": cfg_used.to_dict(), "field_shrink": 4}
-        with atomic_write(raw / "dataset.json") as tmp:
-            tmp.write_text(json.dumps(meta, indent=2, default=list))
+                "brains": names, "config": cfg_used.to_dict(), "field_shrink": 4,
+                "voxel_um": list(DEFAULT_VOXEL_UM)}
+        write_json(raw / "dataset.json", meta)
+        # the synthetic brains state their voxel size like any data root (data/README.md)
+        vz, vy, vx = DEFAULT_VOXEL_UM
+        with atomic_write(data_dir / BRAINS_CSV) as tmp:
+            tmp.write_text("volume,brain,voxel_um_z,voxel_um_y,voxel_um_x\n"
+                           + "".join(f"{n},{n},{vz:g},{vy:g},{vx:g}\n" for n in names))
     return out

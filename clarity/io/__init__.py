@@ -19,7 +19,8 @@ traceback from deep inside numpy. Every writer writes to a temporary file in the
 folder and renames it into place, so a crash never leaves a half-written file.
 """
 
-from .dataroot import (BRAINS_CSV, DEFAULT_VOXEL_UM, Brain, VolumeMeta, brain_groups, list_brains,
+from .dataroot import (BRAINS_CSV, DEFAULT_VOXEL_UM, Brain, VolumeMeta, brain_groups, common_voxel_um,
+                       group_map, list_brains,
                        read_brains_csv, volumes_of, voxel_size_of)
 from .files import ClarityInputError, atomic_write, jsonable, save_npy, write_json
 from .labels import is_label_image, label_image_points, read_label_image
@@ -34,5 +35,5 @@ __all__ = [
     "read_points", "check_points", "write_points_csv", "read_points_csv", "read_cellcounter_xml",
     "write_cellcounter_xml", "list_brains", "VolumeReader", "ArrayReader", "MemmapReader",
     "open_source", "file_stamp", "BRAINS_CSV", "DEFAULT_VOXEL_UM", "VolumeMeta", "read_brains_csv",
-    "brain_groups", "volumes_of", "voxel_size_of", "is_label_image", "label_image_points", "read_label_image",
+    "brain_groups", "common_voxel_um", "group_map", "volumes_of", "voxel_size_of", "is_label_image", "label_image_points", "read_label_image",
 ]

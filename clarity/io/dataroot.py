@@ -22,7 +22,7 @@ from .points import read_points
 from .volumes import TIFF_SUFFIXES, natural_key, read_volume
 
 __all__ = ["Brain", "VolumeMeta", "BRAINS_CSV", "DEFAULT_VOXEL_UM", "read_brains_csv", "list_brains",
-           "brain_groups", "volumes_of", "voxel_size_of"]
+           "brain_groups", "common_voxel_um", "group_map", "volumes_of", "voxel_size_of"]
 
 #: Name of the grouping / voxel-size file at the data root.
 BRAINS_CSV = "brains.csv"
@@ -216,6 +216,17 @@ def brain_groups(volumes: Sequence[Brain]) -> dict[str, list[str]]:
     for v in volumes:
         groups.setdefault(v.group, []).append(v.name)
     return {g: sorted(groups[g], key=natural_key) for g in sorted(groups, key=natural_key)}
+
+
+def common_voxel_um(volumes: Sequence[Brain]) -> tuple[float, float, float] | None:
+    """The voxel size all ``volumes`` share, or None when any is unknown or they differ."""
+    sizes = {v.voxel_um for v in volumes}
+    return next(iter(sizes)) if len(sizes) == 1 else None
+
+
+def group_map(volumes: Sequence[Brain]) -> dict[str, str]:
+    """Volume name -> the brain it belongs to."""
+    return {v.name: v.group for v in volumes}
 
 
 def volumes_of(volumes: Sequence[Brain], brains: Sequence[str]) -> list[str]:

@@ -25,13 +25,13 @@ import numpy as np
 import pandas as pd
 
 from ..evaluate import threshold_for_precision
-from ..io import ClarityInputError, list_brains, natural_key
+from ..io import ClarityInputError, group_map, list_brains, natural_key
 from ..model import ModelConfig, score_patches
 from ..patches import cut_patches
 from ..paths import Paths
 from ..sampling import SamplingConfig, sample_dataset
 from ..train import TrainConfig
-from ..validate.splits import split_brains
+from ..validate.splits import inner_split, split_brains
 from ..validate.training import run_fingerprint, train_variant
 from .views import volume_loader
 
@@ -110,8 +110,10 @@ def fold_brains(paths, split: str, *, n_folds: int = 4, inner_val: int = 1,
     if not str(split).startswith("fold"):
         raise ClarityInputError(f"split {split!r}: retraining with review labels needs a by-brain "
                                 "fold ('fold1', ...), not the coarse patch split")
+    groups = group_map(list_brains(paths.data_dir))
     try:
-        train, test = split_brains(split, _patchset_brains(paths, patchset), n_folds=n_folds)
+        train, test = split_brains(split, _patchset_brains(paths, patchset), n_folds=n_folds, groups=groups)
+        val, fit = inner_split(train, inner_val, groups=groups)
     except ValueError as exc:
         raise ClarityInputError(str(exc)) from None
     pred = paths.fold_reports(split) / "predictions.csv"
@@ -120,9 +122,7 @@ def fold_brains(paths, split: str, *, n_folds: int = 4, inner_val: int = 1,
         if seen != sorted(test):
             raise ClarityInputError(f"{pred}: test brains {seen}, but fold {split} of {n_folds} "
                                     f"folds tests {sorted(test)}; pass the n_folds of notebook 04a")
-    if not 1 <= inner_val < len(train):
-        raise ClarityInputError(f"inner_val must lie in 1..{len(train) - 1}, not {inner_val}")
-    return train[inner_val:], train[:inner_val], test
+    return fit, val, test
 
 
 def fold_protocol(paths, split: str, *, n_folds: int = 4, inner_val: int = 1,

@@ -10,7 +10,7 @@ from typing import Sequence
 from ..detect import DetectionConfig, detect_block
 from ..detect.calibrate import calibrate_detection_threshold, calibration_points
 from ..detect.config import resolve_config
-from ..io import list_brains, read_volume
+from ..io import common_voxel_um, list_brains, read_volume
 from ..model import load_model
 from ..rescore import DEFAULT_FLOOR, fit_rescorer
 from .training import resave_model
@@ -91,6 +91,8 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
         return None, None, "none"
     loaded = load_model(model_path, device="cpu")
     cfg = resolve_config(loaded, config)
+    if cfg.voxel_um is None:  # record the grid the model learned on, when the brains state one
+        cfg = cfg.replace(voxel_um=common_voxel_um(list_brains(paths.data_dir, names=list(brains))))
     loaded.rescorer = None  # the CNN's own threshold is calibrated on the CNN's scores
     thr, table = calibrate_detection_threshold(loaded, vols, pts, radius=radius, config=cfg)
     best = table.loc[table.threshold == thr].iloc[0]

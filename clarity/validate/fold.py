@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..baselines import log_patch_scores, mean_template, template_match_scores
-from ..io import ClarityInputError, natural_key, write_json
+from ..io import ClarityInputError, group_map, list_brains, natural_key, write_json
 from ..model import ModelConfig, score_patches
 from ..sampling import PatchSet
 from ..train import TrainConfig, TrainResult
@@ -183,7 +183,9 @@ def _prepare(paths, split: str, options: SplitConfig, *, progress: bool) -> _Spl
     ps = PatchSet.load(ps_path)
     cfg = options.resolved(ps.patch_size)
     brains = sorted(set(ps.brain.tolist()), key=natural_key)
-    parts = split_parts(ps, split, brains, n_folds=cfg.n_folds, inner_val=cfg.inner_val, seed=cfg.seed)
+    groups = group_map(list_brains(paths.data_dir))  # volumes of one brain stay on one side
+    parts = split_parts(ps, split, brains, n_folds=cfg.n_folds, inner_val=cfg.inner_val, seed=cfg.seed,
+                        groups=groups)
     # negatives at random candidate-screen maxima (SamplingConfig.candidate_per_pos) are a
     # training device for whole-volume detection: the patch metrics stay on the seed's protocol
     parts.val = parts.val.subset(np.flatnonzero(parts.val.origin != TRAINING_ONLY_ORIGIN))

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from ..sampling import PatchSet
 
 __all__ = ["TRAINING_ONLY_ORIGIN", "split_order", "cv_folds", "split_brains", "coarse_split",
-           "SplitParts", "split_parts"]
+           "SplitParts", "split_parts", "inner_split", "train_val_volumes"]
 
 #: Patch origin used for fitting only, never in the inner-validation or test patches: negatives at
 #: random candidate-screen maxima. ~6 % of them are unannotated cells, which would count as false
@@ -34,7 +34,20 @@ def split_order(split: str):
     return (2, {"mean": 0, "std": 1}.get(split, 2), str(split))
 
 
-def cv_folds(brains: Sequence[str], *, n_folds: int = 4) -> list[tuple[list[str], list[str]]]:
+def _group_folds(brains: list[str], groups: Mapping[str, str], n_folds: int):
+    """Folds over the brains (groups) of volumes, expanded back to the volumes."""
+    order: list[str] = []
+    for b in brains:
+        g = str(groups.get(b, b))
+        if g not in order:
+            order.append(g)
+    members = {g: [b for b in brains if str(groups.get(b, b)) == g] for g in order}
+    return [([v for g in tr for v in members[g]], [v for g in te for v in members[g]])
+            for tr, te in cv_folds(order, n_folds=n_folds)]
+
+
+def cv_folds(brains: Sequence[str], *, n_folds: int = 4,
+             groups: Mapping[str, str] | None = None) -> list[tuple[list[str], list[str]]]:
     """Cross-validation folds by brain, deterministic.
 
     The brains, in the given order, are cut into ``n_folds`` contiguous groups of (almost) equal
@@ -48,7 +61,11 @@ def cv_folds(brains: Sequence[str], *, n_folds: int = 4) -> list[tuple[list[str]
     brains : sequence of str
         Brain names, each once.
     n_folds : int, keyword-only
-        2 <= n_folds <= len(brains).
+        2 <= n_folds <= the number of brains.
+    groups : mapping volume -> brain, keyword-only
+        When the names are volumes (blocks) of fewer brains (``brains.csv``): the folds are
+        made over the brains, in order of first appearance, and every volume follows its
+        brain, so no brain is ever on both sides. Default: each name is its own brain.
 
     Returns
     -------
@@ -62,6 +79,8 @@ def cv_folds(brains: Sequence[str], *, n_folds: int = 4) -> list[tuple[list[str]
     brains = [str(b) for b in brains]
     if len(set(brains)) != len(brains):
         raise ValueError(f"brain names must be unique: {brains}")
+    if groups is not None and any(str(groups.get(b, b)) != b for b in brains):
+        return _group_folds(brains, groups, int(n_folds))
     n_folds = int(n_folds)
     if not 2 <= n_folds <= len(brains):
         raise ValueError(f"n_folds must lie in [2, {len(brains)}] for {len(brains)} brains, not {n_folds}")
@@ -73,7 +92,8 @@ def cv_folds(brains: Sequence[str], *, n_folds: int = 4) -> list[tuple[list[str]
     return out
 
 
-def split_brains(split: str, brains: Sequence[str], *, n_folds: int = 4) -> tuple[list[str], list[str]]:
+def split_brains(split: str, brains: Sequence[str], *, n_folds: int = 4,
+                 groups: Mapping[str, str] | None = None) -> tuple[list[str], list[str]]:
     """Training and test brains of a split name.
 
     ``"foldK"`` -> fold K of :func:`cv_folds`; ``"coarse"`` -> every brain on both sides (the
@@ -88,7 +108,7 @@ def split_brains(split: str, brains: Sequence[str], *, n_folds: int = 4) -> tupl
     k = int(m.group(1))
     if not 1 <= k <= n_folds:
         raise ValueError(f"{split!r}: fold number must lie in 1..{n_folds}")
-    return cv_folds(brains, n_folds=n_folds)[k - 1]
+    return cv_folds(brains, n_folds=n_folds, groups=groups)[k - 1]
 
 
 def coarse_split(labels, *, seed: int, test_fraction: float = 0.25,
@@ -137,23 +157,45 @@ class SplitParts:
     held_out: PatchSet | None
 
 
+def train_val_volumes(volumes) -> tuple[list[str], list[str]]:
+    """A default training / validation division of a data root's volumes (:class:`clarity.io.Brain`)
+    by brain: the last quarter of the brains (at least one) validate, the others train."""
+    order = list(dict.fromkeys(v.group for v in volumes))
+    if len(order) < 2:
+        raise ValueError(f"training and validation by brain need two brains or more, not {order}")
+    val_g = set(order[-max(1, len(order) // 4):])
+    return [v.name for v in volumes if v.group not in val_g], [v.name for v in volumes if v.group in val_g]
+
+
+def inner_split(train: Sequence[str], inner_val: int, *,
+                groups: Mapping[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """``(val, fit)``: the volumes of the first ``inner_val`` brains of ``train`` validate (early
+    stopping, thresholds, calibration), the others are fitted on."""
+    group_of = (lambda b: str(groups.get(b, b))) if groups is not None else str  # noqa: E731
+    train_g = list(dict.fromkeys(group_of(b) for b in train))
+    if not 1 <= inner_val < len(train_g):
+        raise ValueError(f"inner_val must lie in 1..{len(train_g) - 1} for {len(train_g)} training "
+                         f"brains, not {inner_val}")
+    val = [b for b in train if group_of(b) in train_g[:inner_val]]
+    return val, [b for b in train if group_of(b) not in train_g[:inner_val]]
+
+
 def split_parts(ps: PatchSet, split: str, brains: list[str], *, n_folds: int, inner_val: int,
-                seed: int) -> SplitParts:
+                seed: int, groups: Mapping[str, str] | None = None) -> SplitParts:
     """Cut ``ps`` into the parts of ``split``.
 
     ``"coarse"``: :func:`coarse_split` of the patches (seeded by ``seed``). ``"foldK"``: the test
     brains of fold K (:func:`split_brains` over ``brains``); of its training brains the first
-    ``inner_val`` are the inner validation brains, the rest are fitted on.
+    ``inner_val`` are the inner validation brains, the rest are fitted on. With ``groups``
+    (volume -> brain) ``brains`` are volumes and every count is of brains: the volumes of the
+    first ``inner_val`` training brains validate.
     """
     if split == "coarse":
         fit_i, val_i, test_i = coarse_split(ps.label, seed=seed)
         fit, val, test = ps.subset(fit_i), ps.subset(val_i), ps.subset(test_i)
         held = ps.subset(np.sort(np.concatenate([val_i, test_i])))
         return SplitParts(fit, val, test, list(brains), list(brains), list(brains), held)
-    train_b, test_b = split_brains(split, brains, n_folds=n_folds)
-    if not 1 <= inner_val < len(train_b):
-        raise ValueError(f"inner_val must lie in 1..{len(train_b) - 1} for {len(train_b)} training "
-                         f"brains, not {inner_val}")
-    val_b, fit_b = train_b[:inner_val], train_b[inner_val:]
+    train_b, test_b = split_brains(split, brains, n_folds=n_folds, groups=groups)
+    val_b, fit_b = inner_split(train_b, inner_val, groups=groups)
     return SplitParts(ps.select_brains(fit_b), ps.select_brains(val_b), ps.select_brains(test_b),
                       fit_b, val_b, test_b, None)

@@ -79,3 +79,26 @@ def test_split_parts_folds_by_brain_and_coarse_held_out():
     _, val_i, test_i = V.coarse_split(ps.label, seed=0)
     assert np.array_equal(np.sort(coarse.held_out.centre, axis=0),
                           np.sort(ps.centre[np.r_[val_i, test_i]], axis=0))
+
+
+def test_folds_by_brain_when_volumes_are_blocks_of_brains():
+    """Volumes of one brain (brains.csv) always stay on one side; counts are of brains."""
+    from clarity.validate.splits import cv_folds, inner_split, split_brains
+
+    vols = ["695_0", "695_1", "753_0", "1008_0", "1008_1", "1008_2", "1147_0"]
+    groups = {v: v.split("_")[0] for v in vols}
+    folds = cv_folds(vols, n_folds=4, groups=groups)
+    assert len(folds) == 4
+    for train, test in folds:
+        assert len({groups[v] for v in test}) == 1  # leave one brain out
+        assert not {groups[v] for v in train} & {groups[v] for v in test}
+        assert sorted(train + test) == sorted(vols)
+    assert folds[2][1] == ["1008_0", "1008_1", "1008_2"]
+    train, test = split_brains("fold1", vols, n_folds=4, groups=groups)
+    assert test == ["695_0", "695_1"]
+    val, fit = inner_split(train, 1, groups=groups)
+    assert val == ["753_0"] and fit == ["1008_0", "1008_1", "1008_2", "1147_0"]
+    with pytest.raises(ValueError, match="n_folds"):
+        cv_folds(vols, n_folds=5, groups=groups)  # 4 brains, however many volumes
+    with pytest.raises(ValueError, match="inner_val"):
+        inner_split(["695_0", "695_1"], 1, groups=groups)  # one training brain cannot validate itself
