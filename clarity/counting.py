@@ -25,7 +25,8 @@ from .io import ClarityInputError, group_map, list_brains, read_volume
 from .model import load_model
 from .validate.splits import cv_folds
 
-__all__ = ["BrainCount", "score_counts", "heldout_detection", "calibration_table"]
+__all__ = ["BrainCount", "score_counts", "match_rule", "heldout_detection", "calibration_table",
+           "per_brain_table"]
 
 
 @dataclass
@@ -43,6 +44,8 @@ class BrainCount:
     def row(self) -> dict:
         r = {"brain": self.brain, "method": self.method, "n_detected": int(len(self.cells)),
              "seconds": round(self.seconds, 2)}
+        if self.info.get("group", self.brain) != self.brain:  # a block of a brain (brains.csv)
+            r["group"] = self.info["group"]
         a = self.annotation_match
         if a is not None:
             r.update({"n_annotated": a.n_true, "annotated_found": a.tp,
@@ -59,16 +62,27 @@ class BrainCount:
         return r
 
 
-def score_counts(cells, *, truth=None, annotations=None, radius: float = 6.0):
-    """Match detections (DataFrame with z, y, x) against truth and annotations (each (N, 3) or None)."""
+def score_counts(cells, *, truth=None, annotations=None, radius: float = 6.0,
+                 scale: Sequence[float] = (1.0, 1.0, 1.0)):
+    """Match detections (DataFrame with z, y, x) against truth and annotations (each (N, 3) or None)
+    within ``radius`` (in voxels times ``scale``: pass the voxel size in um for a radius in um)."""
     pts = cells[["z", "y", "x"]].to_numpy(float) if len(cells) else np.zeros((0, 3))
-    tm = match_points(pts, truth, radius=radius) if truth is not None else None
-    am = match_points(pts, annotations, radius=radius) if annotations is not None else None
+    tm = match_points(pts, truth, radius=radius, scale=scale) if truth is not None else None
+    am = match_points(pts, annotations, radius=radius, scale=scale) if annotations is not None else None
     return tm, am
 
 
+def match_rule(brain, *, radius: float, radius_um: float | None) -> tuple[float, tuple]:
+    """(radius, scale) of the matching of one volume: ``radius_um`` in um when given and the volume
+    states its voxel size (distances scaled by it), else ``radius`` voxels."""
+    if radius_um is not None and brain.voxel_um is not None:
+        return float(radius_um), tuple(brain.voxel_um)
+    return float(radius), (1.0, 1.0, 1.0)
+
+
 def heldout_detection(paths, *, variant: str = "cnn", n_folds: int = 4, mode: str = "candidates",
-                      chunk: Sequence[int] = (64, 256, 256), radius: float = 6.0, log_baseline: bool = True,
+                      chunk: Sequence[int] = (64, 256, 256), radius: float = 6.0,
+                      radius_um: float | None = None, log_baseline: bool = True,
                       brains: Sequence[str] | None = None, progress: bool = True,
                       compare_without_rescoring: bool = True) -> list[BrainCount]:
     """Detect every brain with the model of the fold that held it out; LoG baseline beside it.
@@ -84,6 +98,10 @@ def heldout_detection(paths, *, variant: str = "cnn", n_folds: int = 4, mode: st
         Chunk core size in voxels.
     radius : float
         Matching radius in voxels.
+    radius_um : float, optional
+        Matching radius in um for the volumes that state their voxel size (``brains.csv``): z is
+        often several times coarser than y and x, and a radius in voxels then means very
+        different distances along the axes. Default: ``radius`` voxels everywhere.
     log_baseline : bool
         Also run the LoG detector, threshold fitted (max F1 against truth, or against annotations
         where no truth exists) on the fold's training brains.
@@ -109,26 +127,29 @@ def heldout_detection(paths, *, variant: str = "cnn", n_folds: int = 4, mode: st
         if not model_path.exists():
             raise ClarityInputError(f"{model_path}: no fold model; run notebook 04a_validate_fold for fold{k}")
         model = load_model(model_path)
-        log_thr = _fit_log_baseline(paths, [by_name[n] for n in train], radius=radius) if log_baseline else None
+        log_thr = (_fit_log_baseline(paths, [by_name[n] for n in train], radius=radius, radius_um=radius_um)
+                   if log_baseline else None)
         for name in test:
             out += _detect_heldout(by_name[name], model, fold=k, variant=variant,
-                                   config=resolve_config(model, None, mode=mode), run=run, radius=radius,
+                                   config=resolve_config(model, None, mode=mode), run=run,
+                                   match=match_rule(by_name[name], radius=radius, radius_um=radius_um),
                                    log_threshold=log_thr, without_rescoring=compare_without_rescoring)
     return out
 
 
-def _fit_log_baseline(paths, train_brains, *, radius: float) -> float:
+def _fit_log_baseline(paths, train_brains, *, radius: float, radius_um: float | None) -> float:
     """The LoG threshold of max F1 on the training brains (truth, or annotations without it)."""
     blocks, targets = [], []
     for b in train_brains:
         blocks.append(np.asarray(read_volume(paths.corrected(b.name), check_finite=False)))
         targets.append(b.truth_points() if b.truth is not None else b.points())
-    thr, _ = fit_log_threshold(blocks, targets, radius=radius)
+    r, scale = match_rule(train_brains[0], radius=radius, radius_um=radius_um)
+    thr, _ = fit_log_threshold(blocks, targets, radius=r, scale=scale)
     return thr
 
 
 def _detect_heldout(b, model, *, fold: int, variant: str, config: DetectionConfig, run: RunOptions,
-                    radius: float, log_threshold: float | None, without_rescoring: bool) -> list[BrainCount]:
+                    match: tuple, log_threshold: float | None, without_rescoring: bool) -> list[BrainCount]:
     """The CNN (with and without its rescorer) and the LoG baseline on one held-out brain."""
     truth = b.truth_points() if b.truth is not None else None
     ann = b.points() if b.annotations is not None else None
@@ -137,8 +158,8 @@ def _detect_heldout(b, model, *, fold: int, variant: str, config: DetectionConfi
     def one(method, **kw):
         t0 = time.perf_counter()
         res = detect_volume(b.volume, run=run, name=b.name, voxel_um=b.voxel_um, **kw)
-        tm, am = score_counts(res.cells, truth=truth, annotations=ann, radius=radius)
-        info = {"fold": fold, "threshold": res.info.get("threshold")}
+        tm, am = score_counts(res.cells, truth=truth, annotations=ann, radius=match[0], scale=match[1])
+        info = {"fold": fold, "threshold": res.info.get("threshold"), "group": b.group}
         if method != "LoG baseline":
             info.update({"n_candidates": res.info.get("n_candidates"),
                          "estimated_count": res.estimated_count, "rescored": res.info.get("rescored", False)})
@@ -181,3 +202,17 @@ def calibration_table(counts: Sequence[BrainCount]):
         r["seconds_per_brain"] = float(g.seconds.mean())
         rows.append(r)
     return pd.DataFrame(rows)
+
+
+def per_brain_table(counts: Sequence[BrainCount]):
+    """:func:`calibration_table` per held-out brain: the volumes of one brain (``brains.csv``)
+    pooled, one row per brain and method (column ``group``)."""
+    groups: dict[str, list[BrainCount]] = {}
+    for c in counts:
+        groups.setdefault(str(c.info.get("group", c.brain)), []).append(c)
+    frames = [calibration_table(cs).assign(group=g) for g, cs in groups.items()]
+    if not frames:
+        return pd.DataFrame()
+    df = pd.concat(frames, ignore_index=True)
+    return df[["group"] + [c for c in df.columns if c != "group"]]
+

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from clarity.counting import BrainCount, calibration_table, heldout_detection, score_counts
+from clarity.counting import BrainCount, calibration_table, heldout_detection, per_brain_table, score_counts
 from clarity.io import ClarityInputError
 from clarity.paths import Paths
 
@@ -48,3 +50,30 @@ def test_heldout_detection_needs_the_fold_models(data_root, tmp_path):
                   reports_root=tmp_path / "reports")
     with pytest.raises(ClarityInputError, match="no fold model"):
         heldout_detection(paths, n_folds=2, log_baseline=False, progress=False)
+
+
+def test_per_brain_table_pools_the_volumes_of_each_brain():
+    truth = np.array([[5, 5, 5], [5, 20, 20]], float)
+    counts = []
+    for vol, group, det in (("a_0", "A", [[5, 5, 5]]), ("a_1", "A", [[5, 20, 20]]), ("b_0", "B", [[30, 30, 30]])):
+        tm, am = score_counts(_cells(det), truth=truth, radius=4)
+        counts.append(BrainCount(vol, "CNN", _cells(det), 1.0, tm, am, {"group": group}))
+    t = per_brain_table(counts).set_index("group")
+    assert t.loc["A", "n_true"] == 4 and t.loc["A", "recall"] == pytest.approx(0.5)
+    assert t.loc["B", "precision"] == 0 and t.loc["A", "brains"] == 2
+    assert counts[0].row()["group"] == "A"
+
+
+def test_match_rule_radius_in_um_when_voxel_sizes_are_known():
+    from clarity.counting import match_rule
+    from clarity.io import Brain
+
+    real = Brain("v", Path("v.tif"), voxel_um=(6.0, 1.62, 1.62))
+    assert match_rule(real, radius=6, radius_um=8) == (8.0, (6.0, 1.62, 1.62))
+    assert match_rule(real, radius=6, radius_um=None) == (6.0, (1.0, 1.0, 1.0))
+    assert match_rule(Brain("s", Path("s.tif")), radius=6, radius_um=8) == (6.0, (1.0, 1.0, 1.0))
+    # 8 um: a cell one plane (6 um) away matches, two planes (12 um) away does not
+    t = np.array([[10, 10, 10]], float)
+    one, _ = score_counts(_cells([[11, 10, 10]]), truth=t, radius=8, scale=(6.0, 1.62, 1.62))
+    two, _ = score_counts(_cells([[12, 10, 10]]), truth=t, radius=8, scale=(6.0, 1.62, 1.62))
+    assert one.tp == 1 and two.tp == 0

@@ -23,7 +23,7 @@ __all__ = ["pooled_sweep", "best_threshold", "calibration_points", "calibrate_de
 
 
 def pooled_sweep(detections: Sequence[pd.DataFrame], truths: Sequence, thresholds, *,
-                 radius: float = 6.0) -> pd.DataFrame:
+                 radius: float = 6.0, scale: Sequence[float] = (1.0, 1.0, 1.0)) -> pd.DataFrame:
     """Detection counts and F1 at each threshold, pooled over volumes.
 
     Parameters
@@ -38,6 +38,8 @@ def pooled_sweep(detections: Sequence[pd.DataFrame], truths: Sequence, threshold
         Trial thresholds on ``score``.
     radius : float, keyword-only
         Matching radius in voxels (:func:`clarity.evaluate.match_points`, one-to-one).
+    scale : 3 floats, keyword-only
+        Multiplies (z, y, x) before distances (the voxel size in um for a radius in um).
 
     Returns
     -------
@@ -54,7 +56,7 @@ def pooled_sweep(detections: Sequence[pd.DataFrame], truths: Sequence, threshold
         sc = cells["score"].to_numpy(float)
         pts = np.asarray(pts, float).reshape(-1, 3)
         for i, t in enumerate(thr):
-            m = match_points(xyz[sc >= t], pts, radius=radius)
+            m = match_points(xyz[sc >= t], pts, radius=radius, scale=scale)
             counts[i] += (m.n_pred, m.tp, m.fp, m.fn)
     n, tp, fp, fn = counts.T
     return pd.DataFrame({"threshold": thr, "n_detected": n, "tp": tp, "fp": fp, "fn": fn,

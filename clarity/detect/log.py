@@ -47,7 +47,8 @@ def log_detect(block, *, threshold: float, config: DetectionConfig | None = None
 
 
 def fit_log_threshold(blocks: Sequence[np.ndarray], truths: Sequence[np.ndarray], *,
-                      radius: float = 6.0, config: DetectionConfig | None = None,
+                      radius: float = 6.0, scale: Sequence[float] = (1.0, 1.0, 1.0),
+                      config: DetectionConfig | None = None,
                       n_thresholds: int = 200) -> tuple[float, pd.DataFrame]:
     """Choose the :func:`log_detect` threshold maximising F1 over training brains.
 
@@ -62,6 +63,8 @@ def fit_log_threshold(blocks: Sequence[np.ndarray], truths: Sequence[np.ndarray]
         Normalised training volumes.
     truths : sequence of arrays (N_i, 3)
         Their cell centres (z, y, x), voxels (complete truth or dense annotations).
+    radius, scale : keyword-only
+        Matching radius, in voxels times ``scale`` (the voxel size in um for a radius in um).
 
     Returns
     -------
@@ -79,5 +82,5 @@ def fit_log_threshold(blocks: Sequence[np.ndarray], truths: Sequence[np.ndarray]
     n_true = sum(len(np.asarray(t).reshape(-1, 3)) for t in truths)
     ranks = np.linspace(max(1, n_true // 5), min(len(allr), max(4 * n_true, 2)), int(n_thresholds))
     thr = np.unique(allr[np.clip(ranks.astype(int), 1, len(allr)) - 1])
-    table = pooled_sweep(dets, truths, thr, radius=radius)
+    table = pooled_sweep(dets, truths, thr, radius=radius, scale=scale)
     return best_threshold(table), table
