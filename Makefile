@@ -13,6 +13,7 @@ RUN      ?= default
 SEED     ?= 0
 PARAMS   ?=
 SMOKE_DIR ?= /tmp/clarity-smoke
+REAL_DATA_DIR ?= data/delivr_cfos
 STAMP    := $(VENV)/.installed
 
 REPORT_ARGS := --data-dir $(DATA_DIR) --run $(RUN) --seed $(SEED) $(if $(PARAMS),--params $(PARAMS),)
@@ -38,6 +39,11 @@ data: $(STAMP) ## Build the default synthetic dataset in DATA_DIR (8 brains, kep
 .PHONY: report
 report: $(STAMP) ## Main job: build data if DATA_DIR/raw is empty, run the notebooks into reports/RUN
 	$(PY) -m clarity report $(REPORT_ARGS)
+
+.PHONY: report-real
+report-real: $(STAMP) ## The real report: the human-labelled light-sheet brains of datasets/delivr_cfos (copied to REAL_DATA_DIR), leave one brain out
+	@test -d $(REAL_DATA_DIR)/raw || (mkdir -p $(dir $(REAL_DATA_DIR)) && cp -r datasets/delivr_cfos $(REAL_DATA_DIR))
+	$(PY) -m clarity report --data-dir $(REAL_DATA_DIR) --run real --seed $(SEED) --params notebooks/params/real.yaml
 
 .PHONY: smoke
 smoke: $(STAMP) ## The whole report on tiny data with notebooks/params/smoke.yaml (SMOKE_DIR)
