@@ -50,6 +50,18 @@ smoke: $(STAMP) ## The whole report on tiny data with notebooks/params/smoke.yam
 	$(PY) -m clarity report --data-dir $(SMOKE_DIR)/data --run smoke --params notebooks/params/smoke.yaml \
 	  --reports-root $(SMOKE_DIR)/reports --models-root $(SMOKE_DIR)/models
 
+LAB_PORT  ?= 8888
+LAB_STAMP := $(VENV)/.lab-installed
+
+$(LAB_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q -e ".[dev,lab]"
+	@touch $(LAB_STAMP)
+
+.PHONY: lab
+lab: $(LAB_STAMP) ## JupyterLab on notebooks/ at http://127.0.0.1:LAB_PORT (default 8888; open the printed URL)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks --ip=127.0.0.1 --port=$(LAB_PORT) \
+	  --no-browser $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 .PHONY: test
 test: $(STAMP) ## Run the test suite (notebooks included, on tiny data)
 	$(PY) -m pytest

@@ -2,7 +2,8 @@
 sampler reads from it.
 
 Decisions go to ``<data>/labels/review.csv`` (:attr:`clarity.paths.Paths.review_csv`) with the
-header ``brain,z,y,x,decision,model,time``. :func:`review_labels` turns them into reviewed cells
+header ``brain,z,y,x,decision,model,time,reviewer``; files written before the ``reviewer`` column
+existed (``brain,z,y,x,decision,model,time``) are read with an empty reviewer. :func:`review_labels` turns them into reviewed cells
 (positives, origin ``"review_cell"``) and reviewed non-cells (hard negatives, origin
 ``"review_noncell"``) for :func:`clarity.sampling.sample_dataset`. Raw annotations are never
 modified.
@@ -27,6 +28,7 @@ from .io import ClarityInputError, atomic_write
 __all__ = [
     "DECISIONS",
     "COLUMNS",
+    "LEGACY_COLUMNS",
     "DECISION_LABELS",
     "DECISION_COLOURS",
     "Key",
@@ -39,8 +41,11 @@ __all__ = [
 
 #: The decisions a reviewer can take, as stored in the CSV.
 DECISIONS = ("cell", "not_cell", "unsure")
-#: Columns of the decisions CSV, in order.
-COLUMNS = ("brain", "z", "y", "x", "decision", "model", "time")
+#: Columns of the decisions CSV, in order. ``reviewer`` came last, so older files (without it,
+#: :data:`LEGACY_COLUMNS`) are still read, with an empty reviewer.
+COLUMNS = ("brain", "z", "y", "x", "decision", "model", "time", "reviewer")
+#: The header of decision files written before the ``reviewer`` column existed.
+LEGACY_COLUMNS = COLUMNS[:-1]
 #: How each decision is written for a person (buttons, figure titles).
 DECISION_LABELS = {"cell": "cell", "not_cell": "not a cell", "unsure": "unsure"}
 #: The colour of each decision (tile frames, figure frames): green, red, orange.
@@ -88,10 +93,12 @@ def _now() -> str:
 class ReviewStore:
     """Review decisions, kept in a CSV and saved after every change.
 
-    The CSV has the header ``brain,z,y,x,decision,model,time``: the brain name, the reviewed
-    voxel (z, y, x) in voxels of that brain's volume, the decision (one of :data:`DECISIONS`),
-    the model whose detection was reviewed (free text, may be empty) and the time of the decision
-    (ISO 8601, UTC). There is one row per (brain, z, y, x): a later decision replaces the earlier
+    The CSV has the header ``brain,z,y,x,decision,model,time,reviewer``: the brain name, the
+    reviewed voxel (z, y, x) in voxels of that brain's volume, the decision (one of
+    :data:`DECISIONS`), the model whose detection was reviewed (free text, may be empty), the
+    time of the decision (ISO 8601, UTC) and who took it (free text, may be empty). A file with
+    the older header (no ``reviewer``, :data:`LEGACY_COLUMNS`) reads with empty reviewers and is
+    rewritten with the full header on the next decision. There is one row per (brain, z, y, x): a later decision replaces the earlier
     one. Rows are in the order the decisions were last taken.
 
     Every :meth:`record` / :meth:`record_many` rewrites the whole file atomically (temporary file
@@ -115,7 +122,7 @@ class ReviewStore:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._rows: OrderedDict[Key, tuple[str, str, str]] = OrderedDict()
+        self._rows: OrderedDict[Key, tuple[str, str, str, str]] = OrderedDict()
         self._seen: tuple | None = None
         self.reload()
 
@@ -129,7 +136,7 @@ class ReviewStore:
 
     def reload(self) -> "ReviewStore":
         """Re-read the CSV from disk (an absent or empty file is an empty store); returns self."""
-        rows: OrderedDict[Key, tuple[str, str, str]] = OrderedDict()
+        rows: OrderedDict[Key, tuple[str, str, str, str]] = OrderedDict()
         stat = self._stat()
         if stat is not None and stat[1] > 0:
             try:
@@ -147,11 +154,11 @@ class ReviewStore:
         if header is None:
             header = []
         names = [h.strip().lower() for h in header]
-        if sorted(names) != sorted(COLUMNS):
+        if sorted(names) not in (sorted(COLUMNS), sorted(LEGACY_COLUMNS)):
             raise ClarityInputError(
                 f"{self.path}: not a review file: wrong header {header!r}; expected "
-                f"{','.join(COLUMNS)}")
-        idx = [names.index(c) for c in COLUMNS]
+                f"{','.join(COLUMNS)} (or, from older versions, {','.join(LEGACY_COLUMNS)})")
+        idx = [names.index(c) if c in names else None for c in COLUMNS]
         for lineno, row in enumerate(reader, start=2):
             if not row or all(not c.strip() for c in row):
                 continue
@@ -159,7 +166,8 @@ class ReviewStore:
                 raise ClarityInputError(
                     f"{self.path}, line {lineno}: {len(row)} fields, expected "
                     f"{len(names)} ({','.join(header)})")
-            brain, z, y, x, decision, model, time = (row[i].strip() for i in idx)
+            brain, z, y, x, decision, model, time, reviewer = (
+                "" if i is None else row[i].strip() for i in idx)
             try:
                 key = (brain, int(z), int(y), int(x))
             except ValueError:
@@ -171,19 +179,20 @@ class ReviewStore:
                     f"{self.path}, line {lineno}: unknown decision {decision!r}; "
                     f"expected one of {', '.join(DECISIONS)}")
             rows.pop(key, None)  # a later row for the same voxel wins
-            rows[key] = (decision, model, time)
+            rows[key] = (decision, model, time, reviewer)
 
     def _write(self) -> None:
         with atomic_write(self.path) as tmp:
             with open(tmp, "w", newline="", encoding="utf-8") as fh:
                 w = csv.writer(fh)
                 w.writerow(COLUMNS)
-                for (brain, z, y, x), (decision, model, time) in self._rows.items():
-                    w.writerow([brain, z, y, x, decision, model, time])
+                for (brain, z, y, x), (decision, model, time, reviewer) in self._rows.items():
+                    w.writerow([brain, z, y, x, decision, model, time, reviewer])
         self._seen = self._stat()
 
     # -- writing ------------------------------------------------------------------------------
-    def record(self, brain: str, zyx: Sequence[float], decision: str, *, model: str = "") -> None:
+    def record(self, brain: str, zyx: Sequence[float], decision: str, *, model: str = "",
+               reviewer: str = "") -> None:
         """Record one decision and save the file at once (atomically).
 
         Parameters
@@ -196,11 +205,13 @@ class ReviewStore:
             ``"not a cell"`` is accepted for ``"not_cell"``.
         model : str, keyword-only
             The model (run name) whose detection this is; free text.
+        reviewer : str, keyword-only
+            Who decided (a person's name, ``"simulated-reviewer"``); free text.
         """
-        self.record_many([(brain, zyx, decision)], model=model)
+        self.record_many([(brain, zyx, decision)], model=model, reviewer=reviewer)
 
     def record_many(self, entries: Iterable[tuple[str, Sequence[float], str]], *,
-                    model: str = "") -> int:
+                    model: str = "", reviewer: str = "") -> int:
         """Record several decisions ``(brain, (z, y, x), decision)`` with one atomic write.
 
         Later entries for the same voxel replace earlier ones. Returns the number of entries.
@@ -213,7 +224,7 @@ class ReviewStore:
         time = _now()
         for key, decision in new:
             self._rows.pop(key, None)
-            self._rows[key] = (decision, str(model), time)
+            self._rows[key] = (decision, str(model), time, str(reviewer))
         self._write()
         return len(new)
 
@@ -228,10 +239,10 @@ class ReviewStore:
 
         ``z``, ``y``, ``x`` are int64 voxel coordinates; one row per reviewed voxel.
         """
-        recs = [(b, z, y, x, d, m, t) for (b, z, y, x), (d, m, t) in self._rows.items()]
+        recs = [(b, z, y, x, *v) for (b, z, y, x), v in self._rows.items()]
         df = pd.DataFrame(recs, columns=list(COLUMNS))
         return df.astype({"brain": str, "z": np.int64, "y": np.int64, "x": np.int64,
-                          "decision": str, "model": str, "time": str})
+                          "decision": str, "model": str, "time": str, "reviewer": str})
 
     def __len__(self) -> int:
         return len(self._rows)

@@ -139,7 +139,9 @@ def run_report(paths: Paths, *, seed: int = 0, params_file: str | os.PathLike | 
 
 
 def _run_steps(paths: Paths, params: dict, *, seed: int, only) -> int:
-    base = {"DATA_DIR": str(paths.data_dir), "RUN": paths.run, "SEED": int(seed)}
+    # headless: notebook 05 writes into the report's own places and retrains (interactively it
+    # writes apart, under reports/<run>/interactive/, and retrains only when asked)
+    base = {"DATA_DIR": str(paths.data_dir), "RUN": paths.run, "SEED": int(seed), "OUTPUT": "", "RETRAIN": True}
     if paths.truth.is_dir() and any(paths.truth.glob("*.csv")):
         # headless on synthetic data (complete truth): notebook 05's clearly named simulated reviewer
         # decides from truth, into a store of this run, never into the human one (labels/review.csv)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from clarity.io import ClarityInputError
-from clarity.labels import COLUMNS, DECISIONS, ReviewStore
+from clarity.labels import COLUMNS, DECISIONS, LEGACY_COLUMNS, ReviewStore
 
 
 def test_store_record_replace_reopen(tmp_path, csv_rows, temp_files):
@@ -49,8 +49,42 @@ def test_store_corrupt_file(tmp_path):
     path.write_text("z,y,x\n1,2,3\n")
     with pytest.raises(ClarityInputError, match="review.csv"):
         ReviewStore(path)
-    path.write_text(",".join(COLUMNS) + "\nb1,1,2,3,perhaps,,t\n")
-    with pytest.raises(ClarityInputError, match="line 2"):
+    path.write_text(",".join(COLUMNS) + "\nb1,1,2,3,perhaps,,t,\n")
+    with pytest.raises(ClarityInputError, match="line 2: unknown decision"):
         ReviewStore(path)
     path.write_text("")  # empty file: empty store
     assert len(ReviewStore(path)) == 0
+
+
+def test_store_reviewer_column_and_old_files(tmp_path, csv_rows):
+    """Decisions carry who took them; files from before the reviewer column still read, and
+    gain the column on the next write without losing a decision."""
+    path = tmp_path / "review.csv"
+    path.write_text(",".join(LEGACY_COLUMNS) + "\n"
+                    "b1,1,2,3,cell,default/cnn,2024-01-01T00:00:00.000+00:00\n"
+                    "b1,4,5,6,not_cell,,2024-01-01T00:00:01.000+00:00\n")
+    st = ReviewStore(path)
+    assert len(st) == 2 and st.get("b1", (1, 2, 3)) == "cell"
+    df = st.decisions()
+    assert list(df.columns) == list(COLUMNS) and list(df["reviewer"]) == ["", ""]
+    assert list(df["model"]) == ["default/cnn", ""]
+    st.record("b2", (7, 8, 9), "unsure", model="default/cnn", reviewer="ada")
+    rows = csv_rows(path)
+    assert list(rows[0]) == list(COLUMNS) and COLUMNS[-1] == "reviewer"
+    assert [(r["decision"], r["reviewer"]) for r in rows] == [("cell", ""), ("not_cell", ""),
+                                                              ("unsure", "ada")]
+    assert rows[0]["time"] == "2024-01-01T00:00:00.000+00:00"  # old rows kept as they were
+    # columns in any order, by name
+    order = ["reviewer", *COLUMNS[:-1]]
+    path.write_text(",".join(order) + "\nbob,b3,1,1,1,cell,m,t\n")
+    assert ReviewStore(path).decisions().loc[0, "reviewer"] == "bob"
+
+
+def test_simulated_reviewer_is_named(tmp_path):
+    from clarity.review import simulate_review
+
+    path = tmp_path / "review.csv"
+    items = [{"brain": "b1", "z": 1, "y": 1, "x": 1, "score": 0.9}]
+    simulate_review(items, {"b1": np.array([[1, 1, 1]])}, store=path)
+    df = ReviewStore(path).decisions()
+    assert list(df["reviewer"]) == ["simulated-reviewer"] and list(df["decision"]) == ["cell"]

@@ -10,12 +10,14 @@ reviewed cells as positives (origin ``"review_cell"``) and reviewed non-cells as
 
 Modules:
 
-``items``     the items table (ReviewItem, items_table); the false positives of the validation folds
+``items``     the items table (ReviewItem, items_table); the false positives of the validation folds;
+              the detections of ``clarity detect`` (detection_items)
 ``views``     patch views cut as the CNN saw them, montages, render_item, the static PNG gallery
 ``gallery``   ReviewGallery, the ipywidgets UI (paging, filters, context view, counter)
 ``simulate``  the clearly labelled simulated reviewer for headless synthetic runs, truth points
 ``metrics``   decisions -> relabelled labels, false-positive counts after review, relabelled metrics
 ``retrain``   retrain a fold's CNN with the review labels (fold protocol, FoldLayout, rescoring)
+``session``   where an interactive review writes (never over the report's outputs), the reviewer
 
 The decision store itself (ReviewStore, review_labels) is :mod:`clarity.labels`, below both this
 package and the sampler that reads it; it is re-exported here. Everything public is importable
@@ -29,15 +31,17 @@ Conventions: arrays are (z, y, x), coordinates and sizes are in voxels.
 """
 
 from ..labels import COLUMNS, DECISIONS, Key, ReviewStore, review_labels
-from .gallery import ReviewGallery
-from .items import (PREDICTION_COLUMNS, ReviewItem, false_positive_items, items_table,
-                    parse_splits, read_predictions, split_threshold)
+from .gallery import ALL, ReviewGallery
+from .items import (PREDICTION_COLUMNS, ReviewItem, detection_items, detection_threshold,
+                    false_positive_items, items_table, parse_splits, read_predictions,
+                    split_threshold)
 from .metrics import fp_summary, relabel, relabelled_metrics, review_decisions, reviewed_fp_counts
 from .retrain import (FoldLayout, RetrainResult, fold_brains, fold_protocol, retrain_with_review,
                       score_predictions, with_review_csv)
+from .session import INTERACTIVE_OUTPUT, default_reviewer, output_paths
 from .simulate import simulate_review, simulate_unreviewed, truth_points
-from .views import (VIEW_NAMES, montage_png, patch_views, render_item, static_gallery,
-                    view_montage, volume_loader)
+from .views import (VIEW_LABELS, VIEW_NAMES, montage_png, patch_views, render_item,
+                    static_gallery, view_montage, volume_loader)
 
 __all__ = [
     # decision store (clarity.labels)
@@ -54,8 +58,11 @@ __all__ = [
     "read_predictions",
     "split_threshold",
     "false_positive_items",
+    "detection_threshold",
+    "detection_items",
     # views
     "VIEW_NAMES",
+    "VIEW_LABELS",
     "patch_views",
     "view_montage",
     "montage_png",
@@ -64,6 +71,7 @@ __all__ = [
     "volume_loader",
     # gallery
     "ReviewGallery",
+    "ALL",
     # simulate
     "simulate_review",
     "simulate_unreviewed",
@@ -82,4 +90,8 @@ __all__ = [
     "RetrainResult",
     "retrain_with_review",
     "with_review_csv",
+    # session
+    "INTERACTIVE_OUTPUT",
+    "output_paths",
+    "default_reviewer",
 ]

@@ -19,6 +19,10 @@ truth radius, -1 = unknown, i.e. real data) and the ``score`` of one model ``var
 positive* is a patch with ``label == 0`` and ``score >= threshold``; a *false negative* one with
 ``label == 1`` and ``score < threshold``.
 
+:func:`detection_items` builds it from the detections CSV of ``python -m clarity detect``
+(``<out>/<name>.csv``: z, y, x, score[, snr]) for any volume, those nearest the model's detection
+threshold (:func:`detection_threshold`) first: the detections a reviewer is least sure of.
+
 Conventions: coordinates are (z, y, x) voxels.
 """
 
@@ -43,6 +47,8 @@ __all__ = [
     "read_predictions",
     "split_threshold",
     "false_positive_items",
+    "detection_threshold",
+    "detection_items",
 ]
 
 #: Columns ``predictions.csv`` must have.
@@ -270,3 +276,69 @@ def false_positive_items(paths, splits: str | Sequence[str], *, variant: str = "
     out = out.sort_values("score", ascending=False, kind="mergesort")
     out = out.drop_duplicates(["brain", "z", "y", "x"], keep="first")
     return out.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# the detections of `clarity detect`
+# --------------------------------------------------------------------------------------------
+def detection_threshold(model_path, *, rescore: bool = True) -> float:
+    """The threshold the scores of ``clarity detect`` with the model at ``model_path`` were cut
+    at: the rescorer's own when the model has one and ``rescore`` (``clarity detect`` without
+    ``--no-rescore``), else the model's operating threshold (calibrated detection threshold, or
+    the patch threshold)."""
+    m = load_model(model_path, device="cpu")
+    cfg = getattr(m, "detection_config", None)
+    rescorer = m.rescorer if rescore and getattr(cfg, "rescore", True) else None
+    if rescorer is not None:
+        return float(rescorer.threshold)
+    return float(m.operating_threshold)
+
+
+def detection_items(path, *, threshold: float | None = None, brain: str | None = None):
+    """An items table from the detections CSV of ``python -m clarity detect``.
+
+    Parameters
+    ----------
+    path : path
+        ``<out>/<name>.csv`` with columns ``z, y, x, score`` (+ ``snr``), voxels of the volume
+        it was detected in.
+    threshold : float, keyword-only
+        The score threshold of the detection (:func:`detection_threshold`); the items are then
+        ordered by ``|score - threshold|``, those nearest it first (ties: higher score first).
+        Without it, by descending score.
+    brain : str, keyword-only
+        The name decisions are stored under; default the file's stem (``clarity detect`` names
+        the CSV after the volume).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``brain, z, y, x, score`` (+ ``snr``, and ``threshold`` and ``margin`` = score -
+        threshold when given), index 0..N-1, in review order: pass ``sort_by_score=False`` to
+        :class:`clarity.review.ReviewGallery` to keep it.
+
+    Raises
+    ------
+    ClarityInputError
+        Missing file or columns.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ClarityInputError(f"{path}: no detections CSV (python -m clarity detect ... --out DIR "
+                                "writes DIR/<name>.csv)")
+    df = pd.read_csv(path)
+    missing = [c for c in ("z", "y", "x", "score") if c not in df.columns]
+    if missing:
+        raise ClarityInputError(f"{path}: missing column(s) {', '.join(missing)}; expected "
+                                "z,y,x,score[,snr] as written by clarity detect")
+    df.insert(0, "brain", str(brain) if brain else path.stem)
+    df = items_table(df)
+    if threshold is None:
+        order = np.lexsort((np.arange(len(df)), -df["score"].to_numpy()))
+    else:
+        df["threshold"] = float(threshold)
+        df["margin"] = df["score"] - float(threshold)
+        order = np.lexsort((-df["score"].to_numpy(), np.abs(df["margin"].to_numpy())))
+    return df.iloc[order].reset_index(drop=True)

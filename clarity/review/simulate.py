@@ -1,7 +1,7 @@
 """A clearly labelled *simulated* reviewer, for headless runs on synthetic data with complete truth.
 
 :func:`simulate_review` decides each item "cell" iff a true cell centre lies within a radius of
-it and records the decisions with model ``"simulated-reviewer"``, so they are never mistaken for
+it and records the decisions with model and reviewer ``"simulated-reviewer"``, so they are never mistaken for
 a person's; :func:`simulate_unreviewed` does so only for items without a decision yet, and
 :func:`truth_points` reads the complete truth it needs. Interactive use
 (:class:`clarity.review.ReviewGallery`) never simulates anything, and real data has no truth to
@@ -34,7 +34,8 @@ def simulate_review(items, truth: Mapping[str, np.ndarray], *,
     Each item is decided ``"cell"`` if a true cell centre lies within ``radius`` voxels
     (Euclidean distance in (z, y, x) voxels, inclusive) of the item, else ``"not_cell"``; the
     decisions are recorded in ``store`` (one atomic write) with ``model`` (default
-    ``"simulated-reviewer"``) so they are never mistaken for a person's. This stands in for a human
+    ``"simulated-reviewer"``) and reviewer ``"simulated-reviewer"`` so they are never mistaken for a
+    person's. This stands in for a human
     only in automated synthetic experiments: interactive use (:class:`ReviewGallery`) never
     simulates anything, and real data has no truth to simulate from.
 
@@ -76,7 +77,7 @@ def simulate_review(items, truth: Mapping[str, np.ndarray], *,
     df["decision"] = np.where(dist <= float(radius), "cell", "not_cell")
     store.record_many(((b, (z, y, x), d) for b, z, y, x, d in
                        df[["brain", "z", "y", "x", "decision"]].itertuples(index=False)),
-                      model=model)
+                      model=model, reviewer="simulated-reviewer")
     return df
 
 

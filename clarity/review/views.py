@@ -30,6 +30,7 @@ from ..labels import (DECISION_COLOURS, DECISION_LABELS, ReviewStore, as_store, 
 
 __all__ = [
     "VIEW_NAMES",
+    "VIEW_LABELS",
     "VolumeSource",
     "volume_loader",
     "patch_views",
@@ -43,6 +44,8 @@ __all__ = [
 VIEW_NAMES = ("xy", "xz", "yz", "mip")
 
 _VIEW_TITLES = {"xy": "xy (z slice)", "xz": "xz", "yz": "yz", "mip": "max over z"}
+#: The short name written above each panel of a titled montage (:func:`view_montage`).
+VIEW_LABELS = {"xy": "xy", "xz": "xz", "yz": "yz", "mip": "max over z"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,14 +170,15 @@ def _contrast(views: Mapping[str, np.ndarray], vmin=None, vmax=None) -> tuple[fl
 
 def view_montage(views: Mapping[str, np.ndarray], *, scale: int | None = None,
                  box: int | None = None, vmin: float | None = None,
-                 vmax: float | None = None, gap: int = 3) -> np.ndarray:
+                 vmax: float | None = None, gap: int = 3, titles: bool = False) -> np.ndarray:
     """The views of :func:`patch_views` side by side as an RGB image, without matplotlib.
 
     Grey levels span ``[vmin, vmax]`` (default: the 1st-99.8th percentile of all views, so the
     four panels share one contrast). Each panel is enlarged ``scale`` times by pixel
     replication (default: to about 96 pixels) and its centre is marked by short cyan ticks on the
     panel border. ``box`` (voxels) outlines a centred square of that edge in yellow (the patch
-    inside a context view).
+    inside a context view). ``titles`` adds a white strip above the panels with each view's name
+    (:data:`VIEW_LABELS`: xy, xz, yz, max over z), drawn with Pillow's default font.
 
     Returns
     -------
@@ -220,7 +224,32 @@ def view_montage(views: Mapping[str, np.ndarray], *, scale: int | None = None,
         out.append(p)
         if i < len(panels) - 1:
             out.append(np.full((height, gap, 3), 255, np.uint8))
-    return np.concatenate(out, axis=1)
+    montage = np.concatenate(out, axis=1)
+    if titles:
+        widths = [p.shape[1] for p in panels]
+        montage = np.concatenate([_title_strip([VIEW_LABELS.get(n, str(n)) for n in names],
+                                               widths, gap), montage], axis=0)
+    return montage
+
+
+def _title_strip(labels: Sequence[str], widths: Sequence[int], gap: int) -> np.ndarray:
+    """A white RGB strip, as wide as panels of ``widths`` separated by ``gap``, with each label
+    centred above its panel (dark grey, Pillow's default font)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    try:
+        font = ImageFont.load_default(size=11)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        font = ImageFont.load_default()
+    height = 14
+    img = Image.new("RGB", (sum(widths) + gap * (len(widths) - 1), height), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    x0 = 0
+    for label, w in zip(labels, widths):
+        tw = draw.textlength(label, font=font)
+        draw.text((x0 + max(0.0, (w - tw) / 2), 1), label, fill=(40, 40, 40), font=font)
+        x0 += w + gap
+    return np.asarray(img, dtype=np.uint8)
 
 
 def montage_png(views: Mapping[str, np.ndarray], **kwargs) -> bytes:

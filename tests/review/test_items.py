@@ -63,3 +63,51 @@ def test_threshold_from_model_file_when_metrics_lack_it(paths):
                normalisation={}, threshold=0.75, provenance={})
     assert split_threshold(paths, "fold2") == pytest.approx(0.75)
     assert false_positive_items(paths, "fold2")["z"].tolist() == [1]
+
+
+def test_detection_items_nearest_the_threshold_first(tmp_path, volumes):
+    from clarity.review import ReviewGallery, detection_items
+
+    csv = tmp_path / "out" / "b1.csv"
+    csv.parent.mkdir()
+    csv.write_text("z,y,x,score,snr\n6,8,8,0.99,4.1\n12,20,30,0.52,3.0\n18,32,10,0.70,2.2\n"
+                   "3,3,3,0.50,1.1\n")
+    df = detection_items(csv, threshold=0.5)
+    assert list(df["brain"].unique()) == ["b1"]  # the CSV's stem: the volume's name
+    assert list(df["score"]) == [0.50, 0.52, 0.70, 0.99]  # nearest the threshold first
+    assert list(df["margin"].round(2)) == [0.0, 0.02, 0.2, 0.49] and "snr" in df.columns
+    assert list(detection_items(csv)["score"]) == [0.99, 0.70, 0.52, 0.50]
+    assert list(detection_items(csv, brain="x")["brain"].unique()) == ["x"]
+    # the gallery keeps that order and records under the volume's name
+    g = ReviewGallery(df, {"b1": volumes["b1"]}, store=tmp_path / "r.csv", sort_by_score=False,
+                      model="detect", page_size=2)
+    assert list(g.items_view["score"]) == [0.50, 0.52, 0.70, 0.99]
+    g.mark(0, "not_cell")
+    assert g.store.get("b1", (3, 3, 3)) == "not_cell"
+    with pytest.raises(ClarityInputError, match="no detections CSV"):
+        detection_items(tmp_path / "nope.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("z,y,x\n1,2,3\n")
+    with pytest.raises(ClarityInputError, match="score"):
+        detection_items(bad)
+
+
+def test_detection_threshold_of_a_model_file(tmp_path):
+    from clarity.model import CellCNN, ModelConfig, save_model
+    from clarity.rescore import FEATURES, Rescorer
+    from clarity.review import detection_threshold
+
+    kw = dict(normalisation={"mean": 0.0, "std": 1.0}, provenance={})
+    plain = save_model(tmp_path / "a" / "model.pt", CellCNN(ModelConfig()), threshold=0.4, **kw)
+    assert detection_threshold(plain) == pytest.approx(0.4)
+    calibrated = save_model(tmp_path / "b" / "model.pt", CellCNN(ModelConfig()), threshold=0.4,
+                            detection_threshold=0.6, **kw)
+    assert detection_threshold(calibrated) == pytest.approx(0.6)
+    names = list(FEATURES)
+    n = len(names)
+    r = Rescorer(features=names, mean=[0.0] * n, scale=[1.0] * n, w1=[[0.0] * n], b1=[0.0],
+                 w2=[1.0], b2=0.0, threshold=0.3)
+    rescored = save_model(tmp_path / "c" / "model.pt", CellCNN(ModelConfig()), threshold=0.4,
+                          detection_threshold=0.6, rescorer=r, **kw)
+    assert detection_threshold(rescored) == pytest.approx(0.3)
+    assert detection_threshold(rescored, rescore=False) == pytest.approx(0.6)
