@@ -236,9 +236,23 @@ class SamplingConfig:
     truth_radius: float = 4.0          # a patch "contains a cell" if a true centre is this close
     use_review: bool = True            # reviewed cells -> positives, non-cells -> hard negatives
     seed: int = 0
+    annotation_fraction: float = 1.0   # < 1: keep a seeded fraction of each volume's labels (the seed's partial annotations)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def keep_fraction(points, fraction: float, *, seed: int, name: str) -> np.ndarray:
+    """A seeded ``fraction`` of ``points`` (N, 3), the same for the same seed and volume name:
+    complete labels made partial, to simulate the seed's protocol (about 40 % of cells annotated)."""
+    p = np.asarray(points, float).reshape(-1, 3)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"annotation_fraction must lie in (0, 1], not {fraction}")
+    if fraction >= 1 or not len(p):
+        return p
+    rng = np.random.default_rng([int(seed), *(ord(c) for c in str(name))])
+    keep = np.sort(rng.choice(len(p), size=int(round(fraction * len(p))), replace=False))
+    return p[keep]
 
 
 def _truth_flags(centres, truth, radius) -> np.ndarray:
@@ -329,7 +343,8 @@ def sample_dataset(paths, *, brains: Sequence[str] | None = None, config: Sampli
             raise ClarityInputError(f"{corrected}: missing corrected volume of {b.name}; run preprocessing "
                                     "(notebook 01_preprocess) first")
         vol = read_volume(corrected, mmap=True, check_finite=False)
-        ann = b.points(shape=vol.shape, on_outside="drop")
+        ann = keep_fraction(b.points(shape=vol.shape, on_outside="drop"), cfg.annotation_fraction,
+                            seed=cfg.seed, name=b.name)
         truth = b.truth_points(shape=vol.shape)
         hx = (hard_examples or {}).get(b.name, {})
         sets.append(sample_brain(vol, ann, brain=b.name, config=cfg, truth=truth,

@@ -108,3 +108,19 @@ def test_candidate_negatives_are_screen_maxima_away_from_annotations():
     assert sampling.nearest_distance(c, blobs[1:]).max() <= 1
     ps = sampling.sample_brain(vol, ann, brain="b", config=SamplingConfig(candidate_per_pos=2, neg_per_pos=0))
     assert (ps.origin == "candidate").sum() == 2 and (ps.label[ps.origin == "candidate"] == 0).all()
+
+
+def test_keep_fraction_is_seeded_and_per_volume():
+    import numpy as np
+    import pytest
+
+    from clarity.sampling import keep_fraction
+
+    pts = np.arange(300, dtype=float).reshape(100, 3)
+    a = keep_fraction(pts, 0.4, seed=0, name="695_3")
+    assert len(a) == 40 and np.array_equal(a, keep_fraction(pts, 0.4, seed=0, name="695_3"))
+    assert not np.array_equal(a, keep_fraction(pts, 0.4, seed=0, name="695_4"))
+    assert not np.array_equal(a, keep_fraction(pts, 0.4, seed=1, name="695_3"))
+    assert np.array_equal(keep_fraction(pts, 1.0, seed=0, name="x"), pts)
+    with pytest.raises(ValueError, match="annotation_fraction"):
+        keep_fraction(pts, 0.0, seed=0, name="x")
