@@ -16,8 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["scale_factors", "model_shape", "model_range", "resample_block", "to_input_voxels",
-           "to_model_voxels"]
+__all__ = ["scale_factors", "model_shape", "model_range", "resample_block", "to_input_voxels"]
 
 
 def scale_factors(input_um: Sequence[float] | None, model_um: Sequence[float] | None) -> tuple[float, float, float]:
@@ -84,9 +83,3 @@ def to_input_voxels(points, factors: Sequence[float], shape: Sequence[int]) -> n
     p = np.asarray(points, np.float64).reshape(-1, 3)
     x = np.stack([_coord(p[:, a], float(f)) for a, f in enumerate(factors)], axis=1)
     return np.clip(np.floor(x + 0.5), 0, np.asarray(shape) - 1).astype(np.int64)
-
-
-def to_model_voxels(points, factors: Sequence[float]) -> np.ndarray:
-    """Input-voxel positions (N, 3) -> float positions on the model grid (e.g. labels for training)."""
-    p = np.asarray(points, np.float64).reshape(-1, 3)
-    return np.stack([(p[:, a] + 0.5) * float(f) - 0.5 for a, f in enumerate(factors)], axis=1)

@@ -33,11 +33,10 @@ DEFAULT_VOXEL_UM = (2.0, 1.6, 1.6)
 
 @dataclass(frozen=True)
 class VolumeMeta:
-    """What ``brains.csv`` says of one volume: its brain, voxel size (um) and label completeness."""
+    """What ``brains.csv`` says of one volume: its brain and voxel size (um)."""
 
     brain: str
     voxel_um: tuple[float, float, float] | None = None
-    complete: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -103,8 +102,9 @@ def _positive(text: str, path: Path, line: int, column: str) -> float:
 
 
 def read_brains_csv(path: str | os.PathLike) -> dict[str, VolumeMeta]:
-    """Read ``brains.csv``: ``volume,brain`` and optionally ``voxel_um_z,voxel_um_y,voxel_um_x`` and
-    ``complete`` (1/0, true/false) per row. Returns volume name -> :class:`VolumeMeta`."""
+    """Read ``brains.csv``: ``volume,brain`` and optionally ``voxel_um_z,voxel_um_y,voxel_um_x`` per
+    row (complete labels are ``truth/``, see :attr:`Brain.complete`). Returns volume name ->
+    :class:`VolumeMeta`."""
     path = Path(path)
     try:
         with open(path, newline="") as fh:
@@ -117,7 +117,7 @@ def read_brains_csv(path: str | os.PathLike) -> dict[str, VolumeMeta]:
     missing = [c for c in ("volume", "brain") if c not in header]
     if missing:
         raise ClarityInputError(f"{path}: missing column(s) {missing}; header volume,brain[,voxel_um_z,"
-                                f"voxel_um_y,voxel_um_x][,complete] needed, got {header}")
+                                f"voxel_um_y,voxel_um_x] needed, got {header}")
     vox_cols = ("voxel_um_z", "voxel_um_y", "voxel_um_x")
     has_vox = [c in header for c in vox_cols]
     if any(has_vox) and not all(has_vox):
@@ -133,9 +133,7 @@ def read_brains_csv(path: str | os.PathLike) -> dict[str, VolumeMeta]:
         vox = None
         if all(has_vox) and any(row.get(c) for c in vox_cols):
             vox = tuple(_positive(row.get(c, ""), path, i, c) for c in vox_cols)
-        comp = row.get("complete", "")
-        complete = None if comp == "" else comp.lower() in ("1", "true", "yes", "complete")
-        out[vol] = VolumeMeta(brain=brain, voxel_um=vox, complete=complete)
+        out[vol] = VolumeMeta(brain=brain, voxel_um=vox)
     return out
 
 
