@@ -19,7 +19,7 @@ Modules, in the order data flows through them (imports run downwards only):
 ``detect``      whole-volume detection by stage, chunked with dask (package)
 ``counting``    held-out whole-brain counts against truth, with the LoG baseline
 ``validate``    cross-validation by brain: splits, hard-example mining, one fold, summary (package)
-``review``      review of detections in JupyterLab and retraining with the decisions (package)
+``review``      review of detections in JupyterLab, retraining with the decisions, the review loop (package)
 ``plotting``    figures of the notebooks
 ``pipeline``    the report: notebooks run headless with papermill
 ``__main__``    the command line: ``python -m clarity detect | make-data | report``

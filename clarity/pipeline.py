@@ -43,6 +43,7 @@ STEPS: tuple[Step, ...] = (
     Step("04b_cv_summary"),
     Step("05_inspect_false_positives"),
     Step("06_detect"),
+    Step("07_review_loop"),
 )
 
 
@@ -139,9 +140,10 @@ def run_report(paths: Paths, *, seed: int = 0, params_file: str | os.PathLike | 
 
 
 def _run_steps(paths: Paths, params: dict, *, seed: int, only) -> int:
-    # headless: notebook 05 writes into the report's own places and retrains (interactively it
-    # writes apart, under reports/<run>/interactive/, and retrains only when asked)
-    base = {"DATA_DIR": str(paths.data_dir), "RUN": paths.run, "SEED": int(seed), "OUTPUT": "", "RETRAIN": True}
+    # headless: notebooks 05 and 07 write into the report's own places and retrain (interactively
+    # they write apart, under reports/<run>/interactive/, and retrain only when asked)
+    base = {"DATA_DIR": str(paths.data_dir), "RUN": paths.run, "SEED": int(seed), "OUTPUT": "", "RETRAIN": True,
+            "RUN_LOOP": True}
     if paths.truth.is_dir() and any(paths.truth.glob("*.csv")):
         # headless on synthetic data (complete truth): notebook 05's clearly named simulated reviewer
         # decides from truth, into a store of this run, never into the human one (labels/review.csv)

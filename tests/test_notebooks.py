@@ -82,3 +82,54 @@ def test_rerun_resumes_finished_splits(smoke_report):
     rc = pipeline.run_report(paths, seed=0, params_file=SMOKE, only=["04a_validate_fold"], progress=False)
     assert rc == 0
     assert done.stat().st_mtime_ns == before  # not redone
+
+
+def test_smoke_report_review_loop(smoke_report):
+    """Notebook 07 headless: a simulated review of every fold's review brain, kept apart from the
+    human store, a fine-tuned and recalibrated model per fold, before/after rows per held-out brain."""
+    paths, _ = smoke_report
+    scores = pd.read_csv(paths.reports / "07_loop_scores.csv")
+    folds = sorted(set(scores.split))
+    assert folds == [f"fold{k}" for k in range(1, 5)]
+    assert set(scores.model) == {"base", "base CNN, no rescoring", "fine-tuned + recalibrated"}
+    for split, g in scores.groupby("split"):
+        done = json.loads((paths.reports / "folds" / split / "done.json").read_text())["params"]
+        test_brains = set(done["test_brains"])
+        assert set(g[g.role == "test"].brain) == test_brains         # scored on the held-out brains
+        assert set(g[g.role == "reviewed"].brain) == set(done["val_brains"])
+        assert not (set(g[g.role == "reviewed"].brain) & test_brains)  # never reviewed the test brain
+        assert paths.fold_model(split, "cnn_review_loop").exists()
+    reviewed = pd.read_csv(paths.reports / "07_loop_reviewed.csv")
+    assert set(reviewed.use) == {"train", "calibrate"}
+    store = pd.read_csv(paths.reports / "07_review_simulated.csv")
+    assert set(store.reviewer) == {"simulated-reviewer"}
+    assert not paths.review_csv.exists()  # the human store untouched
+    counts = pd.read_csv(paths.reports / "07_loop_counts.csv")
+    assert (counts.ci_low <= counts.estimated_count).all() and (counts.estimated_count <= counts.ci_high).all()
+    summary = json.loads((paths.reports / "07_loop_summary.json").read_text())
+    assert summary["simulated_reviewer"] is True and set(summary["f1_gain_per_test_brain"]) == set(
+        scores[scores.role == "test"].brain)
+
+
+def test_review_loop_interactive_starts_nothing_slow(smoke_report, tmp_path, monkeypatch):
+    """Notebook 07 as a person opens it: the gallery of the review brain's detections, nothing
+    fine-tuned, nothing written over the report's own outputs."""
+    import papermill as pm
+
+    paths, _ = smoke_report
+    monkeypatch.setenv("CLARITY_REPORTS_ROOT", str(paths.reports_root))
+    monkeypatch.setenv("CLARITY_MODELS_ROOT", str(paths.models_root))
+    before = (paths.reports / "07_loop_scores.csv").stat().st_mtime_ns
+    nb = pipeline.NOTEBOOK_DIR / "07_review_loop.ipynb"
+    pm.execute_notebook(str(nb), str(tmp_path / "07.ipynb"), cwd=str(nb.parent), kernel_name="python3",
+                        parameters={"DATA_DIR": str(paths.data_dir), "RUN": paths.run},
+                        progress_bar=False, log_output=False)
+    own = paths.reports / "interactive"
+    assert (own / "07_review_scores.png").exists() and not (own / "07_loop_scores.csv").exists()
+    assert not (paths.models / "interactive").exists()  # nothing fine-tuned
+    assert (paths.reports / "07_loop_scores.csv").stat().st_mtime_ns == before
+    out = nbformat.read(tmp_path / "07.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in out.cells for o in c.get("outputs", []))
+    assert "RUN_LOOP is False" in text
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
+               for c in out.cells for o in c.get("outputs", []))  # the gallery was built

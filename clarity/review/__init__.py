@@ -17,6 +17,9 @@ Modules:
 ``simulate``  the clearly labelled simulated reviewer for headless synthetic runs, truth points
 ``metrics``   decisions -> relabelled labels, false-positive counts after review, relabelled metrics
 ``retrain``   retrain a fold's CNN with the review labels (fold protocol, FoldLayout, rescoring)
+``estimate``  what a reviewed sample says about all detections: review order, P(cell | score),
+              threshold, count with a confidence interval
+``loop``      the review loop on a new brain: detect, review, fine-tune + recalibrate, detect again
 ``session``   where an interactive review writes (never over the report's outputs), the reviewer
 
 The decision store itself (ReviewStore, review_labels) is :mod:`clarity.labels`, below both this
@@ -32,9 +35,11 @@ Conventions: arrays are (z, y, x), coordinates and sizes are in voxels.
 
 from ..labels import COLUMNS, DECISIONS, Key, ReviewStore, review_labels
 from .gallery import ALL, ReviewGallery
+from .estimate import ReviewCalibration, fit_review_calibration, review_order
 from .items import (PREDICTION_COLUMNS, ReviewItem, detection_items, detection_threshold,
                     false_positive_items, items_table, parse_splits, read_predictions,
                     split_threshold)
+from .loop import LoopConfig, LoopResult, loop_items, loop_tables, run_loop
 from .metrics import fp_summary, relabel, relabelled_metrics, review_decisions, reviewed_fp_counts
 from .retrain import (FoldLayout, RetrainResult, fold_brains, fold_protocol, retrain_with_review,
                       score_predictions, with_review_csv)
@@ -90,6 +95,16 @@ __all__ = [
     "RetrainResult",
     "retrain_with_review",
     "with_review_csv",
+    # estimate
+    "review_order",
+    "ReviewCalibration",
+    "fit_review_calibration",
+    # loop
+    "LoopConfig",
+    "LoopResult",
+    "loop_items",
+    "loop_tables",
+    "run_loop",
     # session
     "INTERACTIVE_OUTPUT",
     "output_paths",

@@ -28,7 +28,7 @@ __all__ = ["simulate_review", "simulate_unreviewed", "truth_points"]
 
 def simulate_review(items, truth: Mapping[str, np.ndarray], *,
                     store: "ReviewStore | str | os.PathLike", radius: float = 4.0,
-                    model: str = "simulated-reviewer"):
+                    model: str = "simulated-reviewer", scale: Sequence[float] = (1.0, 1.0, 1.0)):
     """A **simulated reviewer** for headless runs on synthetic data with complete truth.
 
     Each item is decided ``"cell"`` if a true cell centre lies within ``radius`` voxels
@@ -47,14 +47,16 @@ def simulate_review(items, truth: Mapping[str, np.ndarray], *,
         True cell centres (z, y, x), voxels, for every brain of ``items``.
     store : ReviewStore or path, keyword-only
     radius : float, keyword-only
-        Voxels.
+        Voxels (times ``scale``).
     model : str, keyword-only
         Written to the ``model`` column.
+    scale : 3 floats, keyword-only
+        Multiplies (z, y, x) before distances: the voxel size in um makes ``radius`` um.
 
     Returns
     -------
     pandas.DataFrame
-        The items with two more columns: ``distance`` (voxels to the nearest true centre, inf
+        The items with two more columns: ``distance`` (to the nearest true centre, voxels times ``scale``; inf
         if the brain has none) and ``decision``.
 
     Raises
@@ -69,10 +71,11 @@ def simulate_review(items, truth: Mapping[str, np.ndarray], *,
         raise ClarityInputError(f"simulate_review: no truth for brain(s) {missing}")
     truth = {str(b): v for b, v in truth.items()}
     dist = np.full(len(df), np.inf)
+    s = np.asarray(scale, dtype=float).reshape(3)
     for brain, idx in df.groupby("brain").indices.items():
         pts = np.asarray(truth[brain], dtype=float).reshape(-1, 3)
         if len(pts):
-            dist[idx] = cKDTree(pts).query(df.loc[idx, ["z", "y", "x"]].to_numpy(float), k=1)[0]
+            dist[idx] = cKDTree(pts * s).query(df.loc[idx, ["z", "y", "x"]].to_numpy(float) * s, k=1)[0]
     df["distance"] = dist
     df["decision"] = np.where(dist <= float(radius), "cell", "not_cell")
     store.record_many(((b, (z, y, x), d) for b, z, y, x, d in
