@@ -14,6 +14,8 @@ SEED     ?= 0
 PARAMS   ?=
 SMOKE_DIR ?= /tmp/clarity-smoke
 REAL_DATA_DIR ?= data/delivr_cfos
+REAL_RUN ?= real
+REAL_PARAMS ?= notebooks/params/real.yaml
 STAMP    := $(VENV)/.installed
 
 REPORT_ARGS := --data-dir $(DATA_DIR) --run $(RUN) --seed $(SEED) $(if $(PARAMS),--params $(PARAMS),)
@@ -43,7 +45,11 @@ report: $(STAMP) ## Main job: build data if DATA_DIR/raw is empty, run the noteb
 .PHONY: report-real
 report-real: $(STAMP) ## The real report: the human-labelled light-sheet brains of datasets/delivr_cfos (copied to REAL_DATA_DIR), leave one brain out
 	@test -d $(REAL_DATA_DIR)/raw || (mkdir -p $(dir $(REAL_DATA_DIR)) && cp -r datasets/delivr_cfos $(REAL_DATA_DIR))
-	$(PY) -m clarity report --data-dir $(REAL_DATA_DIR) --run real --seed $(SEED) --params notebooks/params/real.yaml
+	$(PY) -m clarity report --data-dir $(REAL_DATA_DIR) --run $(REAL_RUN) --seed $(SEED) --params $(REAL_PARAMS)
+
+.PHONY: report-real40
+report-real40: ## The real report in the seed's setting: trained on a seeded 40 % of the labels (reports/real40)
+	$(MAKE) report-real REAL_RUN=real40 REAL_PARAMS=notebooks/params/real40.yaml
 
 .PHONY: smoke
 smoke: $(STAMP) ## The whole report on tiny data with notebooks/params/smoke.yaml (SMOKE_DIR)

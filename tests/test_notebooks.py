@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from clarity import pipeline
+from clarity.review import loop
 from clarity.paths import PROJECT_ROOT, Paths
 
 SMOKE = PROJECT_ROOT / "notebooks" / "params" / "smoke.yaml"
@@ -91,7 +92,7 @@ def test_smoke_report_review_loop(smoke_report):
     scores = pd.read_csv(paths.reports / "07_loop_scores.csv")
     folds = sorted(set(scores.split))
     assert folds == [f"fold{k}" for k in range(1, 5)]
-    assert set(scores.model) == {"base", "base CNN, no rescoring", "fine-tuned + recalibrated"}
+    assert set(scores.model) == set(loop.LOOP_MODELS)
     for split, g in scores.groupby("split"):
         done = json.loads((paths.reports / "folds" / split / "done.json").read_text())["params"]
         test_brains = set(done["test_brains"])

@@ -55,7 +55,7 @@ from .retrain import fold_protocol
 from .simulate import simulate_review
 from .views import volume_loader
 
-__all__ = ["LoopConfig", "LoopResult", "loop_detections", "loop_items", "loop_tables", "plot_loop",
+__all__ = ["LOOP_MODELS", "LoopConfig", "LoopResult", "loop_detections", "loop_items", "loop_tables", "plot_loop",
            "review_patchset", "run_loop", "score_brain"]
 
 
@@ -108,7 +108,7 @@ class LoopResult:
     ----------
     split, review_brain, test_brains : the fold, the reviewed brain ``V``, the evaluated ``T``.
     scores : pandas.DataFrame
-        One row per brain and model: ``brain, role ("test" / "reviewed"), model, threshold,
+        One row per brain and model (:data:`LOOP_MODELS`): ``brain, role ("test" / "reviewed"), model, threshold,
         n_detected, n_true, tp, fp, fn, precision, recall, f1, count_error, estimated_count``.
     reviewed : pandas.DataFrame
         The reviewed detections: ``brain, z, y, x, score, decision, use ("train" / "calibrate")``.
@@ -119,6 +119,9 @@ class LoopResult:
     model_path : Path
         The fine-tuned, recalibrated model file.
     seconds : dict
+    labelled_among_detections : int
+        Labelled cells of ``V`` that the base model's detections (down to the floor) hold,
+        matched one-to-one: what ``count`` estimates (-1 without complete labels).
     """
 
     split: str
@@ -130,6 +133,7 @@ class LoopResult:
     recalibration: Any
     model_path: Path
     seconds: dict = field(default_factory=dict)
+    labelled_among_detections: int = -1
 
 
 def _volumes(paths, group: str):
@@ -302,17 +306,23 @@ def loop_items(paths, split: str, *, config: LoopConfig | None = None) -> pd.Dat
     return _base(paths, split, config or LoopConfig()).items
 
 
+def _review_threshold(detections: pd.DataFrame, reviewed: pd.DataFrame, b: _Base, cfg: LoopConfig):
+    """:func:`fit_review_calibration` of ``detections`` of the review brain on the calibration
+    share of the review (each reviewed point takes the score of the detection nearest it)."""
+    cal = reviewed[reviewed.use == "calibrate"]
+    cal_scores = _scores_at(detections, cal, b.volumes, cfg)
+    ok = np.isfinite(cal_scores)
+    return fit_review_calibration(detections.score, cal_scores[ok], cal.decision.to_numpy()[ok],
+                                  seed=cfg.seed, min_threshold=b.floor)
+
+
 def _recalibrate(paths, b: _Base, tuned_path: Path, reviewed: pd.DataFrame, cfg: LoopConfig):
     """The fine-tuned model's threshold and count factor from the calibration share of the
     review, written into its file; ``(model, detections of V, ReviewCalibration, path)``."""
     tuned = load_model(tuned_path, device="cpu")
     tuned.rescorer = None
     v_after = loop_detections(paths, b.volumes, tuned, threshold=b.floor, rescore=False)
-    cal = reviewed[reviewed.use == "calibrate"]
-    cal_scores = _scores_at(v_after, cal, b.volumes, cfg)
-    ok = np.isfinite(cal_scores)
-    recal = fit_review_calibration(v_after.score, cal_scores[ok], cal.decision.to_numpy()[ok],
-                                   seed=cfg.seed, min_threshold=b.floor)
+    recal = _review_threshold(v_after, reviewed, b, cfg)
     path = resave_model(tuned_path, threshold=float(tuned.threshold), detection_threshold=recal.threshold,
                         count_factor=recal.count_factor, rescorer=False,
                         detection_config=resolve_config(b.model, None).replace(rescore=False),
@@ -322,20 +332,29 @@ def _recalibrate(paths, b: _Base, tuned_path: Path, reviewed: pd.DataFrame, cfg:
     return load_model(path, device="cpu"), v_after, recal, path
 
 
-def _compare(paths, b: _Base, tuned, v_after, recal, cfg: LoopConfig, split: str) -> pd.DataFrame:
-    """Before / after on the review brain and the test brains, against complete labels."""
+#: The models :func:`run_loop` compares, in its ``scores`` table.
+LOOP_MODELS = ("base", "base CNN, no rescoring", "base CNN, review threshold", "fine-tuned + recalibrated")
+
+
+def _compare(paths, b: _Base, tuned, v_after, recal, reviewed, cfg: LoopConfig, split: str) -> pd.DataFrame:
+    """Before / after on the review brain and the test brains, against complete labels:
+    the four models of :data:`LOOP_MODELS` (the third separates what the review's threshold
+    does from what fine-tuning does)."""
     rows = []
+    plain_v = loop_detections(paths, b.volumes, b.model, threshold=b.floor, rescore=False)
+    base_recal = _review_threshold(plain_v, reviewed, b, cfg)
+    rescorer = b.model.rescorer
     for role, brain in [("reviewed", b.review_brain)] + [("test", t) for t in b.test_brains]:
         vols = b.volumes if role == "reviewed" else _volumes(paths, brain)
         before = b.found if role == "reviewed" else loop_detections(paths, vols, b.model, threshold=b.floor)
-        plain = loop_detections(paths, vols, b.model, threshold=b.floor, rescore=False)
+        plain = plain_v if role == "reviewed" else loop_detections(paths, vols, b.model, threshold=b.floor,
+                                                                   rescore=False)
         after = v_after if role == "reviewed" else loop_detections(paths, vols, tuned, threshold=b.floor,
                                                                    rescore=False)
-        rescorer = b.model.rescorer
-        for name, det, thr, factor in (
-                ("base", before, b.threshold, rescorer.count_factor if rescorer is not None else b.model.count_factor),
-                ("base CNN, no rescoring", plain, float(b.model.operating_threshold), b.model.count_factor),
-                ("fine-tuned + recalibrated", after, recal.threshold, recal.count_factor)):
+        for name, det, thr, factor in zip(LOOP_MODELS, (before, plain, plain, after), (
+                b.threshold, float(b.model.operating_threshold), base_recal.threshold, recal.threshold), (
+                rescorer.count_factor if rescorer is not None else b.model.count_factor,
+                b.model.count_factor, base_recal.count_factor, recal.count_factor)):
             r = score_brain(det, vols, threshold=thr, cfg=cfg)
             est = r["n_detected"] * factor if factor is not None else float("nan")
             rows.append({"split": split, "brain": brain, "role": role, "model": name, **r, "estimated_count": est,
@@ -387,16 +406,18 @@ def run_loop(paths, split: str, *, store, out_dir, config: LoopConfig | None = N
     t["fine_tune"] = time.perf_counter()
     tuned, v_after, recal, model_path = _recalibrate(paths, b, trained.model_path, reviewed, cfg)
     t["recalibrate"] = time.perf_counter()
-    scores = _compare(paths, b, tuned, v_after, recal, cfg, split)
+    scores = _compare(paths, b, tuned, v_after, recal, reviewed, cfg, split)
     t["detect_again"] = time.perf_counter()
     secs = {k: round(t[k] - t[p], 1) for p, k in zip(list(t)[:-1], list(t)[1:])}
-    return LoopResult(split, b.review_brain, b.test_brains, scores, reviewed, count, recal, model_path, secs)
+    held = int(score_brain(b.found, b.volumes, threshold=b.floor, cfg=cfg)["tp"])
+    return LoopResult(split, b.review_brain, b.test_brains, scores, reviewed, count, recal, model_path, secs,
+                      held)
 
 
 def loop_tables(results) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(scores, counts)`` of several :class:`LoopResult`: every score row, and per fold the
-    reviewed brain's estimated count (with its interval) beside its labelled count and the base
-    model's detections."""
+    reviewed brain's estimated count (with its interval) beside its labelled count, the labelled
+    cells its detections hold (what the estimate is of) and the base model's detections."""
     scores = pd.concat([r.scores for r in results], ignore_index=True) if results else pd.DataFrame()
     counts = []
     for r in results:
@@ -407,6 +428,9 @@ def loop_tables(results) -> tuple[pd.DataFrame, pd.DataFrame]:
                        "ci_low": r.count.count_ci[0], "ci_high": r.count.count_ci[1],
                        "estimated_count_error": r.count.count / row.n_true - 1 if row.n_true else float("nan"),
                        "covered": bool(r.count.count_ci[0] <= row.n_true <= r.count.count_ci[1]),
+                       "labelled_among_detections": r.labelled_among_detections,
+                       "covered_among_detections": bool(r.count.count_ci[0] <= r.labelled_among_detections
+                                                        <= r.count.count_ci[1]),
                        "recalibrated_threshold": r.recalibration.threshold, "seconds": sum(r.seconds.values())})
     return scores, pd.DataFrame(counts)
 
@@ -434,6 +458,9 @@ def plot_loop(scores: pd.DataFrame, counts: pd.DataFrame):
                                                       counts.ci_high - counts.estimated_count],
                fmt="o", color="C3", capsize=4, label="estimated from the review (95% CI)")
     b.plot(x + 0.2, counts.n_detected_base, "x", color="C0", label="base detections")
+    if "labelled_among_detections" in counts:
+        b.plot(x + 0.2, counts.labelled_among_detections, "_", color="k", ms=16, mew=2,
+               label="labelled cells among the detections")
     b.set_xticks(x, [f"{s}\n{br}" for s, br in zip(counts.split, counts.brain)])
     b.set(ylabel="cells", title="Reviewed brain: count from the reviewed sample")
     b.legend(fontsize=8)
