@@ -134,3 +134,23 @@ def test_review_loop_interactive_starts_nothing_slow(smoke_report, tmp_path, mon
     assert "RUN_LOOP is False" in text
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
                for c in out.cells for o in c.get("outputs", []))  # the gallery was built
+
+
+def test_review_loop_uses_a_persons_decisions(smoke_report, tmp_path):
+    """run_loop without the simulated reviewer: only the decisions already in the store count."""
+    from clarity.labels import ReviewStore
+
+    paths, _ = smoke_report
+    cfg = loop.LoopConfig(n_review=30, epochs=1)
+    items = loop.loop_items(paths, "fold1", config=cfg)
+    truth = {b: paths_truth for b, paths_truth in
+             ((b, pd.read_csv(paths.truth_csv(b))[["z", "y", "x"]].to_numpy()) for b in set(items.brain))}
+    store = ReviewStore(tmp_path / "person.csv")
+    from clarity.review import simulate_review
+
+    decided = items.head(20)  # the person stopped after 20 of the 30
+    simulate_review(decided, truth, store=store, radius=6.0, model="by-hand")
+    res = loop.run_loop(paths, "fold1", store=store, out_dir=tmp_path / "tuned", config=cfg)
+    assert len(res.reviewed) == 20 and res.count.n_reviewed == 20
+    assert len(pd.read_csv(store.path)) == 20  # nothing written by the loop itself
+    assert res.model_path.exists() and res.recalibration.n_reviewed <= 20

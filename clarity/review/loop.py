@@ -312,8 +312,14 @@ def _review_threshold(detections: pd.DataFrame, reviewed: pd.DataFrame, b: _Base
     cal = reviewed[reviewed.use == "calibrate"]
     cal_scores = _scores_at(detections, cal, b.volumes, cfg)
     ok = np.isfinite(cal_scores)
-    return fit_review_calibration(detections.score, cal_scores[ok], cal.decision.to_numpy()[ok],
-                                  seed=cfg.seed, min_threshold=b.floor)
+    try:
+        return fit_review_calibration(detections.score, cal_scores[ok], cal.decision.to_numpy()[ok],
+                                      seed=cfg.seed, min_threshold=b.floor)
+    except ClarityInputError as exc:
+        raise ClarityInputError(
+            f"review of {b.review_brain}: the share kept for recalibration ({cfg.calibration_fraction:.0%} "
+            f"of {len(reviewed)} decided detections) cannot calibrate a threshold: {exc}; review more "
+            "detections") from None
 
 
 def _recalibrate(paths, b: _Base, tuned_path: Path, reviewed: pd.DataFrame, cfg: LoopConfig):
