@@ -2,7 +2,8 @@
 
 Executed copies go to ``reports/<run>/`` (never over the sources). Parameters are passed by
 papermill (no editing of notebooks): ``DATA_DIR``, ``RUN`` and ``SEED`` always, plus any value of an
-optional YAML parameter file whose key the notebook declares in its ``parameters`` cell. A
+optional YAML parameter file whose key the notebook declares in its ``parameters`` cell
+(``SKIP_NOTEBOOKS`` and ``COARSE`` steer the report itself: :func:`skipped`, :func:`splits`). A
 notebook that runs once per split (``04a_validate_fold``) is run for every split; a split whose
 ``reports/<run>/folds/<split>/done.json`` exists is skipped, so rerunning after a failure resumes.
 A failed notebook leaves papermill's executed copy (with the error) in ``reports/<run>/`` and a
@@ -108,6 +109,22 @@ def ensure_dataset(paths: Paths, *, seed: int, params: dict, progress: bool = Tr
     return True
 
 
+def skipped(params: dict) -> set[str]:
+    """Notebooks a parameter file leaves out (``SKIP_NOTEBOOKS: "03_train,..."``, file stems).
+
+    Raises
+    ------
+    ClarityInputError
+        A name that is no step of the report.
+    """
+    names = {n.strip() for n in str(params.get("SKIP_NOTEBOOKS") or "").split(",") if n.strip()}
+    unknown = sorted(names - {s.notebook for s in STEPS})
+    if unknown:
+        raise ClarityInputError(f"SKIP_NOTEBOOKS: {unknown} are not notebooks of the report "
+                                f"({', '.join(s.notebook for s in STEPS)})")
+    return names
+
+
 def _declared(notebook: Path) -> set[str]:
     return set(pm.inspect_notebook(str(notebook)).keys())
 
@@ -156,8 +173,12 @@ def _run_steps(paths: Paths, params: dict, *, seed: int, only) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     failures = []
     t_start = time.perf_counter()
+    skip = skipped(params)
     for step in STEPS:
         if only and step.notebook not in only:
+            continue
+        if step.notebook in skip:
+            print(f"[clarity] {step.notebook}: skipped (SKIP_NOTEBOOKS)", flush=True)
             continue
         src = NOTEBOOK_DIR / f"{step.notebook}.ipynb"
         if not src.exists():

@@ -38,3 +38,14 @@ def test_too_few_brains_is_a_clear_error(tmp_path):
     paths = _root(tmp_path, {"a": 3, "b": 2})
     with pytest.raises(ClarityInputError, match="2 brain"):
         data_root_params(paths, {})
+
+
+def test_a_parameter_file_can_skip_notebooks_and_the_coarse_split():
+    from clarity.pipeline import skipped
+
+    assert skipped({}) == set()
+    assert skipped({"SKIP_NOTEBOOKS": "03_train, 05_inspect_false_positives"}) == {
+        "03_train", "05_inspect_false_positives"}
+    with pytest.raises(ClarityInputError, match="not notebooks of the report"):
+        skipped({"SKIP_NOTEBOOKS": "03_trian"})
+    assert splits({"N_FOLDS": 4, "COARSE": False}) == ["fold1", "fold2", "fold3", "fold4"]
