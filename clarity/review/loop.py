@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from ..counting import match_rule
 from ..detect import detect_block
 from ..detect.config import resolve_config
 from ..io import ClarityInputError, list_brains
@@ -136,17 +137,17 @@ class LoopResult:
     labelled_among_detections: int = -1
 
 
-def _volumes(paths, group: str):
-    vols = [b for b in list_brains(paths.data_dir) if b.group == group]
+def _volumes(paths, group: str, every: list):
+    """The volumes of brain ``group`` among ``every`` (:func:`clarity.io.list_brains`)."""
+    vols = [b for b in every if b.group == group]
     if not vols:
         raise ClarityInputError(f"{paths.data_dir}: no volume of brain {group!r}")
     return vols
 
 
 def _scale(b, cfg: LoopConfig) -> tuple[float, tuple]:
-    if cfg.radius_um is not None and b.voxel_um is not None:
-        return float(cfg.radius_um), tuple(float(v) for v in b.voxel_um)
-    return float(cfg.radius), (1.0, 1.0, 1.0)
+    """(radius, scale) of matching on volume ``b``: :func:`clarity.counting.match_rule`."""
+    return match_rule(b, radius=cfg.radius, radius_um=cfg.radius_um)
 
 
 def loop_detections(paths, volumes, model, *, threshold: float, rescore: bool = True) -> pd.DataFrame:
@@ -267,7 +268,7 @@ def _fine_tune(paths, split: str, base_path: Path, train_review: pd.DataFrame, *
 
 @dataclass
 class _Base:
-    """The base model of a fold and its detections of the review brain."""
+    """The base model of a fold, its detections of the review brain, and every volume of the data root."""
 
     path: Path
     model: Any
@@ -278,6 +279,7 @@ class _Base:
     volumes: list
     found: Any
     items: Any
+    every: list
 
 
 def _base(paths, split: str, cfg: LoopConfig) -> _Base:
@@ -285,17 +287,18 @@ def _base(paths, split: str, cfg: LoopConfig) -> _Base:
     if not base_path.exists():
         raise ClarityInputError(f"{base_path}: no fold model; run notebook 04a_validate_fold for {split}")
     proto = fold_protocol(paths, split)
-    groups = {b.name: b.group for b in list_brains(paths.data_dir)}
+    every = list_brains(paths.data_dir)
+    groups = {b.name: b.group for b in every}
     v_brain = groups[proto["val_brains"][0]]
     t_brains = list(dict.fromkeys(groups[n] for n in proto["test_brains"]))
-    v_vols = _volumes(paths, v_brain)
+    v_vols = _volumes(paths, v_brain, every)
     base = load_model(base_path, device="cpu")
     thr = float(base.rescorer.threshold if base.rescorer is not None else base.operating_threshold)
     floor = min(float(cfg.floor), thr)
     found = loop_detections(paths, v_vols, base, threshold=floor)
     items = items_table(found).iloc[review_order(found.score.to_numpy(), thr, seed=cfg.seed)]
     items = items.assign(threshold=thr, margin=items.score - thr).reset_index(drop=True)
-    return _Base(base_path, base, thr, floor, v_brain, t_brains, v_vols, found, items)
+    return _Base(base_path, base, thr, floor, v_brain, t_brains, v_vols, found, items, every)
 
 
 def loop_items(paths, split: str, *, config: LoopConfig | None = None) -> pd.DataFrame:
@@ -351,7 +354,7 @@ def _compare(paths, b: _Base, tuned, v_after, recal, reviewed, cfg: LoopConfig, 
     base_recal = _review_threshold(plain_v, reviewed, b, cfg)
     rescorer = b.model.rescorer
     for role, brain in [("reviewed", b.review_brain)] + [("test", t) for t in b.test_brains]:
-        vols = b.volumes if role == "reviewed" else _volumes(paths, brain)
+        vols = b.volumes if role == "reviewed" else _volumes(paths, brain, b.every)
         before = b.found if role == "reviewed" else loop_detections(paths, vols, b.model, threshold=b.floor)
         plain = plain_v if role == "reviewed" else loop_detections(paths, vols, b.model, threshold=b.floor,
                                                                    rescore=False)
