@@ -127,24 +127,34 @@ def heldout_detection(paths, *, variant: str = "cnn", n_folds: int = 4, mode: st
         if not model_path.exists():
             raise ClarityInputError(f"{model_path}: no fold model; run notebook 04a_validate_fold for fold{k}")
         model = load_model(model_path)
-        log_thr = (_fit_log_baseline(paths, [by_name[n] for n in train], radius=radius, radius_um=radius_um)
-                   if log_baseline else None)
+        config = resolve_config(model, None, mode=mode)
+        # the baseline screens and suppresses at the CNN's scales (voxel or physical), its own threshold
+        log_thr = (_fit_log_baseline(paths, [by_name[n] for n in train], radius=radius, radius_um=radius_um,
+                                     config=_log_config_of(config)) if log_baseline else None)
         for name in test:
-            out += _detect_heldout(by_name[name], model, fold=k, variant=variant,
-                                   config=resolve_config(model, None, mode=mode), run=run,
+            out += _detect_heldout(by_name[name], model, fold=k, variant=variant, config=config, run=run,
                                    match=match_rule(by_name[name], radius=radius, radius_um=radius_um),
                                    log_threshold=log_thr, without_rescoring=compare_without_rescoring)
     return out
 
 
-def _fit_log_baseline(paths, train_brains, *, radius: float, radius_um: float | None) -> float:
+def _log_config_of(config: DetectionConfig) -> DetectionConfig:
+    """The LoG baseline's settings beside a CNN config: the same screen scales and grid; the same
+    NMS when it is physical (:func:`clarity.detect.physical_config`), else the baseline's own
+    best voxel radius (:data:`clarity.detect.LOG_NMS_RADIUS`)."""
+    physical = config.cell_diameter_um is not None
+    return log_config(config.replace(nms_radius=config.nms_radius if physical else None, rescore=False))
+
+
+def _fit_log_baseline(paths, train_brains, *, radius: float, radius_um: float | None,
+                      config: DetectionConfig | None = None) -> float:
     """The LoG threshold of max F1 on the training brains (truth, or annotations without it)."""
     blocks, targets = [], []
     for b in train_brains:
         blocks.append(np.asarray(read_volume(paths.corrected(b.name), check_finite=False)))
         targets.append(b.truth_points() if b.truth is not None else b.points())
     r, scale = match_rule(train_brains[0], radius=radius, radius_um=radius_um)
-    thr, _ = fit_log_threshold(blocks, targets, radius=r, scale=scale)
+    thr, _ = fit_log_threshold(blocks, targets, radius=r, scale=scale, config=config)
     return thr
 
 
@@ -172,7 +182,7 @@ def _detect_heldout(b, model, *, fold: int, variant: str, config: DetectionConfi
     if without_rescoring and getattr(model, "rescorer", None) is not None:
         one(f"without rescoring: CNN ({variant})", model=model, config=config.replace(rescore=False), **again)
     if log_threshold is not None:
-        one("LoG baseline", config=log_config(), threshold=log_threshold, **again)
+        one("LoG baseline", config=_log_config_of(config), threshold=log_threshold, **again)
     return out
 
 

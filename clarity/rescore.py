@@ -212,7 +212,7 @@ class Rescorer:
         return r
 
 
-def fit_rescorer(frames: Sequence, truths: Sequence, *, radius: float = 6.0, hidden: int = 16,
+def fit_rescorer(frames: Sequence, truths: Sequence, *, radius: float = 6.0, scale=(1.0, 1.0, 1.0), hidden: int = 16,
                  alpha: float = 1e-2, seed: int = 0, floor: float = DEFAULT_FLOOR,
                  thresholds=None, info: dict | None = None) -> tuple[Rescorer, "pandas.DataFrame"]:  # noqa: F821
     """Fit a :class:`Rescorer` on detections of completely labelled volumes.
@@ -228,6 +228,8 @@ def fit_rescorer(frames: Sequence, truths: Sequence, *, radius: float = 6.0, hid
     radius : float, keyword-only
         Matching radius (voxels): a detection is positive when matched to a true cell
         (:func:`clarity.evaluate.match_points`).
+    scale : 3 floats, keyword-only
+        Multiplies (z, y, x) before distances (the voxel size in um for a radius in um).
     hidden, alpha, seed : keyword-only
         Hidden units, L2 penalty and seed of :class:`sklearn.neural_network.MLPClassifier`.
     thresholds : array, keyword-only
@@ -250,7 +252,7 @@ def fit_rescorer(frames: Sequence, truths: Sequence, *, radius: float = 6.0, hid
             raise ValueError(f"detections lack columns {missing}: run detect_block(..., features=True)")
         f = f[f["score"] >= floor]
         t = np.asarray(t, float).reshape(-1, 3)
-        m = match_points(f[["z", "y", "x"]].to_numpy(float), t, radius=radius)
+        m = match_points(f[["z", "y", "x"]].to_numpy(float), t, radius=radius, scale=scale)
         y = np.ones(len(f), np.int8)
         y[np.asarray(m.unmatched_pred, np.int64)] = 0
         x_f = feature_matrix(f["score"].to_numpy(), f["snr"].to_numpy(), f["response"].to_numpy(),
@@ -294,6 +296,6 @@ def fit_rescorer(frames: Sequence, truths: Sequence, *, radius: float = 6.0, hid
     r.count_factor = float(best.precision / best.recall) if best.recall > 0 else None
     r.info = {**(info or {}), "n_detections": int(len(y)), "n_true": int(n_true),
               "calibration_f1": float(best.f1), "hidden": int(hidden), "alpha": float(alpha),
-              "seed": int(seed), "radius": float(radius),
+              "seed": int(seed), "radius": float(radius), "scale": [float(v) for v in scale],
               "converged": bool(clf.n_iter_ < clf.max_iter)}
     return r, table

@@ -34,7 +34,8 @@ from .block import detect_block
 from .calibrate import calibrate_detection_threshold, calibration_points, pooled_sweep
 from .chunks import chunk_boxes
 from .config import (DEFAULT_CANDIDATE_THRESHOLD, DEFAULT_NMS_RADIUS, DEFAULT_REFINE, DEFAULT_SIGMAS,
-                     LOG_NMS_RADIUS, MODES, REFINE_METHODS, DetectionConfig, RunOptions)
+                     LOG_NMS_RADIUS, MODES, REFINE_METHODS, DetectionConfig, RunOptions,
+                     physical_config)
 from .filters import candidate_halo, find_candidates, find_peaks, local_snr
 from .log import fit_log_threshold, log_config, log_detect
 from .nms import nms
@@ -42,7 +43,7 @@ from .score import refine_candidates, score_candidates, snap_candidates
 from .volume import DetectionResult, detect_volume
 
 __all__ = [
-    "DetectionConfig", "RunOptions", "DEFAULT_SIGMAS", "DEFAULT_CANDIDATE_THRESHOLD",
+    "DetectionConfig", "RunOptions", "physical_config", "DEFAULT_SIGMAS", "DEFAULT_CANDIDATE_THRESHOLD",
     "DEFAULT_NMS_RADIUS", "LOG_NMS_RADIUS", "DEFAULT_REFINE", "REFINE_METHODS", "MODES",
     "find_candidates", "candidate_halo", "find_peaks", "local_snr", "score_candidates",
     "refine_candidates", "snap_candidates", "nms", "detect_block", "log_detect", "log_config",

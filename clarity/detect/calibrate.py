@@ -19,7 +19,12 @@ from ..evaluate import match_points
 from .block import detect_block
 from .config import DetectionConfig
 
-__all__ = ["pooled_sweep", "best_threshold", "calibration_points", "calibrate_detection_threshold"]
+#: Thresholds a detection threshold is chosen from: 0.05-0.99 in steps of 0.01, then finer steps
+#: towards 1 (on brains where the annotators marked only the brightest of many cell-like blobs the
+#: CNN scores them all above 0.99, and the best threshold lies there).
+DEFAULT_THRESHOLDS = np.concatenate([np.round(np.arange(0.05, 1.0, 0.01), 2), [0.992, 0.995, 0.998, 0.999]])
+
+__all__ = ["DEFAULT_THRESHOLDS", "pooled_sweep", "best_threshold", "calibration_points", "calibrate_detection_threshold"]
 
 
 def pooled_sweep(detections: Sequence[pd.DataFrame], truths: Sequence, thresholds, *,
@@ -89,7 +94,8 @@ def calibration_points(brain, *, shape=None):
 
 def calibrate_detection_threshold(model, volumes: Sequence, points: Sequence, *, radius: float = 6.0,
                                   thresholds=None, floor: float = 0.05,
-                                  config: DetectionConfig | None = None):
+                                  config: DetectionConfig | None = None,
+                                  scale: Sequence[float] = (1.0, 1.0, 1.0)):
     """The probability threshold maximising pooled detection F1 on labelled whole volumes.
 
     Chosen on volumes the model was not fitted on (the inner-validation brains of a fold), never
@@ -104,15 +110,19 @@ def calibrate_detection_threshold(model, volumes: Sequence, points: Sequence, *,
         Cell centres (z, y, x), voxels, of each volume: complete labels (see
         :func:`calibration_points`).
     radius : float, keyword-only
-        Matching radius in voxels (:func:`clarity.evaluate.match_points`).
+        Matching radius in voxels, or in um with ``scale`` the voxel size
+        (:func:`clarity.evaluate.match_points`).
     thresholds : array, keyword-only
-        Candidate thresholds (default 0.05, 0.06, ..., 0.99).
+        Candidate thresholds (default :data:`DEFAULT_THRESHOLDS`: 0.05, 0.06, ..., 0.99, then
+        0.992, 0.995, 0.998, 0.999, where a CNN sure of every blob puts the labelled cells).
     floor : float, keyword-only
         Detection runs once at this threshold; greedy NMS keeps, for any higher threshold, exactly
         the detections of that run scoring at least the threshold, so the sweep is exact.
     config : DetectionConfig, keyword-only
         The detection settings calibrated under (default: the model's, else the defaults); store
         it with the threshold (:func:`clarity.model.save_model`).
+    scale : 3 floats, keyword-only
+        Multiplies (z, y, x) before matching distances (the voxel size in um for a radius in um).
 
     Returns
     -------
@@ -124,11 +134,11 @@ def calibrate_detection_threshold(model, volumes: Sequence, points: Sequence, *,
     if len(volumes) != len(points) or not len(volumes):
         raise ValueError(f"need as many label sets as volumes (at least one), got {len(volumes)} "
                          f"volumes and {len(points)} label sets")
-    thr = np.round(np.arange(0.05, 1.0, 0.01), 2) if thresholds is None else np.asarray(thresholds, float)
+    thr = DEFAULT_THRESHOLDS if thresholds is None else np.asarray(thresholds, float)
     thr = np.sort(thr[thr >= floor])
     if not len(thr):
         raise ValueError(f"no threshold at or above floor={floor}")
     dets = [detect_block(np.asarray(v, np.float32), model=model, config=config, threshold=floor)
             for v in volumes]
-    table = pooled_sweep(dets, points, thr, radius=radius)
+    table = pooled_sweep(dets, points, thr, radius=radius, scale=scale)
     return best_threshold(table), table

@@ -22,7 +22,8 @@ __all__ = [
     "DEFAULT_SIGMAS", "DEFAULT_CANDIDATE_THRESHOLD", "DEFAULT_NMS_RADIUS", "LOG_NMS_RADIUS",
     "DEFAULT_TISSUE_LEVEL", "REFINE_METHODS", "MODES", "DEFAULT_REFINE", "DEFAULT_REFINE_STEPS",
     "DEFAULT_REFINE_FLOOR", "SNAP_SIGMA", "SNAP_RADIUS", "SNR_CORE", "SNR_INNER", "SNR_OUTER",
-    "TRUNCATE", "DetectionConfig", "RunOptions", "as_sigmas", "resolve_config",
+    "TRUNCATE", "REFERENCE_VOXEL_UM", "REFERENCE_CELL_DIAMETER_UM", "DetectionConfig", "RunOptions",
+    "as_sigmas", "resolve_config", "physical_config",
 ]
 
 #: Default LoG scales, (z, y, x) voxels: narrow in y-x so touching somata keep separate maxima,
@@ -74,6 +75,14 @@ SNAP_SIGMA = (1.5, 2.0, 2.0)
 SNAP_RADIUS = (2, 2, 2)
 #: Gaussian kernels are cut at this many sigmas (scipy's ``truncate``).
 TRUNCATE = 3.0
+#: The grid and cell size the voxel defaults above were tuned on: the synthetic brains, (z, y, x)
+#: um per voxel, and their typical soma diameter in um (xy radius 3-6 voxels: ~9 voxels across).
+#: :func:`physical_config` rescales the lengths to another cell diameter and voxel size.
+REFERENCE_VOXEL_UM = (2.0, 1.6, 1.6)
+REFERENCE_CELL_DIAMETER_UM = 14.4
+#: Smallest screen scale (voxels) :func:`physical_config` gives an axis: below ~0.6 voxels a
+#: Gaussian no longer smooths (the 3-point second difference then sees single-voxel noise).
+MIN_SIGMA_VOXELS = 0.6
 
 Mode = Literal["candidates", "dense", "log"]
 
@@ -301,3 +310,54 @@ def resolve_config(model, config: DetectionConfig | None = None, **overrides) ->
         base = DetectionConfig.from_dict(base)
     changes = {k: v for k, v in overrides.items() if v is not None}
     return replace(base, **changes) if changes else base
+
+
+def physical_config(base: DetectionConfig | None = None, *, voxel_um, cell_diameter_um: float) -> DetectionConfig:
+    """The detection settings for cells of ``cell_diameter_um`` on a grid of ``voxel_um``.
+
+    The voxel defaults (:data:`DEFAULT_SIGMAS`, :data:`DEFAULT_NMS_RADIUS`) were tuned on the
+    synthetic brains (:data:`REFERENCE_VOXEL_UM`, cells of :data:`REFERENCE_CELL_DIAMETER_UM`).
+    Here each length is taken in um on that reference, scaled by ``cell_diameter_um /
+    REFERENCE_CELL_DIAMETER_UM`` and converted to voxels of ``voxel_um``, per axis:
+
+    * screen scales: ``sigma_um * k / voxel_um`` per axis, at least :data:`MIN_SIGMA_VOXELS`;
+    * NMS: a radius in um (``DEFAULT_NMS_RADIUS`` reference voxels in um, times ``k``, and at
+      least the coarsest voxel step, so one cell seen on two planes stays one cell) with
+      ``nms_scale = voxel_um``, i.e. distances are physical, not voxel counts.
+
+    The candidate threshold, refinement and SNR boxes are unchanged (their units are contrast,
+    or a few voxels around a centre). ``voxel_um`` and ``cell_diameter_um`` are recorded in the
+    config, so the model file says what grid and cell size it works at.
+
+    Parameters
+    ----------
+    base : DetectionConfig, optional
+        The settings to rescale (default ``DetectionConfig()``); its other fields are kept.
+    voxel_um : 3 floats, keyword-only
+        The grid, (z, y, x) um per voxel.
+    cell_diameter_um : float, keyword-only
+        Typical diameter of the cells to find, um.
+
+    Returns
+    -------
+    DetectionConfig
+
+    Examples
+    --------
+    >>> c = physical_config(voxel_um=(6.0, 1.62, 1.62), cell_diameter_um=8.0)
+    >>> [round(s, 2) for s in c.sigmas[0]], round(c.nms_radius, 2), c.nms_scale
+    ([0.6, 0.69, 0.69], 6.0, (6.0, 1.62, 1.62))
+    """
+    base = base if base is not None else DetectionConfig()
+    vox = _triple(voxel_um, "voxel_um")
+    if min(vox) <= 0 or not np.all(np.isfinite(vox)):
+        raise ValueError(f"voxel_um must be three positive sizes (z, y, x) in um, not {voxel_um}")
+    d = float(cell_diameter_um)
+    if not (np.isfinite(d) and d > 0):
+        raise ValueError(f"cell_diameter_um must be a positive number of um, not {cell_diameter_um}")
+    k = d / REFERENCE_CELL_DIAMETER_UM
+    sigmas = tuple(tuple(max(MIN_SIGMA_VOXELS, s * r * k / v) for s, r, v in zip(sig, REFERENCE_VOXEL_UM, vox))
+                   for sig in DEFAULT_SIGMAS)
+    nms_um = max(DEFAULT_NMS_RADIUS * min(REFERENCE_VOXEL_UM) * k, max(vox))
+    return replace(base, sigmas=sigmas, nms_radius=nms_um, nms_scale=vox, voxel_um=vox,
+                   cell_diameter_um=d)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..detect import DetectionConfig, detect_block
+from ..detect import DetectionConfig, detect_block, physical_config
 from ..detect.calibrate import calibrate_detection_threshold, calibration_points
 from ..detect.config import resolve_config
 from ..io import common_voxel_um, list_brains, read_volume
@@ -37,21 +37,22 @@ def _labelled_volumes(paths, brains: Sequence[str]) -> tuple[list, list, str]:
 
 
 def _fit_rescorer(loaded, vols, pts, *, brains: Sequence[str], config: DetectionConfig,
-                  radius: float, seed: int, source: str):
+                  radius: float, scale, unit: str, seed: int, source: str):
     """The second stage fitted on the detections (not rescored, at the rescorer's floor) of
     ``vols`` against complete labels; ``(None, {})`` when it cannot be fitted."""
     frames = [detect_block(v, model=loaded, config=config.replace(rescore=False),
                            threshold=DEFAULT_FLOOR, features=True) for v in vols]
     try:
-        rescorer, _ = fit_rescorer(frames, pts, radius=radius, seed=seed,
+        rescorer, _ = fit_rescorer(frames, pts, radius=radius, scale=scale, seed=seed,
                                    info={"brains": list(brains), "labels": source})
     except ValueError:
         return None, {}
-    return rescorer, {"rescorer_rule": f"MLP on CNN score, SNR and shape, max F1 at {radius:g} voxels "
+    return rescorer, {"rescorer_rule": f"MLP on CNN score, SNR and shape, max F1 at {radius:g} {unit} "
                                        f"on {', '.join(brains)} (complete labels)"}
 
 
 def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radius: float = 6.0,
+                        radius_um: float | None = None, cell_diameter_um: float | None = None,
                         rescore: bool = True, seed: int = 0, config: DetectionConfig | None = None):
     """Calibrate the whole-volume detection threshold of a saved model on ``brains`` (corrected
     volumes, complete labels where present: :func:`clarity.detect.calibrate.calibration_points`)
@@ -74,6 +75,12 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
         Brains calibrated on (never test brains).
     radius : float, keyword-only
         Matching radius, voxels.
+    radius_um : float, keyword-only
+        Matching radius in um, used instead of ``radius`` when the brains state their voxel size
+        (``brains.csv``): distances are then physical, as in the held-out scoring.
+    cell_diameter_um : float, keyword-only
+        Typical cell diameter, um: with a stated voxel size the screen scales and NMS radius
+        follow it (:func:`clarity.detect.physical_config`), unless the config already records one.
     rescore : bool, keyword-only
         Fit the second stage (complete labels only).
     seed : int, keyword-only
@@ -91,10 +98,16 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
         return None, None, "none"
     loaded = load_model(model_path, device="cpu")
     cfg = resolve_config(loaded, config)
+    vox = common_voxel_um(list_brains(paths.data_dir, names=list(brains)))
     if cfg.voxel_um is None:  # record the grid the model learned on, when the brains state one
-        cfg = cfg.replace(voxel_um=common_voxel_um(list_brains(paths.data_dir, names=list(brains))))
+        cfg = cfg.replace(voxel_um=vox)
+    if cell_diameter_um is not None and cfg.cell_diameter_um is None and cfg.voxel_um is not None:
+        cfg = physical_config(cfg, voxel_um=cfg.voxel_um, cell_diameter_um=cell_diameter_um)
+    scale, unit = (1.0, 1.0, 1.0), "voxels"
+    if radius_um is not None and vox is not None:
+        radius, scale, unit = float(radius_um), tuple(vox), "um"
     loaded.rescorer = None  # the CNN's own threshold is calibrated on the CNN's scores
-    thr, table = calibrate_detection_threshold(loaded, vols, pts, radius=radius, config=cfg)
+    thr, table = calibrate_detection_threshold(loaded, vols, pts, radius=radius, config=cfg, scale=scale)
     best = table.loc[table.threshold == thr].iloc[0]
     # a count factor is an estimate of the cells a detection misses and adds: only complete labels
     # can tell; against partial annotations every unannotated cell found would count as spurious
@@ -105,12 +118,12 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
     rescorer, extra = None, {}
     if rescore and source == "complete":
         rescorer, extra = _fit_rescorer(loaded, vols, pts, brains=brains, config=cfg, radius=radius,
-                                        seed=seed, source=source)
+                                        scale=scale, unit=unit, seed=seed, source=source)
     # a recalibration that fits no rescorer drops an older one: it belongs to other labels
     resave_model(model_path, threshold=loaded.threshold, detection_threshold=thr,
                  count_factor=factor if factor is not None else False,
                  rescorer=rescorer if rescorer is not None else False, detection_config=cfg,
                  extra={"detection_threshold_rule": f"max F1 of whole-volume detection at {radius:g} "
-                                                    f"voxels on {', '.join(brains)} ({source} labels)",
+                                                    f"{unit} on {', '.join(brains)} ({source} labels)",
                         "calibration_labels": source, "count_factor_rule": factor_rule, **extra})
     return thr, table, source

@@ -61,6 +61,12 @@ class SplitConfig:
         Thresholds are the lowest reaching this precision on inner validation.
     mining : MiningConfig or None
         Default ``MiningConfig()``.
+    match_radius_um : float or None
+        Whole-volume calibration matches within this many um when the brains state their voxel
+        size (else within 6 voxels).
+    cell_diameter_um : float or None
+        Typical cell diameter, um: the detection screen and NMS follow it on brains of a stated
+        voxel size (:func:`clarity.detect.physical_config`); None keeps the voxel defaults.
     """
 
     patchset: str = "patches"
@@ -73,6 +79,8 @@ class SplitConfig:
     retrain_config: TrainConfig | None = None
     target_precision: float = 0.95
     mining: MiningConfig | None = None
+    match_radius_um: float | None = None
+    cell_diameter_um: float | None = None
 
     def resolved(self, patch_size: int) -> "SplitConfig":
         """A copy whose ``None`` options are replaced by their defaults (``patch_size``: the
@@ -229,7 +237,9 @@ def _calibrate(run: _SplitRun, variant: str) -> None:
     coarse split those brains hold the test patches)."""
     if run.split == "coarse":
         return
-    thr, table, source = calibrate_on_brains(run.paths, run.model_paths[variant], run.parts.val_brains)
+    thr, table, source = calibrate_on_brains(run.paths, run.model_paths[variant], run.parts.val_brains,
+                                             radius_um=run.cfg.match_radius_um,
+                                             cell_diameter_um=run.cfg.cell_diameter_um)
     if thr is not None:
         run.detection_thresholds[variant] = thr
         run.calibrations.append(table.assign(variant=variant, labels=source))
