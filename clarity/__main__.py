@@ -6,6 +6,8 @@ Commands
                per volume, and with ``--xml`` a Cell Counter XML that opens in Fiji / cellfinder.
 ``make-data``  write the built-in synthetic dataset into a data root (kept if present).
 ``report``     the main job: build the data if ``raw/`` is empty, run the notebooks with papermill.
+``cell-size``  the apparent size (um, z y x) of the labelled cells of a data root, per brain and
+               pooled: the ``CELL_DIAMETER_UM`` the detection settings follow.
 
 Bad input (a missing or corrupt file, a 2D image, an empty folder, NaN values, a missing or
 corrupt model) ends with exit code 2 and one line ``clarity: error: <file>: <problem>`` on
@@ -30,14 +32,15 @@ import torch
 
 from . import __version__
 from .detect import DetectionConfig, RunOptions, detect_volume
+from .detect.calibrate import cell_size_um
 from .detect.config import resolve_config
-from .io import ClarityInputError, volume_shape, voxel_size_of
+from .io import ClarityInputError, list_brains, read_volume, volume_shape, voxel_size_of
 from .model import load_model
 from .paths import Paths
 from .pipeline import load_params, run_report, synthetic_kwargs
 from .synthetic import write_dataset
 
-__all__ = ["build_parser", "main", "add_detect_parser", "add_make_data_parser", "add_report_parser",
+__all__ = ["build_parser", "main", "add_detect_parser", "add_make_data_parser", "add_report_parser", "add_cell_size_parser",
            "volume_name"]
 
 EXIT_OK = 0
@@ -262,6 +265,45 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _cell_size(args) -> int:
+    paths = Paths(data_dir=args.data_dir)
+    vols = list_brains(paths.data_dir)
+    groups: dict[str, list] = {}
+    for b in vols:
+        pts = b.truth_points() if b.truth is not None else (b.points() if b.annotations is not None else None)
+        if pts is None or not len(pts):
+            continue
+        if b.voxel_um is None:
+            raise _CLIError(f"{paths.data_dir / 'brains.csv'}: no voxel size for volume {b.name}; state "
+                            "voxel_um_z,voxel_um_y,voxel_um_x")
+        if not paths.corrected(b.name).exists():
+            raise _CLIError(f"{paths.corrected(b.name)}: missing; run notebook 01_preprocess on this data root first")
+        groups.setdefault(b.group, []).append((read_volume(paths.corrected(b.name), check_finite=False), pts,
+                                               b.voxel_um))
+    if not groups:
+        raise _CLIError(f"{paths.data_dir}: no labelled volume (truth/ or raw/<volume>.csv)")
+    vox = {v for g in groups.values() for _, _, v in g}
+    if len(vox) > 1:
+        raise _CLIError(f"{paths.data_dir}: volumes of several voxel sizes {sorted(vox)}: measure each grid apart")
+    (voxel,) = vox
+    print("brain,cells,size_um_z,size_um_y,size_um_x")
+    for name, g in groups.items():
+        z, y, x = cell_size_um([a for a, _, _ in g], [p for _, p, _ in g], voxel_um=voxel)
+        print(f"{name},{sum(len(p) for _, p, _ in g)},{z},{y},{x}")
+    z, y, x = cell_size_um([a for g in groups.values() for a, _, _ in g],
+                           [p for g in groups.values() for _, p, _ in g], voxel_um=voxel)
+    print(f"all,{sum(len(p) for g in groups.values() for _, p, _ in g)},{z},{y},{x}")
+    return 0
+
+
+def add_cell_size_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``cell-size``."""
+    p = subparsers.add_parser("cell-size", help="apparent size (um, z y x) of the labelled cells of a data root")
+    p.add_argument("--data-dir", default="data", help="data root, preprocessed by notebook 01 (default: data)")
+    p.set_defaults(func=_cell_size)
+    return p
+
+
 # --------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------
@@ -276,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_detect_parser(sub)
     add_make_data_parser(sub)
     add_report_parser(sub)
+    add_cell_size_parser(sub)
     return parser
 
 

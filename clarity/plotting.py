@@ -157,3 +157,40 @@ def snr_histogram(groups: dict, *, gate: float | None = None, bins=None, title: 
     if title:
         ax.set_title(title)
     return fig
+
+
+def decoy_figure(table, *, model_threshold: float | None = None, threshold: float | None = None,
+                 fdr: float | None = None, title: str = ""):
+    """Detections of a volume and of its decoy against the score threshold, and the estimated FDR.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        :attr:`clarity.detect.DecoyGate.table` (threshold, n_target, n_decoy, fdr).
+    model_threshold, threshold : float, optional, keyword-only
+        The model's own threshold and the one used (dashed / solid vertical lines).
+    fdr : float, optional, keyword-only
+        The FDR asked for (a horizontal line on the right panel).
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    t = table["threshold"].to_numpy(float)
+    axes[0].step(t, table["n_target"], where="post", label="volume: detections >= threshold")
+    axes[0].step(t, table["n_decoy"], where="post", label="decoy (mirrored): false detections")
+    axes[0].set_yscale("symlog")
+    axes[0].set_ylabel("detections")
+    axes[1].plot(t, table["fdr"], color="C3", label="estimated FDR = decoy / volume")
+    axes[1].set_ylim(0, 1)
+    axes[1].set_ylabel("estimated false-discovery rate")
+    if fdr is not None:
+        axes[1].axhline(fdr, color="k", linestyle=":", linewidth=1, label=f"FDR asked {fdr:g}")
+    for ax in axes:
+        ax.set_xlabel("score threshold")
+        if model_threshold is not None:
+            ax.axvline(model_threshold, color="grey", linestyle="--", linewidth=1,
+                       label=f"model's threshold {model_threshold:.3g}")
+        if threshold is not None:
+            ax.axvline(threshold, color="k", linewidth=1, label=f"used {threshold:.3g}")
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -241,3 +241,25 @@ def test_voxel_size_flag_and_data_root_metadata(inputs, tmp_path, capsys):
               "--voxel-size", "0", "1", "1"])
     assert exc.value.code == 2
     assert "must be positive" in capsys.readouterr().err
+
+
+def test_cell_size_command(data_root, capsys):
+    """``clarity cell-size`` measures the labelled cells' apparent size per brain and pooled; it
+    needs the voxel size and the corrected volumes, and says so in one line."""
+    from clarity.paths import Paths
+    from clarity.preprocess import N4Config, preprocess_dataset
+
+    code, out, err = _run(["cell-size", "--data-dir", str(data_root)], capsys)
+    assert code == 2 and "brains.csv" in err and "voxel size" in err
+    (data_root / "brains.csv").write_text("volume,brain,voxel_um_z,voxel_um_y,voxel_um_x\n"
+                                          "b1,A,2.0,1.6,1.6\nb2,A,2.0,1.6,1.6\n")
+    code, out, err = _run(["cell-size", "--data-dir", str(data_root)], capsys)
+    assert code == 2 and "01_preprocess" in err
+    preprocess_dataset(Paths(data_dir=data_root), config=N4Config(shrink=4, iterations=5, levels=1), progress=False)
+    code, out, err = _run(["cell-size", "--data-dir", str(data_root)], capsys)
+    assert code == 0, err
+    rows = [line.split(",") for line in out.strip().splitlines()]
+    assert rows[0] == ["brain", "cells", "size_um_z", "size_um_y", "size_um_x"] and [r[0] for r in rows[1:]] == ["A", "all"]
+    z, y, x = (float(v) for v in rows[-1][2:])
+    # synthetic somata of 3-6 voxels' xy radius, blurred: apparent sizes of 5-20 um
+    assert all(5 < s < 20 for s in (z, y, x))

@@ -28,6 +28,7 @@ Modules, one per step:
 ``volume``     ``detect_volume`` (N4 once, chunks, global NMS) and ``DetectionResult``
 ``log``        the LoG baseline and its threshold fit
 ``calibrate``  the detection threshold on completely labelled volumes, pooled threshold sweeps
+``decoy``      a threshold without labels: the false detections estimated on a mirrored decoy
 """
 
 from .block import detect_block
@@ -36,6 +37,7 @@ from .chunks import chunk_boxes
 from .config import (DEFAULT_CANDIDATE_THRESHOLD, DEFAULT_NMS_RADIUS, DEFAULT_REFINE, DEFAULT_SIGMAS,
                      LOG_NMS_RADIUS, MODES, REFINE_METHODS, DetectionConfig, RunOptions,
                      physical_config)
+from .decoy import DecoyGate, decoy_detect, decoy_gate, decoy_volume
 from .filters import candidate_halo, find_candidates, find_peaks, local_snr
 from .log import fit_log_threshold, log_config, log_detect
 from .nms import nms
@@ -43,7 +45,7 @@ from .score import refine_candidates, score_candidates, snap_candidates
 from .volume import DetectionResult, detect_volume
 
 __all__ = [
-    "DetectionConfig", "RunOptions", "physical_config", "DEFAULT_SIGMAS", "DEFAULT_CANDIDATE_THRESHOLD",
+    "DetectionConfig", "RunOptions", "physical_config", "decoy_volume", "decoy_gate", "decoy_detect", "DecoyGate", "DEFAULT_SIGMAS", "DEFAULT_CANDIDATE_THRESHOLD",
     "DEFAULT_NMS_RADIUS", "LOG_NMS_RADIUS", "DEFAULT_REFINE", "REFINE_METHODS", "MODES",
     "find_candidates", "candidate_halo", "find_peaks", "local_snr", "score_candidates",
     "refine_candidates", "snap_candidates", "nms", "detect_block", "log_detect", "log_config",

@@ -14,17 +14,19 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.spatial import cKDTree
 
 from ..evaluate import match_points
 from .block import detect_block
-from .config import DetectionConfig
+from .config import TRUNCATE, DetectionConfig
+from .filters import find_candidates
 
 #: Thresholds a detection threshold is chosen from: 0.05-0.99 in steps of 0.01, then finer steps
 #: towards 1 (on brains where the annotators marked only the brightest of many cell-like blobs the
 #: CNN scores them all above 0.99, and the best threshold lies there).
 DEFAULT_THRESHOLDS = np.concatenate([np.round(np.arange(0.05, 1.0, 0.01), 2), [0.992, 0.995, 0.998, 0.999]])
 
-__all__ = ["DEFAULT_THRESHOLDS", "pooled_sweep", "best_threshold", "calibration_points", "calibrate_detection_threshold"]
+__all__ = ["DEFAULT_THRESHOLDS", "cell_size_um", "screen_threshold", "pooled_sweep", "best_threshold", "calibration_points", "calibrate_detection_threshold"]
 
 
 def pooled_sweep(detections: Sequence[pd.DataFrame], truths: Sequence, thresholds, *,
@@ -142,3 +144,127 @@ def calibrate_detection_threshold(model, volumes: Sequence, points: Sequence, *,
             for v in volumes]
     table = pooled_sweep(dets, points, thr, radius=radius, scale=scale)
     return best_threshold(table), table
+
+
+def screen_threshold(volumes: Sequence, points: Sequence, *, config: DetectionConfig | None = None,
+                     recall: float = 0.97, radius: float = 6.0, scale: Sequence[float] = (1.0, 1.0, 1.0),
+                     floor: float = 0.02) -> tuple[float, dict]:
+    """The candidate threshold whose screen keeps ``recall`` of the labelled cells.
+
+    The default candidate threshold was set on the synthetic brains; on other tissue (small or
+    dim cells) the screen can lose cells the CNN never gets to see, capping recall whatever the
+    detection threshold. Here the screen runs once per volume at ``floor``; each labelled cell's
+    best LoG response among the candidates within ``radius`` is the highest threshold that keeps
+    it, and the threshold returned is the highest keeping ``recall`` of the cells, never above
+    ``config.candidate_threshold`` (the screen is only ever widened: more candidates cost CNN
+    time, not cells).
+
+    Parameters
+    ----------
+    volumes : sequence of arrays (z, y, x)
+        Normalised volumes (voxels of the detection grid).
+    points : sequence of (N, 3) arrays
+        Their labelled cell centres (z, y, x), voxels; complete labels.
+    config : DetectionConfig, keyword-only
+        Screen scales, local-maximum distance and tissue level (default ``DetectionConfig()``).
+    recall : float, keyword-only
+        Share of the labelled cells the screen must keep, in (0, 1].
+    radius, scale : keyword-only
+        A candidate keeps a cell within ``radius`` (voxels, or um with ``scale`` the voxel size).
+    floor : float, keyword-only
+        Lowest threshold considered.
+
+    Returns
+    -------
+    threshold : float
+    info : dict
+        ``n_cells``, ``recall_at_threshold``, ``recall_at_default`` (the config's threshold),
+        ``candidates_per_cell`` at the threshold.
+    """
+    cfg = config or DetectionConfig()
+    if not 0 < float(recall) <= 1:
+        raise ValueError(f"recall must lie in (0, 1], not {recall}")
+    if len(volumes) != len(points) or not len(volumes):
+        raise ValueError(f"need as many label sets as volumes (at least one), got {len(volumes)} and {len(points)}")
+    sc = np.asarray(scale, float)
+    best, responses = [], []
+    for v, p in zip(volumes, points):
+        p = np.asarray(p, float).reshape(-1, 3)
+        cent, resp = find_candidates(np.asarray(v, np.float32), sigmas=cfg.sigmas, threshold=floor,
+                                     min_distance=cfg.min_distance, tissue_level=cfg.tissue_level,
+                                     truncate=TRUNCATE)
+        responses.append(resp)
+        if not len(p):
+            continue
+        if not len(cent):
+            best.append(np.zeros(len(p)))
+            continue
+        tree = cKDTree(cent * sc)
+        near = tree.query_ball_point(p * sc, r=float(radius))
+        best.append(np.array([resp[i].max() if len(i) else 0.0 for i in near]))
+    if not best:
+        raise ValueError("no labelled cells to fit the screen on")
+    b = np.concatenate(best)
+    r = np.concatenate(responses)
+    thr = float(np.quantile(b, 1.0 - float(recall), method="lower")) if len(b) else cfg.candidate_threshold
+    thr = float(min(max(thr, floor), cfg.candidate_threshold))
+    return thr, {"n_cells": len(b), "recall_at_threshold": float((b >= thr).mean()),
+                 "recall_at_default": float((b >= cfg.candidate_threshold).mean()),
+                 "candidates_per_cell": float((r >= thr).sum() / max(len(b), 1))}
+
+
+def cell_size_um(volumes: Sequence, points: Sequence, *, voxel_um: Sequence[float],
+                 reach: int = 6) -> tuple[float, float, float]:
+    """The apparent size of the labelled cells per axis: the full width at half maximum (um) of
+    the median intensity profile through their centres along z, y and x.
+
+    What a detector sees is the cell blurred by the microscope: on light-sheet data with thick
+    planes a nucleus 7 um across looks two to three times as long in z. This measures it on
+    labelled volumes, for :func:`clarity.detect.physical_config`.
+
+    Parameters
+    ----------
+    volumes : sequence of arrays (z, y, x)
+        Normalised volumes, voxels.
+    points : sequence of (N, 3) arrays
+        Labelled cell centres (z, y, x), voxels (rounded to the nearest voxel).
+    voxel_um : 3 floats, keyword-only
+        Voxel size (z, y, x), um.
+    reach : int, keyword-only
+        Profiles run ``reach`` voxels either side of a centre; cells nearer the border are skipped.
+
+    Returns
+    -------
+    (z, y, x) floats, um.
+    """
+    vox = np.asarray(voxel_um, float).reshape(-1)
+    if len(vox) != 3 or min(vox) <= 0:
+        raise ValueError(f"voxel_um must be three positive sizes (z, y, x), not {voxel_um}")
+    profiles = [[], [], []]
+    for v, p in zip(volumes, points):
+        v = np.asarray(v)
+        c = np.rint(np.asarray(p, float).reshape(-1, 3)).astype(np.int64)
+        ok = np.all((c >= reach) & (c < np.asarray(v.shape) - reach), axis=1)
+        steps = np.arange(-reach, reach + 1)
+        for axis in range(3):
+            idx = [np.repeat(c[ok, a][:, None], len(steps), axis=1) for a in range(3)]
+            idx[axis] = c[ok, axis][:, None] + steps[None, :]
+            profiles[axis].append(np.asarray(v[idx[0], idx[1], idx[2]], np.float64))
+    out = []
+    for axis in range(3):
+        prof = np.concatenate(profiles[axis]) if profiles[axis] else np.zeros((0, 2 * reach + 1))
+        if len(prof) < 5:
+            raise ValueError(f"too few labelled cells ({len(prof)}) at least {reach} voxels from the border "
+                             "to measure their size")
+        m = np.median(prof, axis=0)
+        m = (m - min(m[0], m[-1])) / max(m[reach] - min(m[0], m[-1]), 1e-12)
+        lo, hi = reach, reach
+        while lo > 0 and m[lo - 1] >= 0.5:
+            lo -= 1
+        while hi < 2 * reach and m[hi + 1] >= 0.5:
+            hi += 1
+        # interpolate the half-maximum crossings on both sides
+        left = lo - (m[lo] - 0.5) / max(m[lo] - m[lo - 1], 1e-12) if lo > 0 else 0.0
+        right = hi + (m[hi] - 0.5) / max(m[hi] - m[hi + 1], 1e-12) if hi < 2 * reach else 2.0 * reach
+        out.append(float((right - left) * vox[axis]))
+    return tuple(round(v, 2) for v in out)

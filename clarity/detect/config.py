@@ -22,7 +22,7 @@ __all__ = [
     "DEFAULT_SIGMAS", "DEFAULT_CANDIDATE_THRESHOLD", "DEFAULT_NMS_RADIUS", "LOG_NMS_RADIUS",
     "DEFAULT_TISSUE_LEVEL", "REFINE_METHODS", "MODES", "DEFAULT_REFINE", "DEFAULT_REFINE_STEPS",
     "DEFAULT_REFINE_FLOOR", "SNAP_SIGMA", "SNAP_RADIUS", "SNR_CORE", "SNR_INNER", "SNR_OUTER",
-    "TRUNCATE", "REFERENCE_VOXEL_UM", "REFERENCE_CELL_DIAMETER_UM", "DetectionConfig", "RunOptions",
+    "TRUNCATE", "REFERENCE_VOXEL_UM", "REFERENCE_CELL_SIZE_UM", "DetectionConfig", "RunOptions",
     "as_sigmas", "resolve_config", "physical_config",
 ]
 
@@ -76,10 +76,13 @@ SNAP_RADIUS = (2, 2, 2)
 #: Gaussian kernels are cut at this many sigmas (scipy's ``truncate``).
 TRUNCATE = 3.0
 #: The grid and cell size the voxel defaults above were tuned on: the synthetic brains, (z, y, x)
-#: um per voxel, and their typical soma diameter in um (xy radius 3-6 voxels: ~9 voxels across).
-#: :func:`physical_config` rescales the lengths to another cell diameter and voxel size.
+#: um per voxel, and the apparent size of their cells, (z, y, x) um: the full width at half maximum
+#: of the median intensity profile through the cell centres
+#: (:func:`clarity.detect.calibrate.cell_size_um` on two default synthetic brains, seeds 1 and 2:
+#: 13.5 / 12.7 / 12.7 and 13.5 / 12.9 / 12.8). :func:`physical_config` rescales the voxel
+#: lengths to cells of another apparent size on another grid.
 REFERENCE_VOXEL_UM = (2.0, 1.6, 1.6)
-REFERENCE_CELL_DIAMETER_UM = 14.4
+REFERENCE_CELL_SIZE_UM = (13.3, 12.7, 12.6)
 #: Smallest screen scale (voxels) :func:`physical_config` gives an axis: below ~0.6 voxels a
 #: Gaussian no longer smooths (the 3-point second difference then sees single-voxel noise).
 MIN_SIGMA_VOXELS = 0.6
@@ -156,9 +159,10 @@ class DetectionConfig:
         The grid the model works on, (z, y, x) um per voxel: every length above is in its
         voxels. An input of another voxel size is resampled to it and cells are reported in the
         input's voxels (:mod:`clarity.detect.grid`). None: work on the input's own grid.
-    cell_diameter_um : float or None
-        Typical cell diameter (um) the model was trained for (recorded with the model; with
-        ``voxel_um`` it says how many voxels a cell spans).
+    cell_diameter_um : float, (z, y, x) floats or None
+        Apparent size of the cells, um, the settings were derived for (:func:`physical_config`;
+        recorded with the model; with ``voxel_um`` it says how many voxels a cell spans). A float
+        is the same size on every axis.
     """
 
     mode: Mode = "candidates"
@@ -176,7 +180,7 @@ class DetectionConfig:
     rescore: bool = True
     n4_max_voxels: int | None = 8192
     voxel_um: tuple | None = None
-    cell_diameter_um: float | None = None
+    cell_diameter_um: float | tuple | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -209,9 +213,8 @@ class DetectionConfig:
                 raise ValueError(f"voxel_um must be three positive sizes (z, y, x) in um, not {self.voxel_um}")
             set_(self, "voxel_um", vox)
         if self.cell_diameter_um is not None:
-            if not float(self.cell_diameter_um) > 0:
-                raise ValueError(f"cell_diameter_um must be positive, not {self.cell_diameter_um}")
-            set_(self, "cell_diameter_um", float(self.cell_diameter_um))
+            size = _cell_size(self.cell_diameter_um)
+            set_(self, "cell_diameter_um", size[0] if np.isscalar(self.cell_diameter_um) else size)
 
     @property
     def effective_refine(self) -> str:
@@ -236,6 +239,8 @@ class DetectionConfig:
         d["nms_scale"] = list(self.nms_scale)
         if self.voxel_um is not None:
             d["voxel_um"] = list(self.voxel_um)
+        if isinstance(self.cell_diameter_um, tuple):
+            d["cell_diameter_um"] = list(self.cell_diameter_um)
         return d
 
     @classmethod
@@ -312,22 +317,32 @@ def resolve_config(model, config: DetectionConfig | None = None, **overrides) ->
     return replace(base, **changes) if changes else base
 
 
-def physical_config(base: DetectionConfig | None = None, *, voxel_um, cell_diameter_um: float) -> DetectionConfig:
-    """The detection settings for cells of ``cell_diameter_um`` on a grid of ``voxel_um``.
+def _cell_size(size) -> tuple[float, float, float]:
+    """A cell size, um: a float (every axis) or (z, y, x), all positive and finite."""
+    t = _triple(size, "cell_diameter_um")
+    if not all(np.isfinite(v) and v > 0 for v in t):
+        raise ValueError(f"cell_diameter_um must be positive sizes in um (a number or z, y, x), not {size}")
+    return t
+
+
+def physical_config(base: DetectionConfig | None = None, *, voxel_um, cell_diameter_um) -> DetectionConfig:
+    """The detection settings for cells of an apparent size (um) on a grid of ``voxel_um``.
 
     The voxel defaults (:data:`DEFAULT_SIGMAS`, :data:`DEFAULT_NMS_RADIUS`) were tuned on the
-    synthetic brains (:data:`REFERENCE_VOXEL_UM`, cells of :data:`REFERENCE_CELL_DIAMETER_UM`).
-    Here each length is taken in um on that reference, scaled by ``cell_diameter_um /
-    REFERENCE_CELL_DIAMETER_UM`` and converted to voxels of ``voxel_um``, per axis:
+    synthetic brains: :data:`REFERENCE_VOXEL_UM`, cells of apparent size
+    :data:`REFERENCE_CELL_SIZE_UM`. Here every length is scaled per axis by ``k = size /
+    reference size`` (a light-sheet's thick planes make cells look longer in z than across):
 
-    * screen scales: ``sigma_um * k / voxel_um`` per axis, at least :data:`MIN_SIGMA_VOXELS`;
-    * NMS: a radius in um (``DEFAULT_NMS_RADIUS`` reference voxels in um, times ``k``, and at
-      least the coarsest voxel step, so one cell seen on two planes stays one cell) with
-      ``nms_scale = voxel_um``, i.e. distances are physical, not voxel counts.
+    * screen scales: the reference scale in um, times ``k``, in voxels of ``voxel_um``, at least
+      :data:`MIN_SIGMA_VOXELS`;
+    * NMS: distances are measured in reference voxels (``nms_scale = voxel_um / (reference voxel
+      * k)``), within the reference radius, so two detections are one cell when they are as close,
+      relative to the cell's size, as the reference's merged ones.
 
     The candidate threshold, refinement and SNR boxes are unchanged (their units are contrast,
-    or a few voxels around a centre). ``voxel_um`` and ``cell_diameter_um`` are recorded in the
-    config, so the model file says what grid and cell size it works at.
+    or a few voxels around a centre; :func:`clarity.detect.calibrate.screen_threshold` fits the
+    candidate threshold on labelled cells). ``voxel_um`` and ``cell_diameter_um`` are recorded
+    in the config, so the model file says what grid and cell size it works at.
 
     Parameters
     ----------
@@ -335,8 +350,9 @@ def physical_config(base: DetectionConfig | None = None, *, voxel_um, cell_diame
         The settings to rescale (default ``DetectionConfig()``); its other fields are kept.
     voxel_um : 3 floats, keyword-only
         The grid, (z, y, x) um per voxel.
-    cell_diameter_um : float, keyword-only
-        Typical diameter of the cells to find, um.
+    cell_diameter_um : float or 3 floats, keyword-only
+        Apparent size of the cells to find, um: a float for every axis, or (z, y, x) as
+        :func:`clarity.detect.calibrate.cell_size_um` measures it on labelled cells.
 
     Returns
     -------
@@ -344,20 +360,18 @@ def physical_config(base: DetectionConfig | None = None, *, voxel_um, cell_diame
 
     Examples
     --------
-    >>> c = physical_config(voxel_um=(6.0, 1.62, 1.62), cell_diameter_um=8.0)
-    >>> [round(s, 2) for s in c.sigmas[0]], round(c.nms_radius, 2), c.nms_scale
-    ([0.6, 0.69, 0.69], 6.0, (6.0, 1.62, 1.62))
+    >>> c = physical_config(voxel_um=(6.0, 1.62, 1.62), cell_diameter_um=(18.2, 6.8, 6.8))
+    >>> [round(s, 2) for s in c.sigmas[0]], c.nms_radius, [round(v, 2) for v in c.nms_scale]
+    ([0.91, 0.66, 0.67], 6.0, [2.19, 1.89, 1.88])
     """
     base = base if base is not None else DetectionConfig()
     vox = _triple(voxel_um, "voxel_um")
     if min(vox) <= 0 or not np.all(np.isfinite(vox)):
         raise ValueError(f"voxel_um must be three positive sizes (z, y, x) in um, not {voxel_um}")
-    d = float(cell_diameter_um)
-    if not (np.isfinite(d) and d > 0):
-        raise ValueError(f"cell_diameter_um must be a positive number of um, not {cell_diameter_um}")
-    k = d / REFERENCE_CELL_DIAMETER_UM
-    sigmas = tuple(tuple(max(MIN_SIGMA_VOXELS, s * r * k / v) for s, r, v in zip(sig, REFERENCE_VOXEL_UM, vox))
-                   for sig in DEFAULT_SIGMAS)
-    nms_um = max(DEFAULT_NMS_RADIUS * min(REFERENCE_VOXEL_UM) * k, max(vox))
-    return replace(base, sigmas=sigmas, nms_radius=nms_um, nms_scale=vox, voxel_um=vox,
-                   cell_diameter_um=d)
+    size = _cell_size(cell_diameter_um)
+    k = [c / r for c, r in zip(size, REFERENCE_CELL_SIZE_UM)]
+    sigmas = tuple(tuple(round(max(MIN_SIGMA_VOXELS, s * r * f / v), 4)
+                         for s, r, f, v in zip(sig, REFERENCE_VOXEL_UM, k, vox)) for sig in DEFAULT_SIGMAS)
+    scale = tuple(round(v / (r * f), 4) for v, r, f in zip(vox, REFERENCE_VOXEL_UM, k))
+    return replace(base, sigmas=sigmas, nms_radius=DEFAULT_NMS_RADIUS, nms_scale=scale, voxel_um=vox,
+                   cell_diameter_um=cell_diameter_um if np.isscalar(cell_diameter_um) else size)

@@ -8,14 +8,19 @@ from pathlib import Path
 from typing import Sequence
 
 from ..detect import DetectionConfig, detect_block, physical_config
-from ..detect.calibrate import calibrate_detection_threshold, calibration_points
+from ..detect.calibrate import (
+    calibrate_detection_threshold,
+    calibration_points,
+    cell_size_um,
+    screen_threshold,
+)
 from ..detect.config import resolve_config
 from ..io import common_voxel_um, list_brains, read_volume
 from ..model import load_model
 from ..rescore import DEFAULT_FLOOR, fit_rescorer
 from .training import resave_model
 
-__all__ = ["calibrate_on_brains"]
+__all__ = ["calibrate_on_brains", "measure_cell_size"]
 
 
 def _labelled_volumes(paths, brains: Sequence[str]) -> tuple[list, list, str]:
@@ -36,6 +41,26 @@ def _labelled_volumes(paths, brains: Sequence[str]) -> tuple[list, list, str]:
     return vols, pts, source
 
 
+def measure_cell_size(paths, brains: Sequence[str]) -> tuple[float, float, float] | None:
+    """The apparent size (z, y, x um) of the labelled cells of ``brains`` (complete labels, else
+    annotations; :func:`clarity.detect.calibrate.cell_size_um`) on their corrected volumes;
+    None when they state no common voxel size or hold no labels."""
+    vols, pts, _ = _labelled_volumes(paths, brains)
+    vox = common_voxel_um(list_brains(paths.data_dir, names=list(brains)))
+    if not vols or vox is None:
+        return None
+    return cell_size_um(vols, pts, voxel_um=vox)
+
+
+def _fit_screen(vols, pts, cfg: DetectionConfig, *, recall: float, radius: float, scale, where: str):
+    """The config with its candidate threshold fitted to keep ``recall`` of the labelled cells,
+    and the provenance entries saying so."""
+    cand, info = screen_threshold(vols, pts, config=cfg, recall=recall, radius=radius, scale=scale)
+    return cfg.replace(candidate_threshold=round(cand, 4)), {
+        "screen_rule": f"candidate threshold keeping {recall:g} of the labelled cells within {radius:g} {where}",
+        "screen_fit": info}
+
+
 def _fit_rescorer(loaded, vols, pts, *, brains: Sequence[str], config: DetectionConfig,
                   radius: float, scale, unit: str, seed: int, source: str):
     """The second stage fitted on the detections (not rescored, at the rescorer's floor) of
@@ -53,6 +78,7 @@ def _fit_rescorer(loaded, vols, pts, *, brains: Sequence[str], config: Detection
 
 def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radius: float = 6.0,
                         radius_um: float | None = None, cell_diameter_um: float | None = None,
+                        screen_recall: float | None = None, rescorer_brains: Sequence[str] | None = None,
                         rescore: bool = True, seed: int = 0, config: DetectionConfig | None = None):
     """Calibrate the whole-volume detection threshold of a saved model on ``brains`` (corrected
     volumes, complete labels where present: :func:`clarity.detect.calibrate.calibration_points`)
@@ -78,9 +104,16 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
     radius_um : float, keyword-only
         Matching radius in um, used instead of ``radius`` when the brains state their voxel size
         (``brains.csv``): distances are then physical, as in the held-out scoring.
-    cell_diameter_um : float, keyword-only
-        Typical cell diameter, um: with a stated voxel size the screen scales and NMS radius
-        follow it (:func:`clarity.detect.physical_config`), unless the config already records one.
+    cell_diameter_um : float, (z, y, x) floats or "auto", keyword-only
+        Apparent cell size, um: with a stated voxel size the screen scales and NMS follow it
+        (:func:`clarity.detect.physical_config`), unless the config already records one;
+        ``"auto"``: measured on ``brains`` (:func:`measure_cell_size`).
+    screen_recall : float, keyword-only
+        With complete labels, lower the candidate threshold until the screen keeps this share of
+        the labelled cells (:func:`clarity.detect.calibrate.screen_threshold`); None: keep it.
+    rescorer_brains : sequence of str, keyword-only
+        Brains the second stage is fitted on (default ``brains``): give brains the network was
+        not fitted on, so that it learns from the network's scores on unseen tissue.
     rescore : bool, keyword-only
         Fit the second stage (complete labels only).
     seed : int, keyword-only
@@ -101,11 +134,17 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
     vox = common_voxel_um(list_brains(paths.data_dir, names=list(brains)))
     if cfg.voxel_um is None:  # record the grid the model learned on, when the brains state one
         cfg = cfg.replace(voxel_um=vox)
+    if isinstance(cell_diameter_um, str) and cell_diameter_um == "auto":
+        cell_diameter_um = measure_cell_size(paths, brains)
     if cell_diameter_um is not None and cfg.cell_diameter_um is None and cfg.voxel_um is not None:
         cfg = physical_config(cfg, voxel_um=cfg.voxel_um, cell_diameter_um=cell_diameter_um)
     scale, unit = (1.0, 1.0, 1.0), "voxels"
     if radius_um is not None and vox is not None:
         radius, scale, unit = float(radius_um), tuple(vox), "um"
+    screen = {}
+    if screen_recall is not None and source == "complete":
+        cfg, screen = _fit_screen(vols, pts, cfg, recall=screen_recall, radius=radius, scale=scale,
+                                  where=f"{unit} on {', '.join(brains)}")
     loaded.rescorer = None  # the CNN's own threshold is calibrated on the CNN's scores
     thr, table = calibrate_detection_threshold(loaded, vols, pts, radius=radius, config=cfg, scale=scale)
     best = table.loc[table.threshold == thr].iloc[0]
@@ -116,14 +155,18 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
                    else f"none: the calibration labels are {source}, not complete; detections are reported "
                         "uncorrected (annotate volumes completely, truth/, for a count estimate)")
     rescorer, extra = None, {}
-    if rescore and source == "complete":
-        rescorer, extra = _fit_rescorer(loaded, vols, pts, brains=brains, config=cfg, radius=radius,
-                                        scale=scale, unit=unit, seed=seed, source=source)
+    r_brains, r_vols, r_pts, r_source = brains, vols, pts, source
+    if rescorer_brains is not None and list(rescorer_brains) != list(brains):
+        r_brains = list(rescorer_brains)
+        r_vols, r_pts, r_source = _labelled_volumes(paths, r_brains)
+    if rescore and r_source == "complete" and r_vols:
+        rescorer, extra = _fit_rescorer(loaded, r_vols, r_pts, brains=r_brains, config=cfg, radius=radius,
+                                        scale=scale, unit=unit, seed=seed, source=r_source)
     # a recalibration that fits no rescorer drops an older one: it belongs to other labels
     resave_model(model_path, threshold=loaded.threshold, detection_threshold=thr,
                  count_factor=factor if factor is not None else False,
                  rescorer=rescorer if rescorer is not None else False, detection_config=cfg,
                  extra={"detection_threshold_rule": f"max F1 of whole-volume detection at {radius:g} "
                                                     f"{unit} on {', '.join(brains)} ({source} labels)",
-                        "calibration_labels": source, "count_factor_rule": factor_rule, **extra})
+                        "calibration_labels": source, "count_factor_rule": factor_rule, **screen, **extra})
     return thr, table, source

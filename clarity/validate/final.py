@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..io import ClarityInputError, natural_key
+from ..detect.config import (
+    DEFAULT_CANDIDATE_THRESHOLD,
+    DetectionConfig,
+    physical_config,
+)
+from ..io import ClarityInputError, list_brains, natural_key
 from ..model import ModelConfig, load_model, save_model
 from ..sampling import PatchSet
 from ..train import TrainConfig
+from .calibrate import measure_cell_size
 from .summary import cv_detection_thresholds, cv_thresholds
 from .training import patchset_key, run_fingerprint, train_variant
 
@@ -17,7 +23,10 @@ __all__ = ["train_final"]
 
 def _fold_calibrations(paths, folds) -> tuple[dict[str, float], dict | None]:
     """The count factor stored in each fold's ``cnn`` model file (folds without one left out),
-    and the detection config those folds were calibrated under when they all agree (else None)."""
+    and the detection config those folds were calibrated under when they all agree (else None).
+    Candidate thresholds fitted per fold (``screen_recall``) may differ: the lowest, the widest
+    screen, is taken. Cell sizes measured per fold (``cell_diameter_um="auto"``) may differ too:
+    the final model learns from every brain, so its size is measured on every brain."""
     factors, configs = {}, []
     for fold in folds:
         fold_model = paths.fold_model(fold, "cnn")
@@ -27,7 +36,18 @@ def _fold_calibrations(paths, folds) -> tuple[dict[str, float], dict | None]:
         configs.append(loaded.detection_config)
         if loaded.count_factor is not None:
             factors[fold] = loaded.count_factor
-    same = bool(configs) and all(c == configs[0] for c in configs)
+    if not configs or any(c is None for c in configs):
+        return factors, None
+    widest = min(float(c.get("candidate_threshold", DEFAULT_CANDIDATE_THRESHOLD)) for c in configs)
+    configs = [{**c, "candidate_threshold": widest} for c in configs]
+    sizes = {str(c.get("cell_diameter_um")) for c in configs}
+    if len(sizes) > 1 and all(c.get("cell_diameter_um") is not None and c.get("voxel_um") for c in configs):
+        size = measure_cell_size(paths, [b.name for b in list_brains(paths.data_dir)])
+        if size is None:
+            return factors, None
+        configs = [physical_config(DetectionConfig.from_dict(c), voxel_um=c["voxel_um"], cell_diameter_um=size).to_dict()
+                   for c in configs]
+    same = all(c == configs[0] for c in configs)
     return factors, (configs[0] if same else None)
 
 

@@ -24,7 +24,7 @@ from ..io import ClarityInputError, group_map, list_brains, natural_key, write_j
 from ..model import ModelConfig, score_patches
 from ..sampling import PatchSet
 from ..train import TrainConfig, TrainResult
-from .calibrate import calibrate_on_brains
+from .calibrate import calibrate_on_brains, measure_cell_size
 from .mining import (HARD_EXAMPLE_COLUMNS, MiningConfig, cells_per_brain, hard_example_truth,
                      hard_patchset, mine_hard_examples)
 from .splits import TRAINING_ONLY_ORIGIN, SplitParts, split_parts
@@ -64,9 +64,21 @@ class SplitConfig:
     match_radius_um : float or None
         Whole-volume calibration matches within this many um when the brains state their voxel
         size (else within 6 voxels).
-    cell_diameter_um : float or None
-        Typical cell diameter, um: the detection screen and NMS follow it on brains of a stated
-        voxel size (:func:`clarity.detect.physical_config`); None keeps the voxel defaults.
+    cell_diameter_um : float, (z, y, x) floats, "auto" or None
+        Apparent cell size, um: the detection screen and NMS follow it on brains of a stated
+        voxel size (:func:`clarity.detect.physical_config`); ``"auto"``: measured on the labelled
+        cells of the split's fitting and inner-validation brains, never its test brains
+        (:func:`clarity.validate.calibrate.measure_cell_size`); None keeps the voxel defaults.
+    screen_recall : float or None
+        The candidate screen is widened until it keeps this share of the calibration brains'
+        labelled cells (complete labels only); None keeps the default candidate threshold.
+    calibrate_on : {"val", "train"}
+        Brains the whole-volume detection threshold (and screen) is chosen on: ``"val"`` the
+        inner-validation brains, which the network never learned from; ``"train"`` all the
+        split's training brains (fitting and inner validation), as the LoG baseline's threshold
+        is: more brains, so a choice that transfers better when brains are labelled
+        differently, at the price of scores the network learned from. The rescorer is fitted on
+        the inner-validation brains either way. Never the test brains.
     """
 
     patchset: str = "patches"
@@ -81,6 +93,13 @@ class SplitConfig:
     mining: MiningConfig | None = None
     match_radius_um: float | None = None
     cell_diameter_um: float | None = None
+    screen_recall: float | None = None
+    calibrate_on: str = "val"
+
+    def __post_init__(self):
+        if self.calibrate_on not in ("val", "train"):
+            raise ValueError(f"calibrate_on must be 'val' or 'train', not {self.calibrate_on!r}")
+        object.__setattr__(self, "cell_diameter_um", cell_size_option(self.cell_diameter_um))
 
     def resolved(self, patch_size: int) -> "SplitConfig":
         """A copy whose ``None`` options are replaced by their defaults (``patch_size``: the
@@ -232,14 +251,40 @@ def _score_variant(run: _SplitRun, variant: str, trained: TrainResult, extra: di
                                             extra={**run.split_info, "variant": variant, **extra})
 
 
+def cell_size_option(value):
+    """A cell-size option as a notebook parameter or YAML gives it: None, ``"auto"``, a number,
+    ``"z,y,x"`` or a list of three numbers -> None, ``"auto"``, a float or a (z, y, x) tuple."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    if isinstance(value, str):
+        if value.strip().lower() == "auto":
+            return "auto"
+        try:
+            parts = [float(v) for v in value.split(",")]
+        except ValueError:
+            raise ValueError(f"cell size must be 'auto', a number or 'z,y,x' in um, not {value!r}") from None
+        value = parts[0] if len(parts) == 1 else parts
+    if np.isscalar(value):
+        return float(value)
+    t = tuple(float(v) for v in value)
+    if len(t) != 3:
+        raise ValueError(f"cell size must be one number or three (z, y, x) in um, not {value!r}")
+    return t
+
+
 def _calibrate(run: _SplitRun, variant: str) -> None:
-    """Whole-volume detection threshold on the inner-validation brains (folds only: in the
-    coarse split those brains hold the test patches)."""
+    """Whole-volume detection threshold on the inner-validation brains, or on all training
+    brains (``calibrate_on``); folds only: in the coarse split those brains hold the test patches."""
     if run.split == "coarse":
         return
-    thr, table, source = calibrate_on_brains(run.paths, run.model_paths[variant], run.parts.val_brains,
-                                             radius_um=run.cfg.match_radius_um,
-                                             cell_diameter_um=run.cfg.cell_diameter_um)
+    size = run.cfg.cell_diameter_um
+    if size == "auto":  # the brains this split learns from, never its test brains
+        size = measure_cell_size(run.paths, run.parts.fit_brains + run.parts.val_brains)
+    brains = run.parts.val_brains if run.cfg.calibrate_on == "val" else run.parts.fit_brains + run.parts.val_brains
+    thr, table, source = calibrate_on_brains(run.paths, run.model_paths[variant], brains,
+                                             rescorer_brains=run.parts.val_brains,
+                                             radius_um=run.cfg.match_radius_um, cell_diameter_um=size,
+                                             screen_recall=run.cfg.screen_recall)
     if thr is not None:
         run.detection_thresholds[variant] = thr
         run.calibrations.append(table.assign(variant=variant, labels=source))

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from clarity.detect import (RunOptions, detect_block,
-                            detect_volume)
+from clarity.detect import DetectionConfig, RunOptions, detect_block, detect_volume
 from clarity.model import load_model, save_model
 from clarity.preprocess import correct_volume
 
@@ -54,3 +53,31 @@ def test_calibrated_detection_threshold(reference, files, tmp_path, same_cells):
     assert res.estimated_count == pytest.approx(1.25 * res.n_cells)
     assert detect_volume(v, model=cal2, threshold=0.5, preprocessed=True, run=RunOptions(progress=False, device='cpu')).estimated_count is None
     assert detect_volume(v, model=cal, preprocessed=True, run=RunOptions(progress=False, device='cpu')).estimated_count is None
+
+
+def test_screen_threshold_keeps_the_asked_share_of_cells(brain, n4_fast):
+    from scipy.spatial import cKDTree
+
+    from clarity.detect import find_candidates
+    from clarity.detect.calibrate import screen_threshold
+    from clarity.preprocess import (
+        correct_volume,
+        estimate_normalisation,
+        fit_bias_field,
+    )
+
+    field = fit_bias_field(brain.volume, config=n4_fast)
+    v = correct_volume(brain.volume, field, estimate_normalisation(brain.volume, field))
+    cfg = DetectionConfig(candidate_threshold=0.5)  # a strict screen, to be widened
+    thr, info = screen_threshold([v], [brain.cells], config=cfg, recall=0.9, radius=4.0)
+    assert 0.02 < thr <= 0.5 and info["n_cells"] == len(brain.cells)
+    assert info["recall_at_threshold"] >= 0.9 and info["recall_at_default"] < info["recall_at_threshold"]
+    # checked independently: the screen at that threshold has a candidate within 4 voxels of >= 90 % of the cells
+    cent, _ = find_candidates(v, sigmas=cfg.sigmas, threshold=thr)
+    d, _ = cKDTree(cent).query(brain.cells)
+    assert (d <= 4.0).mean() >= 0.9
+    # never stricter than the config's own threshold
+    loose, _ = screen_threshold([v], [brain.cells], config=DetectionConfig(candidate_threshold=0.03), recall=0.5, radius=4.0)
+    assert loose <= 0.03
+    with pytest.raises(ValueError, match="recall"):
+        screen_threshold([v], [brain.cells], recall=0.0)

@@ -67,3 +67,32 @@ def test_config_saved_with_the_model_is_used_by_default(files, reference, tmp_pa
     old = load_model(tmp_path / "old.pt", device="cpu")
     assert old.detection_config is None and old.detection_threshold == 0.5
     same_cells(detect_block(v, model=old), detect_block(v, model=net))
+
+
+def test_physical_config_follows_the_cell_size():
+    from clarity.detect import physical_config
+    from clarity.detect.config import DEFAULT_NMS_RADIUS, DEFAULT_SIGMAS, REFERENCE_CELL_SIZE_UM, REFERENCE_VOXEL_UM
+
+    ref = physical_config(voxel_um=REFERENCE_VOXEL_UM, cell_diameter_um=REFERENCE_CELL_SIZE_UM)
+    np.testing.assert_allclose(ref.sigmas, DEFAULT_SIGMAS)  # the reference gives the tuned voxel defaults
+    assert ref.nms_radius == DEFAULT_NMS_RADIUS and ref.nms_scale == (1.0, 1.0, 1.0)
+    # cells twice as large on the same grid: scales double, NMS reaches twice as far
+    big = physical_config(voxel_um=REFERENCE_VOXEL_UM, cell_diameter_um=tuple(2 * c for c in REFERENCE_CELL_SIZE_UM))
+    np.testing.assert_allclose(big.sigmas, 2 * np.asarray(DEFAULT_SIGMAS), rtol=1e-3)
+    np.testing.assert_allclose(big.nms_scale, 0.5, rtol=1e-3)
+    # the same cells on a grid twice as fine: twice the voxels, the same um
+    fine = physical_config(voxel_um=tuple(v / 2 for v in REFERENCE_VOXEL_UM), cell_diameter_um=REFERENCE_CELL_SIZE_UM)
+    np.testing.assert_allclose(fine.sigmas, 2 * np.asarray(DEFAULT_SIGMAS), rtol=1e-3)
+    np.testing.assert_allclose(fine.nms_scale, 0.5, rtol=1e-3)
+    # cells long in z (thick light-sheet planes): the z scale and NMS reach grow with them only
+    real = physical_config(voxel_um=(6.0, 1.62, 1.62), cell_diameter_um=(18.2, 6.8, 6.8))
+    reach_um = [real.nms_radius * v / s for v, s in zip(real.voxel_um, real.nms_scale)]  # NMS reach per axis
+    assert min(real.sigmas[0]) >= 0.6 and reach_um[0] > 2.5 * reach_um[1]
+    assert reach_um[0] / reach_um[1] == pytest.approx((18.2 / 13.3 * 2.0) / (6.8 / 12.7 * 1.6), rel=1e-3)
+    assert real.voxel_um == (6.0, 1.62, 1.62) and real.cell_diameter_um == (18.2, 6.8, 6.8)
+    assert DetectionConfig.from_dict(real.to_dict()) == real  # saved with the model as it is
+    assert physical_config(voxel_um=(1, 1, 1), cell_diameter_um=9.0).cell_diameter_um == 9.0
+    for bad in (dict(voxel_um=(0, 1, 1), cell_diameter_um=9.0), dict(voxel_um=(1, 1, 1), cell_diameter_um=-2),
+                dict(voxel_um=(1, 1), cell_diameter_um=9.0), dict(voxel_um=(1, 1, 1), cell_diameter_um=(1, 0, 1))):
+        with pytest.raises(ValueError):
+            physical_config(**bad)

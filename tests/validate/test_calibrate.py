@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import torch
 
 from clarity.model import CellCNN, ModelConfig, load_model, save_model
@@ -31,3 +32,38 @@ def test_count_factor_only_from_complete_labels(data_root, tmp_path):
     assert source == "annotations" and m.detection_threshold == thr
     assert m.count_factor is None and m.provenance["count_factor_rule"].startswith("none")
     assert m.provenance["calibration_labels"] == "annotations"
+
+
+def test_calibration_in_um_at_the_cell_diameter(data_root, tmp_path):
+    """With a voxel size in brains.csv, a radius in um and a cell diameter: the threshold is swept
+    matching in um (z counts 4x here), the screen and NMS follow the diameter, and the model file
+    records the grid, the diameter and the rule."""
+    from clarity.detect import calibrate_detection_threshold, physical_config
+    from clarity.io import read_volume
+
+    (data_root / "brains.csv").write_text("volume,brain,voxel_um_z,voxel_um_y,voxel_um_x\n"
+                                          "b1,A,4.0,1.0,1.0\nb2,B,4.0,1.0,1.0\n")
+    paths = Paths(data_dir=data_root, run="cal", models_root=tmp_path / "m", reports_root=tmp_path / "r")
+    preprocess_dataset(paths, config=N4Config(shrink=4, iterations=5, levels=1), progress=False)
+    torch.manual_seed(0)
+    net = CellCNN(ModelConfig())
+    torch.nn.init.normal_(net.fc2.weight, std=0.5)
+    model = save_model(tmp_path / "model.pt", net.eval(), normalisation={"method": "contrast"},
+                       threshold=0.5, provenance={})
+    thr, table, _ = calibrate_on_brains(paths, model, ["b1"], rescore=False, radius_um=5.0, cell_diameter_um=7.0)
+    m = load_model(model, device="cpu")
+    cfg = m.detection_config if isinstance(m.detection_config, dict) else m.detection_config.to_dict()
+    assert cfg["voxel_um"] == [4.0, 1.0, 1.0] and cfg["cell_diameter_um"] == 7.0
+    assert "5 um" in m.provenance["detection_threshold_rule"]
+    expected = physical_config(voxel_um=(4, 1, 1), cell_diameter_um=7.0)
+    assert tuple(tuple(s) for s in cfg["sigmas"]) == expected.sigmas
+    assert tuple(cfg["nms_scale"]) == expected.nms_scale and cfg["nms_radius"] == expected.nms_radius
+    # the same sweep by hand, in um: equal; in voxels (no scale): another table
+    vol = read_volume(paths.corrected("b1"), check_finite=False)
+    pts = [np.loadtxt(data_root / "truth" / "b1.csv", delimiter=",", skiprows=1, usecols=(0, 1, 2))]
+    loaded = load_model(model, device="cpu")
+    _, by_hand = calibrate_detection_threshold(loaded, [vol], pts, radius=5.0, scale=(4.0, 1.0, 1.0),
+                                               config=expected)
+    np.testing.assert_array_equal(by_hand.tp.to_numpy(), table.tp.to_numpy())
+    _, in_voxels = calibrate_detection_threshold(loaded, [vol], pts, radius=5.0, config=expected)
+    assert not np.array_equal(in_voxels.tp.to_numpy(), table.tp.to_numpy())

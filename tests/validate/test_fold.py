@@ -115,6 +115,16 @@ def test_candidate_negatives_are_fitted_on_never_tested(tiny_root, paths_for, ti
     assert res.params["n_fit"] == len(PatchSet.load(tiny_root.patchset("cand")).select_brains(res.fit_brains))
 
 
+def test_split_config_options_are_checked():
+    assert V.SplitConfig(cell_diameter_um="18,7,6.5").cell_diameter_um == (18.0, 7.0, 6.5)
+    assert V.SplitConfig(cell_diameter_um="auto").cell_diameter_um == "auto"
+    assert V.SplitConfig(cell_diameter_um=9).cell_diameter_um == 9.0 and V.SplitConfig().cell_diameter_um is None
+    with pytest.raises(ValueError, match="cell size"):
+        V.SplitConfig(cell_diameter_um="large")
+    with pytest.raises(ValueError, match="calibrate_on"):
+        V.SplitConfig(calibrate_on="test")
+
+
 def test_split_config_defaults_resolve_as_before():
     cfg = V.SplitConfig(seed=3)
     with pytest.raises(FrozenInstanceError):
@@ -158,3 +168,44 @@ def test_hard_example_truth_without_mined_patches():
     table = pd.DataFrame(columns=["brain", "z", "y", "x", "kind", "score"])
     out = V.hard_example_truth({}, None, table)
     assert list(out.columns) == V.HARD_EXAMPLE_COLUMNS and len(out) == 0
+
+
+def test_physical_settings_per_fold_never_see_the_test_brain(tiny_root, run_small, tmp_path):
+    """With voxel sizes stated, ``cell_diameter_um="auto"`` measures the cells of each fold's
+    fitting and inner-validation brains only; the screen is fitted on the inner-validation brain,
+    calibration matches in um; the final model's config is measured on every brain."""
+    import shutil
+
+    from clarity.detect import physical_config
+    from clarity.model import load_model
+    from clarity.paths import Paths
+    from clarity.validate.calibrate import measure_cell_size
+    from clarity.validate.final import _fold_calibrations
+
+    root = tmp_path / "data"
+    for sub in ("raw", "truth", "interim", "processed"):
+        shutil.copytree(tiny_root.data_dir / sub, root / sub)
+    (root / "brains.csv").write_text("volume,brain,voxel_um_z,voxel_um_y,voxel_um_x\n" + "".join(
+        f"b{i},b{i},2.0,1.6,1.6\n" for i in range(1, 5)))
+    paths = Paths(data_dir=root, run="phys", models_root=tmp_path / "m", reports_root=tmp_path / "r")
+    results = [run_small(paths, f"fold{k}", retrain=False, cell_diameter_um="auto", match_radius_um=8.0,
+                         screen_recall=0.9, calibrate_on="train") for k in (1, 2)]
+    configs = []
+    for k, res in enumerate(results, start=1):
+        m = load_model(paths.fold_model(f"fold{k}", "cnn"), device="cpu")
+        cfg = m.detection_config
+        size = measure_cell_size(paths, res.fit_brains + res.val_brains)
+        assert tuple(cfg["cell_diameter_um"]) == size  # from the brains it learns from
+        assert not set(res.test_brains) & set(res.fit_brains + res.val_brains)
+        expected = physical_config(voxel_um=(2.0, 1.6, 1.6), cell_diameter_um=size)
+        assert tuple(cfg["nms_scale"]) == expected.nms_scale
+        assert cfg["candidate_threshold"] <= 0.12 and "screen_rule" in m.provenance
+        rule = m.provenance["detection_threshold_rule"]
+        assert "8 um" in rule and all(b in rule for b in res.fit_brains + res.val_brains)
+        assert not any(b in rule for b in res.test_brains)
+        configs.append(cfg)
+    assert configs[0]["cell_diameter_um"] != configs[1]["cell_diameter_um"]
+    _, final = _fold_calibrations(paths, ["fold1", "fold2"])
+    everything = measure_cell_size(paths, [f"b{i}" for i in range(1, 5)])
+    assert tuple(final["cell_diameter_um"]) == everything
+    assert final["candidate_threshold"] == min(c["candidate_threshold"] for c in configs)
