@@ -154,3 +154,43 @@ def test_review_loop_uses_a_persons_decisions(smoke_report, tmp_path):
     assert len(res.reviewed) == 20 and res.count.n_reviewed == 20
     assert len(pd.read_csv(store.path)) == 20  # nothing written by the loop itself
     assert res.model_path.exists() and res.recalibration.n_reviewed <= 20
+
+
+def test_real_planes_section_counts_with_the_decoy_gate(smoke_report, tmp_path, monkeypatch):
+    """Notebook 06's unannotated-planes section: a folder of planes of another voxel size is
+    corrected, detected at the final model's grid with its mirrored decoy, and gated at the
+    model's threshold or the decoy FDR; cells come back in the planes' own voxels."""
+    import shutil
+
+    import numpy as np
+    import papermill as pm
+    import tifffile
+
+    from clarity.synthetic import make_brain
+
+    paths, _ = smoke_report
+    planes = tmp_path / "planes"
+    planes.mkdir()
+    vol = make_brain(11, shape=(12, 64, 56), cell_density=4e-4).volume
+    for i, p in enumerate(vol):
+        tifffile.imwrite(planes / f"plane_{i:03d}.tif", p)
+    reports_root = tmp_path / "reports"
+    shutil.copytree(paths.reports, reports_root / paths.run)
+    monkeypatch.setenv("CLARITY_REPORTS_ROOT", str(reports_root))
+    monkeypatch.setenv("CLARITY_MODELS_ROOT", str(paths.models_root))
+    nb = pipeline.NOTEBOOK_DIR / "06_detect.ipynb"
+    pm.execute_notebook(str(nb), str(tmp_path / "06.ipynb"), cwd=str(nb.parent), kernel_name="python3",
+                        parameters={"DATA_DIR": str(paths.data_dir), "RUN": paths.run, "REAL_DIR": str(planes),
+                                    "REAL_VOXEL_UM": "4,2,2", "REAL_FDR": 0.2, "LOG_BASELINE": False},
+                        progress_bar=False, log_output=False)
+    out = reports_root / paths.run
+    metrics = json.loads((out / "06_detect_metrics.json").read_text())
+    assert metrics["real_voxel_um"] == [4.0, 2.0, 2.0] and metrics["real_fdr"] == 0.2
+    cells = pd.read_csv(out / "06_real_cells.csv")
+    assert len(cells) == metrics["real_count"]
+    assert ((cells[["z", "y", "x"]].to_numpy() >= 0).all()
+            and (cells[["z", "y", "x"]].to_numpy() < np.array(vol.shape)).all())  # the planes' voxels
+    assert metrics["real_threshold"] is None or metrics["real_threshold"] >= metrics["real_model_threshold"]
+    assert 0 <= metrics["real_estimated_cells"] <= metrics["real_count"]
+    assert (out / "06_real_decoy.png").exists() and (out / "06_real_detections.png").exists()
+    assert (paths.data_dir / "interim" / "real_planes_corrected.npy").exists()

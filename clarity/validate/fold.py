@@ -79,6 +79,9 @@ class SplitConfig:
         is: more brains, so a choice that transfers better when brains are labelled
         differently, at the price of scores the network learned from. The rescorer is fitted on
         the inner-validation brains either way. Never the test brains.
+    rescore : bool
+        Fit the second stage (:func:`clarity.rescore.fit_rescorer`) on the inner-validation
+        brains (complete labels only); False: the fold models detect with the CNN alone.
     """
 
     patchset: str = "patches"
@@ -95,6 +98,7 @@ class SplitConfig:
     cell_diameter_um: float | None = None
     screen_recall: float | None = None
     calibrate_on: str = "val"
+    rescore: bool = True
 
     def __post_init__(self):
         if self.calibrate_on not in ("val", "train"):
@@ -282,7 +286,7 @@ def _calibrate(run: _SplitRun, variant: str) -> None:
         size = measure_cell_size(run.paths, run.parts.fit_brains + run.parts.val_brains)
     brains = run.parts.val_brains if run.cfg.calibrate_on == "val" else run.parts.fit_brains + run.parts.val_brains
     thr, table, source = calibrate_on_brains(run.paths, run.model_paths[variant], brains,
-                                             rescorer_brains=run.parts.val_brains,
+                                             rescorer_brains=run.parts.val_brains, rescore=run.cfg.rescore,
                                              radius_um=run.cfg.match_radius_um, cell_diameter_um=size,
                                              screen_recall=run.cfg.screen_recall)
     if thr is not None:

@@ -13,9 +13,8 @@ from clarity.preprocess import N4Config, preprocess_dataset
 from clarity.validate.calibrate import calibrate_on_brains
 
 
-def test_count_factor_only_from_complete_labels(data_root, tmp_path):
-    """Against partial annotations every unannotated cell found would count as spurious: the
-    threshold is still calibrated, but no count factor is stored, and the model file says why."""
+def _preprocessed_with_model(data_root, tmp_path):
+    """The data root preprocessed, and an untrained model file whose scores spread over (0, 1)."""
     paths = Paths(data_dir=data_root, run="cal", models_root=tmp_path / "m", reports_root=tmp_path / "r")
     preprocess_dataset(paths, config=N4Config(shrink=4, iterations=5, levels=1), progress=False)
     torch.manual_seed(0)
@@ -23,6 +22,13 @@ def test_count_factor_only_from_complete_labels(data_root, tmp_path):
     torch.nn.init.normal_(net.fc2.weight, std=0.5)
     model = save_model(tmp_path / "model.pt", net.eval(), normalisation={"method": "contrast"},
                        threshold=0.5, provenance={})
+    return paths, model
+
+
+def test_count_factor_only_from_complete_labels(data_root, tmp_path):
+    """Against partial annotations every unannotated cell found would count as spurious: the
+    threshold is still calibrated, but no count factor is stored, and the model file says why."""
+    paths, model = _preprocessed_with_model(data_root, tmp_path)
     thr, _, source = calibrate_on_brains(paths, model, ["b1"], rescore=False)
     m = load_model(model, device="cpu")
     assert source == "complete" and m.detection_threshold == thr and m.count_factor is not None
@@ -43,13 +49,7 @@ def test_calibration_in_um_at_the_cell_diameter(data_root, tmp_path):
 
     (data_root / "brains.csv").write_text("volume,brain,voxel_um_z,voxel_um_y,voxel_um_x\n"
                                           "b1,A,4.0,1.0,1.0\nb2,B,4.0,1.0,1.0\n")
-    paths = Paths(data_dir=data_root, run="cal", models_root=tmp_path / "m", reports_root=tmp_path / "r")
-    preprocess_dataset(paths, config=N4Config(shrink=4, iterations=5, levels=1), progress=False)
-    torch.manual_seed(0)
-    net = CellCNN(ModelConfig())
-    torch.nn.init.normal_(net.fc2.weight, std=0.5)
-    model = save_model(tmp_path / "model.pt", net.eval(), normalisation={"method": "contrast"},
-                       threshold=0.5, provenance={})
+    paths, model = _preprocessed_with_model(data_root, tmp_path)
     thr, table, _ = calibrate_on_brains(paths, model, ["b1"], rescore=False, radius_um=5.0, cell_diameter_um=7.0)
     m = load_model(model, device="cpu")
     cfg = m.detection_config if isinstance(m.detection_config, dict) else m.detection_config.to_dict()
