@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from clarity import pipeline
-from clarity.review import loop
 from clarity.paths import PROJECT_ROOT, Paths
+from clarity.review import loop
 
 SMOKE = PROJECT_ROOT / "notebooks" / "params" / "smoke.yaml"
 pytestmark = [pytest.mark.slow, pytest.mark.notebooks]
@@ -194,3 +194,26 @@ def test_real_planes_section_counts_with_the_decoy_gate(smoke_report, tmp_path, 
     assert 0 <= metrics["real_estimated_cells"] <= metrics["real_count"]
     assert (out / "06_real_decoy.png").exists() and (out / "06_real_detections.png").exists()
     assert (paths.data_dir / "interim" / "real_planes_corrected.npy").exists()
+
+
+def test_review_loop_keeps_the_threshold_when_the_review_cannot_calibrate(smoke_report, tmp_path):
+    """A review whose calibration share holds no non-cell (a brain with few spurious detections,
+    or few cells) cannot calibrate a threshold: the loop keeps the model's own, says why, and
+    finishes the fold instead of failing the report."""
+    from clarity.labels import ReviewStore
+
+    paths, _ = smoke_report
+    cfg = loop.LoopConfig(n_review=30, epochs=1)
+    items = loop.loop_items(paths, "fold1", config=cfg).head(20)
+    store = ReviewStore(tmp_path / "person.csv")
+    decisions = ["cell"] * len(items)
+    decisions[0] = "not_cell"  # one non-cell only: the 30 % calibration share misses it
+    store.record_many([(it.brain, (it.z, it.y, it.x), d) for (_, it), d in zip(items.iterrows(), decisions)],
+                      reviewer="by-hand")
+    res = loop.run_loop(paths, "fold1", store=store, out_dir=tmp_path / "tuned", config=cfg)
+    assert isinstance(res.recalibration, loop.NoRecalibration)
+    assert "cannot calibrate" in res.recalibration.note
+    from clarity.model import load_model
+    tuned = load_model(res.model_path, device="cpu")
+    assert tuned.count_factor is None and tuned.provenance["review_loop"]["recalibration"]["recalibrated"] is False
+    assert set(res.scores.model) == set(loop.LOOP_MODELS)

@@ -56,7 +56,7 @@ from .retrain import fold_protocol
 from .simulate import simulate_review
 from .views import volume_loader
 
-__all__ = ["LOOP_MODELS", "LoopConfig", "LoopResult", "loop_detections", "loop_items", "loop_tables", "plot_loop",
+__all__ = ["LOOP_MODELS", "LoopConfig", "LoopResult", "NoRecalibration", "loop_detections", "loop_items", "loop_tables", "plot_loop",
            "review_patchset", "run_loop", "score_brain"]
 
 
@@ -309,9 +309,25 @@ def loop_items(paths, split: str, *, config: LoopConfig | None = None) -> pd.Dat
     return _base(paths, split, config or LoopConfig()).items
 
 
-def _review_threshold(detections: pd.DataFrame, reviewed: pd.DataFrame, b: _Base, cfg: LoopConfig):
+@dataclasses.dataclass(frozen=True)
+class NoRecalibration:
+    """What stands for a :class:`~clarity.review.estimate.ReviewCalibration` when the review's
+    calibration share cannot fit one (say, no cell among the reviewed detections of a brain with
+    few cells): the model keeps ``threshold`` (its own) and has no count factor; ``note`` says why."""
+
+    threshold: float
+    note: str
+    count_factor: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"threshold": self.threshold, "count_factor": None, "recalibrated": False, "note": self.note}
+
+
+def _review_threshold(detections: pd.DataFrame, reviewed: pd.DataFrame, b: _Base, cfg: LoopConfig, *,
+                      keep: float):
     """:func:`fit_review_calibration` of ``detections`` of the review brain on the calibration
-    share of the review (each reviewed point takes the score of the detection nearest it)."""
+    share of the review (each reviewed point takes the score of the detection nearest it); a
+    :class:`NoRecalibration` keeping the threshold ``keep`` when that share cannot calibrate one."""
     cal = reviewed[reviewed.use == "calibrate"]
     cal_scores = _scores_at(detections, cal, b.volumes, cfg)
     ok = np.isfinite(cal_scores)
@@ -319,10 +335,10 @@ def _review_threshold(detections: pd.DataFrame, reviewed: pd.DataFrame, b: _Base
         return fit_review_calibration(detections.score, cal_scores[ok], cal.decision.to_numpy()[ok],
                                       seed=cfg.seed, min_threshold=b.floor)
     except ClarityInputError as exc:
-        raise ClarityInputError(
-            f"review of {b.review_brain}: the share kept for recalibration ({cfg.calibration_fraction:.0%} "
-            f"of {len(reviewed)} decided detections) cannot calibrate a threshold: {exc}; review more "
-            "detections") from None
+        return NoRecalibration(float(keep), f"review of {b.review_brain}: the share kept for recalibration "
+                                            f"({cfg.calibration_fraction:.0%} of {len(reviewed)} decided "
+                                            f"detections) cannot calibrate a threshold ({exc}); the model's "
+                                            "own threshold is kept: review more detections")
 
 
 def _recalibrate(paths, b: _Base, tuned_path: Path, reviewed: pd.DataFrame, cfg: LoopConfig):
@@ -331,9 +347,9 @@ def _recalibrate(paths, b: _Base, tuned_path: Path, reviewed: pd.DataFrame, cfg:
     tuned = load_model(tuned_path, device="cpu")
     tuned.rescorer = None
     v_after = loop_detections(paths, b.volumes, tuned, threshold=b.floor, rescore=False)
-    recal = _review_threshold(v_after, reviewed, b, cfg)
+    recal = _review_threshold(v_after, reviewed, b, cfg, keep=float(b.model.operating_threshold))
     path = resave_model(tuned_path, threshold=float(tuned.threshold), detection_threshold=recal.threshold,
-                        count_factor=recal.count_factor, rescorer=False,
+                        count_factor=recal.count_factor if recal.count_factor is not None else False, rescorer=False,
                         detection_config=resolve_config(b.model, None).replace(rescore=False),
                         extra={"review_loop": {"base_model": str(b.path), "review_brain": b.review_brain,
                                                "config": dataclasses.asdict(cfg),
@@ -351,7 +367,7 @@ def _compare(paths, b: _Base, tuned, v_after, recal, reviewed, cfg: LoopConfig, 
     does from what fine-tuning does)."""
     rows = []
     plain_v = loop_detections(paths, b.volumes, b.model, threshold=b.floor, rescore=False)
-    base_recal = _review_threshold(plain_v, reviewed, b, cfg)
+    base_recal = _review_threshold(plain_v, reviewed, b, cfg, keep=float(b.model.operating_threshold))
     rescorer = b.model.rescorer
     for role, brain in [("reviewed", b.review_brain)] + [("test", t) for t in b.test_brains]:
         vols = b.volumes if role == "reviewed" else _volumes(paths, brain, b.every)
