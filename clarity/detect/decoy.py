@@ -156,7 +156,13 @@ def decoy_detect(volume, *, model, config=None, voxel_um=None, floor: float = 0.
         The decoy's detections at ``floor``.
     info : dict
         ``model_threshold``, the decoy ``gate`` (:meth:`DecoyGate.to_dict`), ``threshold`` (the
-        larger of the two; None when no threshold reaches ``fdr``: nothing is kept), ``n_kept``, ``n_decoy_kept``, ``estimated_cells``, ``estimated_fdr``.
+        larger of the two; None when no threshold reaches ``fdr``: nothing is kept), ``n_kept``,
+        ``n_decoy_kept``, ``estimated_cells``, ``estimated_fdr``; and at the model's own threshold
+        ``n_at_model_threshold``, ``n_decoy_at_model_threshold`` and
+        ``estimated_fdr_at_model_threshold``. Where noise maxima are dense, each cell's NMS
+        neighbourhood removes noise maxima from the volume that the decoy keeps: the FDR is then
+        overestimated (a cautious gate), and detections minus decoys undercounts the cells, so
+        only the gated list's ``estimated_cells`` is offered as a count.
     gate : DecoyGate
     """
     cfg = resolve_config(model, config)
@@ -170,9 +176,13 @@ def decoy_detect(volume, *, model, config=None, voxel_um=None, floor: float = 0.
     cells = cells.assign(kept=cells.score >= thr)
     n_kept = int(cells.kept.sum())
     n_dk = int((decoys.score >= thr).sum())
+    n_m = int((cells.score >= float(threshold)).sum())  # at the model's own threshold, for the count
+    n_dm = int((decoys.score >= float(threshold)).sum())
     info = {"model_threshold": float(threshold), "gate": gate.to_dict(),
             "threshold": float(thr) if np.isfinite(thr) else None,
             "n_kept": n_kept, "n_decoy_kept": n_dk, "estimated_cells": float(max(n_kept - n_dk, 0)),
             "estimated_fdr": (n_dk / n_kept) if n_kept else None, "n_detected_at_floor": int(len(cells)),
-            "n_decoy_at_floor": int(len(decoys)), "floor": float(floor)}
+            "n_decoy_at_floor": int(len(decoys)), "floor": float(floor),
+            "n_at_model_threshold": n_m, "n_decoy_at_model_threshold": n_dm,
+            "estimated_fdr_at_model_threshold": (n_dm / n_m) if n_m else None}
     return cells, decoys, info, gate

@@ -76,3 +76,17 @@ def test_decoy_detect_counts_cells_not_noise(n_cells):
         m = match_points(kept[["z", "y", "x"]].to_numpy(float), centres, radius=3)
         assert m.recall >= 0.85 and m.precision >= 0.85
         assert abs(info["estimated_cells"] - n_cells) <= 0.15 * n_cells
+
+
+def test_decoy_gate_raises_a_threshold_that_lets_noise_through():
+    """At a model threshold that keeps mostly noise maxima the estimated FDR says so, and the
+    gate raises the threshold until the list is the cells."""
+    v, centres = _blobs(3, 30, noise=0.35)
+    cells, decoys, info, _ = decoy_detect(v, model=None, config=DetectionConfig(mode="log"), threshold=0.05,
+                                          floor=0.05, fdr=0.1)
+    assert info["n_at_model_threshold"] == len(cells) and info["n_decoy_at_model_threshold"] == len(decoys)
+    assert info["estimated_fdr_at_model_threshold"] > 0.5 and info["threshold"] > 0.05
+    kept = cells[cells.kept]
+    m = match_points(kept[["z", "y", "x"]].to_numpy(float), centres, radius=3)
+    assert m.recall >= 0.9 and m.precision >= 0.85
+    assert abs(info["estimated_cells"] - 30) <= 3
