@@ -32,7 +32,7 @@ import torch
 
 from . import __version__
 from .detect import DetectionConfig, RunOptions, detect_volume
-from .detect.calibrate import cell_size_um
+from .detect.calibrate import calibration_points, cell_size_um
 from .detect.config import resolve_config
 from .io import ClarityInputError, list_brains, read_volume, volume_shape, voxel_size_of
 from .model import load_model
@@ -270,7 +270,7 @@ def _cell_size(args) -> int:
     vols = list_brains(paths.data_dir)
     groups: dict[str, list] = {}
     for b in vols:
-        pts = b.truth_points() if b.truth is not None else (b.points() if b.annotations is not None else None)
+        pts, _ = calibration_points(b)  # complete labels, else annotations
         if pts is None or not len(pts):
             continue
         if b.voxel_um is None:

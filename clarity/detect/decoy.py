@@ -18,12 +18,14 @@ Arrays are (z, y, x) in voxels.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from .block import detect_block, resolve_rescorer
+from ..model import load_model
+from .block import detect_block, plan_for
 from .config import DEFAULT_TISSUE_LEVEL, TRUNCATE, resolve_config
 from .filters import tissue_map
 
@@ -165,10 +167,11 @@ def decoy_detect(volume, *, model, config=None, voxel_um=None, floor: float = 0.
         only the gated list's ``estimated_cells`` is offered as a count.
     gate : DecoyGate
     """
+    if isinstance(model, (str, os.PathLike)):
+        model = load_model(model, device="cpu")
     cfg = resolve_config(model, config)
-    if threshold is None:
-        rescorer = resolve_rescorer(model, cfg)
-        threshold = float(rescorer.threshold if rescorer is not None else getattr(model, "operating_threshold", 0.5))
+    if threshold is None:  # the model's final threshold, as detection resolves it (rescorer's or its own)
+        threshold = plan_for(model, cfg, None)[3]
     cells = detect_block(volume, model=model, config=cfg, threshold=floor, voxel_um=voxel_um)
     decoys = detect_block(decoy_volume(volume), model=model, config=cfg, threshold=floor, voxel_um=voxel_um)
     gate = decoy_gate(cells.score.to_numpy(), decoys.score.to_numpy(), fdr=fdr)
@@ -176,7 +179,7 @@ def decoy_detect(volume, *, model, config=None, voxel_um=None, floor: float = 0.
     cells = cells.assign(kept=cells.score >= thr)
     n_kept = int(cells.kept.sum())
     n_dk = int((decoys.score >= thr).sum())
-    n_m = int((cells.score >= float(threshold)).sum())  # at the model's own threshold, for the count
+    n_m = int((cells.score >= float(threshold)).sum())  # at the model's own threshold: its estimated FDR
     n_dm = int((decoys.score >= float(threshold)).sum())
     info = {"model_threshold": float(threshold), "gate": gate.to_dict(),
             "threshold": float(thr) if np.isfinite(thr) else None,

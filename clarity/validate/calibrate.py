@@ -104,10 +104,10 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
     radius_um : float, keyword-only
         Matching radius in um, used instead of ``radius`` when the brains state their voxel size
         (``brains.csv``): distances are then physical, as in the held-out scoring.
-    cell_diameter_um : float, (z, y, x) floats or "auto", keyword-only
-        Apparent cell size, um: with a stated voxel size the screen scales and NMS follow it
-        (:func:`clarity.detect.physical_config`), unless the config already records one;
-        ``"auto"``: measured on ``brains`` (:func:`measure_cell_size`).
+    cell_diameter_um : float or (z, y, x) floats, keyword-only
+        Apparent cell size, um (e.g. :func:`measure_cell_size` of the brains the model learns
+        from): with a stated voxel size the screen scales and NMS follow it
+        (:func:`clarity.detect.physical_config`), unless the config already records one.
     screen_recall : float, keyword-only
         With complete labels, lower the candidate threshold until the screen keeps this share of
         the labelled cells (:func:`clarity.detect.calibrate.screen_threshold`); None: keep it.
@@ -134,8 +134,6 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
     vox = common_voxel_um(list_brains(paths.data_dir, names=list(brains)))
     if cfg.voxel_um is None:  # record the grid the model learned on, when the brains state one
         cfg = cfg.replace(voxel_um=vox)
-    if isinstance(cell_diameter_um, str) and cell_diameter_um == "auto":
-        cell_diameter_um = measure_cell_size(paths, brains)
     if cell_diameter_um is not None and cfg.cell_diameter_um is None and cfg.voxel_um is not None:
         cfg = physical_config(cfg, voxel_um=cfg.voxel_um, cell_diameter_um=cell_diameter_um)
     scale, unit = (1.0, 1.0, 1.0), "voxels"

@@ -95,7 +95,7 @@ class SplitConfig:
     target_precision: float = 0.95
     mining: MiningConfig | None = None
     match_radius_um: float | None = None
-    cell_diameter_um: float | None = None
+    cell_diameter_um: float | tuple | str | None = None
     screen_recall: float | None = None
     calibrate_on: str = "val"
     rescore: bool = True
