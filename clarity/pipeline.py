@@ -22,7 +22,7 @@ from typing import Sequence
 import papermill as pm
 import yaml
 
-from .io import ClarityInputError, brain_groups, list_brains
+from .io import ClarityInputError, atomic_write, brain_groups, list_brains
 from .paths import PROJECT_ROOT, Paths
 from .synthetic import write_dataset
 from .validate.splits import train_val_volumes
@@ -156,6 +156,42 @@ def run_report(paths: Paths, *, seed: int = 0, params_file: str | os.PathLike | 
                 os.environ[k] = v
 
 
+class _Timings:
+    """Seconds per notebook of this report, kept in ``reports/<run>/timings.csv`` (``step,seconds``;
+    a rerun replaces the rows of the steps it ran, written atomically)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: dict[str, float] = {}
+        if path.exists():
+            try:
+                for line in path.read_text().splitlines()[1:]:
+                    step, sec = line.rsplit(",", 1)
+                    self.rows[step] = float(sec)
+            except ValueError:
+                self.rows = {}
+
+    def record(self, step: str, seconds: float) -> None:
+        self.rows[step] = round(float(seconds), 1)
+        order = {s.notebook: i for i, s in enumerate(STEPS)}
+        keys = sorted(self.rows, key=lambda k: (order.get(k.split(" ")[0], 99), k))
+        text = "step,seconds\n" + "".join(f"{k},{self.rows[k]}\n" for k in keys)
+        with atomic_write(self.path) as tmp:
+            tmp.write_text(text)
+
+
+def _review_labels_used(paths: Paths, params: dict) -> bool:
+    """Whether the report's patch set used review decisions (its ``meta``), for the summary."""
+    import json
+
+    import numpy as np
+    try:
+        with np.load(paths.patchset(str(params.get("PATCHSET", "patches"))), allow_pickle=False) as z:
+            return bool(json.loads(str(z["meta"])).get("review_labels_used", False))
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def _run_steps(paths: Paths, params: dict, *, seed: int, only) -> int:
     # headless: notebooks 05 and 07 write into the report's own places and retrain (interactively
     # they write apart, under reports/<run>/interactive/, and retrain only when asked)
@@ -172,6 +208,7 @@ def _run_steps(paths: Paths, params: dict, *, seed: int, only) -> int:
     out_dir = paths.reports
     out_dir.mkdir(parents=True, exist_ok=True)
     failures = []
+    timings = _Timings(out_dir / "timings.csv")
     t_start = time.perf_counter()
     skip = skipped(params)
     for step in STEPS:
@@ -203,10 +240,16 @@ def _run_steps(paths: Paths, params: dict, *, seed: int, only) -> int:
                 failures.append(label)
                 print(f"[clarity] {label} FAILED: {exc.ename}: {exc.evalue} -- see {output}", flush=True)
                 continue  # the other splits of a per-split step still run
+            timings.record(label, time.perf_counter() - t0)
             print(f"[clarity] {label} done in {time.perf_counter() - t0:.0f} s -> {output}", flush=True)
         if failures:
             break  # later stages need this one
     total = time.perf_counter() - t_start
+    if not only and (out_dir / "cv_metrics.csv").exists():
+        # summary.md again, now that every notebook has run: detection per brain first, seconds per notebook
+        from .validate.summary import write_summary
+        write_summary(out_dir, run=paths.run, review_labels_used=_review_labels_used(paths, params),
+                      final_model=str(paths.final_model) if paths.final_model.exists() else None)
     if failures:
         print(f"[clarity] report {paths.run}: {len(failures)} failed ({', '.join(failures)}) after {total:.0f} s; "
               "fix and rerun: finished splits are not redone", file=sys.stderr, flush=True)

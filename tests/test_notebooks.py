@@ -217,3 +217,36 @@ def test_review_loop_keeps_the_threshold_when_the_review_cannot_calibrate(smoke_
     tuned = load_model(res.model_path, device="cpu")
     assert tuned.count_factor is None and tuned.provenance["review_loop"]["recalibration"]["recalibrated"] is False
     assert set(res.scores.model) == set(loop.LOOP_MODELS)
+
+
+def test_report_runs_on_a_root_with_annotations_only(tmp_path):
+    """A lab's usual root: annotations only, no truth/ (data/README.md). Every notebook runs to the
+    end; the steps that need complete labels (the headless review loop) say so, in the notebook and
+    in summary.md, and the report exits 0."""
+    import shutil
+
+    import yaml
+
+    from clarity.synthetic import write_dataset
+
+    params = yaml.safe_load(SMOKE.read_text())
+    root = tmp_path / "data"
+    write_dataset(root, n_brains=4, seed=3, progress=False, shape=tuple(params["SYNTH_SHAPE"]),
+                  cell_density=float(params["SYNTH_DENSITY"]))
+    shutil.rmtree(root / "truth")
+    smoke = tmp_path / "smoke.yaml"
+    smoke.write_text(yaml.safe_dump({**params, "N_BRAINS": 4, "COARSE": False}))
+    paths = Paths(data_dir=root, run="mine", models_root=tmp_path / "models", reports_root=tmp_path / "reports")
+    assert pipeline.run_report(paths, seed=0, params_file=smoke, progress=False) == 0
+    for step in pipeline.STEPS:
+        for out in sorted(paths.reports.glob(f"{step.notebook}*.ipynb")):
+            nb = nbformat.read(out, as_version=4)
+            assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"], out
+    nb07 = nbformat.read(paths.reports / "07_review_loop.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in nb07.cells for o in c.get("outputs", []))
+    assert "review loop skipped: the review loop needs complete labels" in text
+    summary = (paths.reports / "summary.md").read_text()
+    assert "annotations only" in summary and "Skipped: the review loop needs complete labels" in summary
+    assert "against the complete truth" not in summary  # no truth: that table does not apply
+    assert summary.index("## Held-out detection per brain") < summary.index("(Table 2)")
+    assert "## Seconds per notebook" in summary

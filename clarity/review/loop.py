@@ -57,7 +57,7 @@ from .simulate import simulate_review
 from .views import volume_loader
 
 __all__ = ["LOOP_MODELS", "LoopConfig", "LoopResult", "NoRecalibration", "loop_detections", "loop_items", "loop_tables", "plot_loop",
-           "review_patchset", "run_loop", "score_brain"]
+           "review_patchset", "run_loop", "score_brain", "loop_unavailable"]
 
 
 @dataclass(frozen=True)
@@ -299,6 +299,55 @@ def _base(paths, split: str, cfg: LoopConfig) -> _Base:
     items = items_table(found).iloc[review_order(found.score.to_numpy(), thr, seed=cfg.seed)]
     items = items.assign(threshold=thr, margin=items.score - thr).reset_index(drop=True)
     return _Base(base_path, base, thr, floor, v_brain, t_brains, v_vols, found, items, every)
+
+
+def loop_unavailable(paths, splits, *, simulate: bool, store=None, config: LoopConfig | None = None) -> str | None:
+    """Why :func:`run_loop` cannot run on ``splits`` of this data root, in one line; None when it can.
+
+    The loop scores its held-out (test) brains against their **complete** labels (``truth/``),
+    and headless its simulated reviewer decides from the review brain's complete labels; a root
+    with partial annotations only cannot do either. When ``store`` is given (a person's review,
+    ``simulate=False``), it also needs decisions on the first split's review brain there. Nothing
+    is computed: the check reads the fold protocol (``done.json``), the data root's listing and
+    the store.
+
+    Parameters
+    ----------
+    paths : clarity.paths.Paths
+    splits : list of str
+        By-brain folds of notebook 04a.
+    simulate : bool, keyword-only
+        Headless run with the simulated reviewer.
+    store : ReviewStore, path or None, keyword-only
+        A person's review store, checked for decisions on the review brain (None: not checked).
+    config : LoopConfig, keyword-only
+    """
+    cfg = config or LoopConfig()
+    if not splits:
+        return "no fold model to start from (run notebook 04a_validate_fold first)"
+    every = list_brains(paths.data_dir)
+    groups = {b.name: b.group for b in every}
+    need = []
+    for split in splits:
+        proto = fold_protocol(paths, split)
+        review = groups.get(proto["val_brains"][0])
+        tests = [groups[n] for n in proto["test_brains"] if n in groups]
+        need += tests + ([review] if simulate else [])
+    need = list(dict.fromkeys(need))
+    lacking = [g for g in need if any(b.truth is None for b in every if b.group == g)]
+    if lacking:
+        what = "score the held-out brains and simulate a reviewer" if simulate else "score the held-out brains"
+        return (f"the review loop needs complete labels (truth/) to {what}; brain(s) {', '.join(map(str, lacking))} "
+                f"of {paths.data_dir} have annotations only")
+    if store is not None and not simulate:
+        proto = fold_protocol(paths, splits[0])
+        review_vols = {b.name for b in every if b.group == groups.get(proto["val_brains"][0])}
+        decided = as_store(store).decisions()
+        n = int(decided["brain"].astype(str).isin(review_vols).sum()) if len(decided) else 0
+        if n == 0:
+            return (f"no review decisions yet on the review brain {groups.get(proto['val_brains'][0])} "
+                    f"(review it in the gallery, then run the loop)")
+    return None
 
 
 def loop_items(paths, split: str, *, config: LoopConfig | None = None) -> pd.DataFrame:

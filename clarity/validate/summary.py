@@ -23,7 +23,7 @@ from .tables import (COUNT_COLUMNS, METRIC_COLUMNS, NUMERIC_COLUMNS, SEED_RESULT
                      write_csv)
 
 __all__ = ["folds_dir", "collect_cv", "cv_table", "target_checks", "fold_curves", "plot_fold_curves",
-           "write_summary", "cv_thresholds", "cv_detection_thresholds", "fmt", "md_table"]
+           "write_summary", "labels_are_partial", "cv_thresholds", "cv_detection_thresholds", "fmt", "md_table"]
 
 #: Columns of the summary's metric tables, and their headings.
 SUMMARY_COLUMNS = ["f1", "precision", "recall", "roc_auc", "pr_auc", "recall_at_p95", "fp", "adjusted_fp",
@@ -272,7 +272,7 @@ def _targets_section(table: pd.DataFrame, tg: dict) -> list[str]:
                      names=["check", "value", "target", "mean", "folds passing"]), ""]
 
 
-def _retraining_section(reports_dir: Path) -> list[str]:
+def _retraining_section(reports_dir: Path, *, partial: bool | None = True) -> list[str]:
     """Mined hard examples per split (from done.json): how many "false positives" are real cells."""
     rows = []
     for d in sorted(folds_dir(reports_dir).glob("*"), key=lambda p: split_order(p.name)):
@@ -282,16 +282,18 @@ def _retraining_section(reports_dir: Path) -> list[str]:
         h = json.loads(f.read_text()).get("hard_examples") or {}
         if "hard_fp" in h:
             frac = h.get("hard_fp_true_cells", 0) / h["hard_fp"] if h["hard_fp"] else float("nan")
-            rows.append(f"| {d.name} | {h['hard_fp']} | {h.get('hard_fp_true_cells', 0)} ({fmt(100 * frac, 0)} %) "
-                        f"| {h.get('hard_fn', 0)} |")
+            true_cells = (f"{h.get('hard_fp_true_cells', 0)} ({fmt(100 * frac, 0)} %)" if partial is not None
+                          else "– (no truth/)")
+            rows.append(f"| {d.name} | {h['hard_fp']} | {true_cells} | {h.get('hard_fn', 0)} |")
     if not rows:
         return []
     return ["## Hard examples mined for retraining (fitting brains only)", "",
             "| split | mined false positives | of which true cells (truth) | re-added false negatives |",
             "|---|---|---|---|", *rows, "",
             "A mined \"false positive\" is a high-scoring location >= 6 voxels from every annotation. "
-            "With partial annotations most of them are unannotated real cells, so retraining on them "
-            "teaches the model to reject real cells; compare `cnn_retrained` with `cnn` above.", ""]
+            + ("With partial annotations most of them are unannotated real cells, so retraining on them "
+               "teaches the model to reject real cells; " if partial is not False else "")
+            + "compare `cnn_retrained` with `cnn` above.", ""]
 
 
 def _split_sections(table: pd.DataFrame) -> list[str]:
@@ -323,12 +325,130 @@ def _links_section(final_model: str | None, figures: Sequence[str], notebooks: S
     return out
 
 
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text()) if path.exists() else None
+    except (OSError, ValueError):
+        return None
+
+
+def labels_are_partial(table: pd.DataFrame) -> bool | None:
+    """Whether the training labels are partial annotations of complete labels (``truth/``): True
+    when the cross-validation scored against the truth differs from the same against the
+    annotations, False when both agree (the annotations are the complete labels), None without
+    truth rows (no complete labels: the annotations are all there is)."""
+    folds = table[table["split"].astype(str).str.fullmatch(r"fold\d+")]
+    ann = folds[folds["labels"] == "annotations"].set_index(["split", "variant"])
+    tru = folds[folds["labels"] == "truth"].set_index(["split", "variant"])
+    if tru.empty or tru["f1"].isna().all():
+        return None
+    common = ann.index.intersection(tru.index)
+    cols = ["tp", "fp", "fn"] if {"tp", "fp", "fn"} <= set(folds.columns) else ["f1", "precision", "recall"]
+    a = ann.loc[common, cols].astype(float).to_numpy()
+    t = tru.loc[common, cols].astype(float).to_numpy()
+    return not np.allclose(a, t, equal_nan=True)
+
+
+def _detection_section(reports_dir: Path) -> list[str]:
+    """Held-out detection per brain (notebook 06): what a lab came for."""
+    f = reports_dir / "06_counts_per_brain.csv"
+    if not f.exists():
+        return []
+    df = pd.read_csv(f, dtype={"brain": str, "group": str})
+    if df.empty:
+        return []
+    df["group"] = df["group"].fillna(df["brain"]) if "group" in df else df["brain"]
+    out = ["## Held-out detection per brain", "",
+           "Every brain counted whole by the model of the fold that never trained on it (notebook 06); "
+           "detections matched one-to-one to the labelled cells.", ""]
+    complete = "n_true" in df and df["n_true"].notna().all()
+    rows = []
+    for (group, method), g in df.groupby(["group", "method"], sort=False):
+        r = {"brain": group, "method": method, "volumes": len(g), "detected": int(g.n_detected.sum())}
+        if complete:
+            tp, n_true = int(g.tp.sum()), int(g.n_true.sum())
+            p, rc = tp / max(int(g.n_detected.sum()), 1), tp / max(n_true, 1)
+            r.update({"labelled": n_true, "count error": f"{100 * (r['detected'] / max(n_true, 1) - 1):+.1f} %",
+                      "precision": p, "recall": rc, "F1": 2 * tp / max(r["detected"] + n_true, 1)})
+            if "estimated_count" in g and g.estimated_count.notna().all():
+                r["estimated count"] = f"{g.estimated_count.sum():.0f} ({100 * (g.estimated_count.sum() / max(n_true, 1) - 1):+.1f} %)"
+        elif "n_annotated" in g:
+            r.update({"annotated": int(g.n_annotated.sum()),
+                      "annotated found (recall)": float(g.annotated_found.sum() / max(g.n_annotated.sum(), 1))})
+        rows.append(r)
+    tab = pd.DataFrame(rows)
+    cols = list(tab.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in tab.iterrows():
+        lines.append("| " + " | ".join(fmt(v) if isinstance(v, float) else str(v) for v in r[cols]) + " |")
+    out += lines + [""]
+    if complete:
+        tot = df.groupby("method", sort=False)[["tp", "n_true", "n_detected"]].sum()
+        out += ["Pooled over the held-out brains: " + "; ".join(
+            f"{m} F1 {fmt(2 * r.tp / max(r.n_detected + r.n_true, 1))}, {int(r.n_detected):,} detected for "
+            f"{int(r.n_true):,} labelled ({100 * (r.n_detected / max(r.n_true, 1) - 1):+.1f} %)"
+            for m, r in tot.iterrows()) + ".", ""]
+    else:
+        out += ["The held-out brains have annotations only (no `truth/`): precision, F1 and count error need "
+                "complete labels, so only the count and the share of annotated cells found are given.", ""]
+    return out
+
+
+def _review_loop_section(reports_dir: Path) -> list[str]:
+    """Notebook 07: the review loop's pooled result, or the one line saying why it did not run."""
+    s = _read_json(reports_dir / "07_loop_summary.json")
+    if s is None:
+        return []
+    if s.get("skipped"):
+        return ["## Review loop (notebook 07)", "", f"Skipped: {s['skipped']}.", ""]
+    f1 = s.get("f1_test_pooled") or {}
+    return ["## Review loop (notebook 07)", "",
+            f"{s.get('n_review')} detections of each fold's review brain reviewed "
+            f"({'simulated reviewer' if s.get('simulated_reviewer') else 'a person'}); pooled F1 on the held-out "
+            "brains: " + ", ".join(f"{k} {fmt(v)}" for k, v in f1.items()) + f". Count intervals covered the "
+            f"labelled cells among the detections in {s.get('count_interval_covers_among_detections')} of "
+            f"{s.get('count_intervals')} folds. See `07_loop_*.csv`.", ""]
+
+
+def _notes_section(reports_dir: Path) -> list[str]:
+    """One line per step that did not apply to this data root (``*_skipped`` in the notebooks' metrics)."""
+    out = []
+    for name in ("05_review_metrics.json", "06_detect_metrics.json"):
+        m = _read_json(reports_dir / name) or {}
+        for k, v in m.items():
+            if k.endswith("skipped") and v:
+                out.append(f"* {name.split('_')[0]}: {v}")
+    return (["## Steps that did not apply to this data root", "", *out, ""]) if out else []
+
+
+def _timings_section(reports_dir: Path) -> list[str]:
+    """Seconds per notebook of the last ``make report`` (``timings.csv``, written by the pipeline)."""
+    f = reports_dir / "timings.csv"
+    if not f.exists():
+        return []
+    t = pd.read_csv(f)
+    if t.empty:
+        return []
+    lines = ["## Seconds per notebook", "", "| notebook | seconds |", "|---|---|"]
+    lines += [f"| {r.step} | {r.seconds:.0f} |" for r in t.itertuples()]
+    lines += [f"| **all** | **{t.seconds.sum():.0f}** |", ""]
+    return lines
+
+
 def write_summary(reports_dir: str | os.PathLike, *, table=None, run: str | None = None,
-                  review_labels_used: bool = False, figures: Sequence[str] = (),
-                  notebooks: Sequence[str] = (), final_model: str | None = None,
+                  review_labels_used: bool = False, figures: Sequence[str] | None = None,
+                  notebooks: Sequence[str] | None = None, final_model: str | None = None,
                   targets: dict | None = None, seed_results: dict | None = None,
                   path: str | os.PathLike | None = None) -> Path:
     """Write ``reports/<run>/summary.md``: the page a person reads first.
+
+    It leads with what a lab came for, the held-out detection per brain (notebook 06: count
+    against the labels, precision, recall, F1), then the cross-validation of patches (Table 2),
+    then the rest; a section whose inputs this run did not produce (or that does not apply to
+    the data root: the complete-truth table when the annotations are the complete labels, the
+    review loop without complete labels) is left out or reduced to the one line saying why.
+    Notebook 04b writes it, and ``make report`` writes it again after the last notebook (with
+    the seconds per notebook).
 
     Parameters
     ----------
@@ -340,8 +460,9 @@ def write_summary(reports_dir: str | os.PathLike, *, table=None, run: str | None
         Run name for the title (default: the folder name).
     review_labels_used : bool
         Whether the patch set used review labels (``PatchSet.meta["review_labels_used"]``).
-    figures, notebooks : sequences of str
-        File names (relative to ``reports_dir``) to link.
+    figures, notebooks : sequences of str, optional
+        File names (relative to ``reports_dir``) to link (default: the ``cv_*.png`` figures and
+        every executed notebook there).
     final_model : str, optional
         Path of the final model to mention.
     targets, seed_results : dict, optional
@@ -354,25 +475,39 @@ def write_summary(reports_dir: str | os.PathLike, *, table=None, run: str | None
     tg = {**TARGETS, **(targets or {})}
     seed_res = {**SEED_RESULTS, **(seed_results or {})}
     run = run or reports_dir.name
+    if figures is None:
+        figures = sorted(p.name for p in reports_dir.glob("cv_*.png"))
+    if notebooks is None:
+        notebooks = sorted((p.name for p in reports_dir.glob("*.ipynb")), key=natural_key)
+    partial = labels_are_partial(table)
     labels_used = "annotations" + (" + review" if review_labels_used else "")
-    out = [f"# clarity validation summary — run `{run}`", ""]
+    kind = {True: "partial annotations of complete labels (`truth/`)",
+            False: "complete labels (the annotations are every cell)",
+            None: "annotations only (no `truth/`: nothing here is scored against complete labels)"}[partial]
+    out = [f"# clarity summary — run `{run}`", "", f"Labels of this data root: {kind}.", ""]
+    out += _detection_section(reports_dir)
     n_folds = table.loc[table["split"].astype(str).str.fullmatch(r"fold\d+"), "split"].nunique()
+    out += _mean_std_section(table, "annotations", "Cross-validated patches, mean ± std, against annotations "
+                                                   "(Table 2)", seed_res)
     out += [f"Training labels: **{labels_used}**. Cross-validation by brain, {n_folds} folds (each fold "
             "tests brains never trained on); every threshold is the lowest reaching precision "
             f"{tg['precision']} on an inner-validation brain (never on the test brains). "
             "`recall @ P≥0.95 (test curve)` uses the best threshold on the test patches themselves: "
             "an optimistic figure, shown for comparison with the target.", ""]
-    out += _mean_std_section(table, "annotations", "Cross-validated mean ± std, against annotations "
-                                                   "(Table 2)", seed_res)
     out += _targets_section(table, tg)
-    out += _retraining_section(reports_dir)
-    out += _mean_std_section(table, "truth", "Cross-validated mean ± std, against the complete truth "
-                                             "(synthetic data)", None)
+    if partial:
+        out += _mean_std_section(table, "truth", "Cross-validated patches, mean ± std, against the complete "
+                                                 "truth", None)
+    out += _retraining_section(reports_dir, partial=partial)
+    out += _review_loop_section(reports_dir)
+    out += _notes_section(reports_dir)
     out += _split_sections(table)
+    out += _timings_section(reports_dir)
     out += _links_section(final_model, figures, notebooks)
     out += ["Columns: FP / adjusted FP count test patches predicted cell but not annotated / of those, "
-            "the ones holding no true cell. Metrics against the truth score the same patches against "
-            "complete truth (a true cell centre within the truth radius of the patch centre).", ""]
+            "the ones holding no true cell (complete labels only)."
+            + (" Metrics against the truth score the same patches against complete truth (a true cell "
+               "centre within the truth radius of the patch centre)." if partial else ""), ""]
     path = Path(path) if path is not None else reports_dir / "summary.md"
     with atomic_write(path) as tmp:
         tmp.write_text("\n".join(out))
