@@ -47,7 +47,7 @@ from .io import ClarityInputError, atomic_write
 from .model import CellCNN, ModelConfig, pick_device, save_model
 from .sampling import PatchSet
 
-__all__ = ["TrainConfig", "TrainResult", "augment", "train_model", "max_f1_threshold"]
+__all__ = ["TrainConfig", "TrainResult", "augment", "train_model", "max_f1_threshold", "onecycle_lr"]
 
 CHECKPOINT_FORMAT = "clarity-train-checkpoint"
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_roc_auc", "val_pr_auc", "lr", "seconds"]
@@ -81,10 +81,15 @@ class TrainConfig:
         sampling with replacement (epoch length = training set size), or nothing.
     augment : bool
         Random flips along z, y, x and 90-degree rotations in the y-x plane.
-    lr_schedule : {"plateau", "cosine", "none"}
+    lr_schedule : {"plateau", "cosine", "onecycle", "none"}
         ``"plateau"`` halves the learning rate after 2 epochs without improvement of the
-        validation loss (training loss without a validation set); ``"cosine"`` (default) anneals
-        from ``lr`` to 0 over ``epochs``.
+        validation loss (training loss without a validation set); ``"cosine"`` anneals from
+        ``lr`` to 0 over ``epochs``, once per epoch; ``"onecycle"`` sets it at every step
+        (Smith's one-cycle policy, as :class:`torch.optim.lr_scheduler.OneCycleLR`): up from
+        ``lr / 25`` to ``lr`` over the first ``warmup`` share of the steps, then cosine down to
+        ``lr / 25e4``: as good a model in a third of the epochs (:func:`onecycle_lr`).
+    warmup : float
+        Share of the steps the one-cycle schedule spends rising (``"onecycle"`` only).
     num_threads : int or None
         ``torch.set_num_threads`` during training (restored afterwards); None keeps torch's.
     eval_batch_size : int
@@ -100,15 +105,18 @@ class TrainConfig:
     balance: str = "weighted"
     augment: bool = True
     lr_schedule: str = "cosine"
+    warmup: float = 0.3
     num_threads: int | None = None
     eval_batch_size: int = 2048
 
     def __post_init__(self):
         if self.balance not in ("weighted", "sampler", "none"):
             raise ValueError(f"balance must be 'weighted', 'sampler' or 'none', not {self.balance!r}")
-        if self.lr_schedule not in ("plateau", "cosine", "none"):
+        if self.lr_schedule not in ("plateau", "cosine", "onecycle", "none"):
             raise ValueError(
-                f"lr_schedule must be 'plateau', 'cosine' or 'none', not {self.lr_schedule!r}")
+                f"lr_schedule must be 'plateau', 'cosine', 'onecycle' or 'none', not {self.lr_schedule!r}")
+        if not 0.0 < self.warmup < 1.0:
+            raise ValueError(f"warmup must lie in (0, 1), not {self.warmup}")
         if self.epochs < 0 or self.batch_size < 2 or self.lr <= 0 or self.patience < 0:
             raise ValueError(f"invalid TrainConfig {self}")
 
@@ -143,6 +151,25 @@ class TrainResult:
     out_dir: Path
     model_path: Path
     threshold: float = 0.5
+
+
+def onecycle_lr(step: int, total: int, *, lr: float, warmup: float = 0.3,
+                div: float = 25.0, final_div: float = 1e4) -> float:
+    """Learning rate of the one-cycle policy at optimiser step ``step`` (0-based) of ``total``.
+
+    Cosine up from ``lr / div`` to ``lr`` over the first ``warmup`` share of the steps, then
+    cosine down to ``lr / (div * final_div)`` at the last step (the shape of
+    :class:`torch.optim.lr_scheduler.OneCycleLR`, computed from the step alone so that a resumed
+    run follows the same schedule).
+    """
+    total = max(int(total), 1)
+    start, end = lr / div, lr / (div * final_div)
+    up = max(int(round(warmup * total)), 1)
+    if step < up:
+        t = step / up
+        return start + (lr - start) * 0.5 * (1 - math.cos(math.pi * t))
+    t = min((step - up) / max(total - 1 - up, 1), 1.0)
+    return end + (lr - end) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 # ---- augmentation
@@ -375,7 +402,7 @@ class _Training:
         order = torch.from_numpy(order).to(self.dev)
         bar = tqdm(total=len(order), desc=f"epoch {epoch}", unit="patch", unit_scale=True, leave=False,
                    disable=not progress)
-        train_loss = self.train_pass(order, rng, bar)
+        train_loss = self.train_pass(order, rng, bar, epoch=epoch)
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": float("nan"),
                "val_roc_auc": float("nan"), "val_pr_auc": float("nan"), "lr": lr}
         val_prob = None
@@ -386,12 +413,20 @@ class _Training:
         row["seconds"] = time.perf_counter() - t0
         return row, val_prob, eseed
 
-    def train_pass(self, order: torch.Tensor, rng: np.random.Generator, bar) -> float:
-        """One pass over ``x_train[order]`` in batches; returns the mean training loss per patch."""
+    def train_pass(self, order: torch.Tensor, rng: np.random.Generator, bar, *, epoch: int = 1) -> float:
+        """One pass over ``x_train[order]`` in batches; returns the mean training loss per patch.
+        With the one-cycle schedule the learning rate is set before every step."""
         self.model.train()
-        total, seen, bs = 0.0, 0, self.config.batch_size
+        cfg = self.config
+        total, seen, bs = 0.0, 0, cfg.batch_size
+        per_epoch = math.ceil(len(order) / bs)
         with bar:
-            for s in range(0, len(order), bs):
+            for i, s in enumerate(range(0, len(order), bs)):
+                if cfg.lr_schedule == "onecycle":
+                    lr = onecycle_lr((epoch - 1) * per_epoch + i, cfg.epochs * per_epoch, lr=cfg.lr,
+                                     warmup=cfg.warmup)
+                    for g in self.opt.param_groups:
+                        g["lr"] = lr
                 idx = order[s:s + bs]
                 bar.update(len(idx))
                 if len(idx) < 2:  # BatchNorm needs two samples

@@ -181,3 +181,43 @@ def test_init_state_fine_tunes_from_given_weights(tmp_path, data):
     conv = [k for k in start if k.endswith("weight")][0]
     np.testing.assert_allclose(tuned.model.state_dict()[conv].cpu(), start[conv].cpu(), atol=1e-6)
     assert not np.allclose(fresh.model.state_dict()[conv].cpu(), start[conv].cpu(), atol=1e-3)
+
+
+def test_onecycle_lr_rises_then_falls():
+    from clarity.train import onecycle_lr
+
+    lrs = [onecycle_lr(s, 100, lr=1e-2, warmup=0.3) for s in range(100)]
+    peak = int(np.argmax(lrs))
+    assert abs(peak - 30) <= 1 and abs(max(lrs) - 1e-2) < 1e-9
+    assert lrs[0] == pytest.approx(1e-2 / 25)
+    assert lrs[-1] == pytest.approx(1e-2 / 25e4)
+    assert all(a <= b for a, b in zip(lrs[:peak], lrs[1:peak + 1]))      # rising
+    assert all(a >= b for a, b in zip(lrs[peak:-1], lrs[peak + 1:]))      # then falling
+
+
+def test_onecycle_training_learns_and_resumes_identically(tmp_path, data, monkeypatch):
+    """The one-cycle schedule sets the rate per step from the step alone: a run killed after its
+    first epoch and resumed ends with the weights of an uninterrupted one; the model learns."""
+    import clarity.train as tr
+
+    train, val = data
+    c = cfg(epochs=3, lr_schedule="onecycle")
+    straight = train_model(train, val, model_config=TINY, config=c, out_dir=tmp_path / "b", progress=False)
+    assert straight.history.val_roc_auc.max() > 0.8
+    real_end = tr._Training.end_epoch
+
+    def killed(self, row, val_prob, eseed):
+        real_end(self, row, val_prob, eseed)
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt  # the node was preempted after epoch 1
+    monkeypatch.setattr(tr._Training, "end_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(train, val, model_config=TINY, config=c, out_dir=tmp_path / "a", progress=False)
+    monkeypatch.setattr(tr._Training, "end_epoch", real_end)
+    again = train_model(train, val, model_config=TINY, config=c, out_dir=tmp_path / "a", progress=False)
+    assert again.history["epoch"].tolist() == [1, 2, 3]
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(x, y) for x, y in zip(a.values(), b.values()))
+    with pytest.raises(ValueError, match="warmup"):
+        TrainConfig(warmup=1.5)
