@@ -50,3 +50,17 @@ def test_write_dataset(tmp_path, small_kwargs):
     before = (tmp_path / "raw" / "brain01.tif").stat().st_mtime_ns
     write_dataset(tmp_path, n_brains=2, seed=3, progress=False, **small_kwargs)  # kept, not rewritten
     assert (tmp_path / "raw" / "brain01.tif").stat().st_mtime_ns == before
+
+
+def test_write_dataset_same_files_with_any_number_of_workers(tmp_path, small_kwargs):
+    """Brains are built in parallel processes; each depends on its own seed only."""
+    import hashlib
+
+    def digest(root):
+        return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+
+    write_dataset(tmp_path / "one", n_brains=3, seed=5, progress=False, workers=1, **small_kwargs)
+    write_dataset(tmp_path / "two", n_brains=3, seed=5, progress=False, workers=2, **small_kwargs)
+    a, b = digest(tmp_path / "one"), digest(tmp_path / "two")
+    assert a == b and len(a) >= 3 * 4
