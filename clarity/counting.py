@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .detect import DetectionConfig, RunOptions, detect_volume, fit_log_threshold, log_config
+from .detect import DetectionConfig, RunOptions, detect_volume, fit_log_threshold, log_config, log_detect
 from .detect.config import resolve_config
 from .evaluate import count_calibration, match_points
 from .io import ClarityInputError, group_map, list_brains, read_volume
@@ -119,6 +119,7 @@ def heldout_detection(paths, *, variant: str = "cnn", n_folds: int = 4, mode: st
     out: list[BrainCount] = []
     run = RunOptions(chunk=tuple(chunk), progress=False)
     folds = cv_folds([b.name for b in all_brains], n_folds=n_folds, groups=group_map(all_brains))
+    log_cache: dict = {}  # LoG maxima of each training brain, shared by the folds it trains
     for k, (train, test) in enumerate(tqdm(folds, desc="folds", disable=not progress), start=1):
         test = [t for t in test if brains is None or t in brains]
         if not test:
@@ -129,7 +130,7 @@ def heldout_detection(paths, *, variant: str = "cnn", n_folds: int = 4, mode: st
         model = load_model(model_path)
         config = resolve_config(model, None, mode=mode)
         log_thr = (_fit_log_baseline(paths, [by_name[n] for n in train], radius=radius, radius_um=radius_um,
-                                     config=_log_config_of(config)) if log_baseline else None)
+                                     config=_log_config_of(config), cache=log_cache) if log_baseline else None)
         for name in test:
             out += _detect_heldout(by_name[name], model, fold=k, variant=variant, config=config, run=run,
                                    match=match_rule(by_name[name], radius=radius, radius_um=radius_um),
@@ -147,14 +148,20 @@ def _log_config_of(config: DetectionConfig) -> DetectionConfig:
 
 
 def _fit_log_baseline(paths, train_brains, *, radius: float, radius_um: float | None,
-                      config: DetectionConfig | None = None) -> float:
-    """The LoG threshold of max F1 on the training brains (truth, or annotations without it)."""
-    blocks, targets = [], []
+                      config: DetectionConfig | None = None, cache: dict | None = None) -> float:
+    """The LoG threshold of max F1 on the training brains (truth, or annotations without it).
+    ``cache`` keeps each brain's LoG maxima (keyed by brain and settings) for the next fold."""
+    cache = {} if cache is None else cache
+    dets, targets = [], []
     for b in train_brains:
-        blocks.append(np.asarray(read_volume(paths.corrected(b.name), check_finite=False)))
+        key = (b.name, repr(config))
+        if key not in cache:
+            block = np.asarray(read_volume(paths.corrected(b.name), check_finite=False))
+            cache[key] = log_detect(block, threshold=0.0, config=config)
+        dets.append(cache[key])
         targets.append(b.truth_points() if b.truth is not None else b.points())
     r, scale = match_rule(train_brains[0], radius=radius, radius_um=radius_um)
-    thr, _ = fit_log_threshold(blocks, targets, radius=r, scale=scale, config=config)
+    thr, _ = fit_log_threshold(None, targets, radius=r, scale=scale, config=config, detections=dets)
     return thr
 
 

@@ -46,10 +46,11 @@ def log_detect(block, *, threshold: float, config: DetectionConfig | None = None
     return detect_block(block, model=None, config=log_config(config), threshold=threshold)
 
 
-def fit_log_threshold(blocks: Sequence[np.ndarray], truths: Sequence[np.ndarray], *,
+def fit_log_threshold(blocks: Sequence[np.ndarray] | None, truths: Sequence[np.ndarray], *,
                       radius: float = 6.0, scale: Sequence[float] = (1.0, 1.0, 1.0),
                       config: DetectionConfig | None = None,
-                      n_thresholds: int = 200) -> tuple[float, pd.DataFrame]:
+                      n_thresholds: int = 200,
+                      detections: Sequence[pd.DataFrame] | None = None) -> tuple[float, pd.DataFrame]:
     """Choose the :func:`log_detect` threshold maximising F1 over training brains.
 
     Candidates are found once per brain with threshold 0 and suppressed once (NMS commutes
@@ -65,6 +66,9 @@ def fit_log_threshold(blocks: Sequence[np.ndarray], truths: Sequence[np.ndarray]
         Their cell centres (z, y, x), voxels (complete truth or dense annotations).
     radius, scale : keyword-only
         Matching radius, in voxels times ``scale`` (the voxel size in um for a radius in um).
+    detections : sequence of DataFrames, keyword-only
+        ``log_detect(block, threshold=0.0, config=config)`` of each block, when already computed
+        (brains shared by several folds are filtered once); ``blocks`` is then not read.
 
     Returns
     -------
@@ -72,9 +76,11 @@ def fit_log_threshold(blocks: Sequence[np.ndarray], truths: Sequence[np.ndarray]
     table : pandas.DataFrame
         One row per trial threshold: threshold, n_detected, tp, fp, fn, precision, recall, f1.
     """
-    if len(blocks) != len(truths) or not len(blocks):
+    n = len(detections) if detections is not None else len(blocks)
+    if n != len(truths) or not n:
         raise ValueError("need as many truth point sets as blocks, at least one")
-    dets = [log_detect(b, threshold=0.0, config=config) for b in blocks]
+    dets = (list(detections) if detections is not None
+            else [log_detect(b, threshold=0.0, config=config) for b in blocks])
     allr = np.sort(np.concatenate([d["score"].to_numpy() for d in dets]))[::-1]
     if not len(allr):
         raise ValueError("no LoG maxima at all in the training blocks")

@@ -21,3 +21,7 @@ def test_log_baseline(brain, same_cells, n4_fast):
     same_cells(whole.cells, det)
     with pytest.raises(ValueError, match="threshold"):
         detect_volume(v, preprocessed=True, config=DetectionConfig(mode='log'), run=RunOptions(progress=False))
+    # maxima computed once and passed in (brains shared by folds): the same threshold and sweep
+    thr2, table2 = fit_log_threshold(None, [brain.cells], n_thresholds=40,
+                                     detections=[log_detect(v, threshold=0.0)])
+    assert thr2 == thr and table2.equals(table)
