@@ -21,6 +21,7 @@ Modules, in the order data flows through them (imports run downwards only):
 ``validate``    cross-validation by brain: splits, hard-example mining, one fold, summary (package)
 ``review``      review of detections in JupyterLab, retraining with the decisions, the review loop (package)
 ``plotting``    figures of the notebooks
+``params``      every parameter of the report declared once (type, unit, default, help, notebooks)
 ``pipeline``    the report: notebooks run headless with papermill
 ``__main__``    the command line: ``python -m clarity detect | make-data | report``
 """

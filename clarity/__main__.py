@@ -8,6 +8,7 @@ Commands
 ``report``     the main job: build the data if ``raw/`` is empty, run the notebooks with papermill.
 ``cell-size``  the apparent size (um, z y x) of the labelled cells of a data root, per brain and
                pooled: the ``CELL_DIAMETER_UM`` the detection settings follow.
+``params``     the report's parameters by stage (name, type, unit, default, help; clarity.params).
 
 Bad input (a missing or corrupt file, a 2D image, an empty folder, NaN values, a missing or
 corrupt model) ends with exit code 2 and one line ``clarity: error: <file>: <problem>`` on
@@ -37,11 +38,12 @@ from .detect.config import resolve_config
 from .io import ClarityInputError, list_brains, read_volume, volume_shape, voxel_size_of
 from .model import load_model
 from .paths import Paths
+from .params import NOTEBOOKS, STAGES, format_params
 from .pipeline import load_params, run_report, synthetic_kwargs
 from .synthetic import write_dataset
 
 __all__ = ["build_parser", "main", "add_detect_parser", "add_make_data_parser", "add_report_parser", "add_cell_size_parser",
-           "volume_name"]
+           "add_params_parser", "volume_name"]
 
 EXIT_OK = 0
 EXIT_INPUT = 2
@@ -304,6 +306,19 @@ def add_cell_size_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def add_params_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``params``."""
+    p = subparsers.add_parser(
+        "params", help="list the report's parameters by stage (name, type, unit, default, help)",
+        description="Every parameter of the report (notebooks' parameters cells, YAML parameter files): "
+                    "name, type, unit, default, help and [the notebooks that use it], by stage.")
+    p.add_argument("--stage", choices=list(STAGES), help="only this stage")
+    p.add_argument("--notebook", choices=[*NOTEBOOKS, *NOTEBOOKS.values()], metavar="NOTEBOOK",
+                   help="only the parameters of this notebook (01 .. 07, or its file stem)")
+    p.set_defaults(func=lambda args: print(format_params(args.stage, args.notebook)) or EXIT_OK)
+    return p
+
+
 # --------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------
@@ -319,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_make_data_parser(sub)
     add_report_parser(sub)
     add_cell_size_parser(sub)
+    add_params_parser(sub)
     return parser
 
 

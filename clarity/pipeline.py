@@ -2,9 +2,10 @@
 
 Executed copies go to ``reports/<run>/`` (never over the sources). Parameters are passed by
 papermill (no editing of notebooks): ``DATA_DIR``, ``RUN`` and ``SEED`` always, plus any value of an
-optional YAML parameter file whose key the notebook declares in its ``parameters`` cell
-(``SKIP_NOTEBOOKS`` and ``COARSE`` steer the report itself: :func:`skipped`, :func:`splits`). A
-notebook that runs once per split (``04a_validate_fold``) is run for every split; a split whose
+optional YAML parameter file (every key checked against :mod:`clarity.params` by :func:`load_params`)
+whose key the notebook declares in its ``parameters`` cell (``SKIP_NOTEBOOKS`` and ``COARSE`` steer
+the report itself: :func:`skipped`, :func:`splits`). A notebook that runs once per split
+(``04a_validate_fold``) is run for every split; a split whose
 ``reports/<run>/folds/<split>/done.json`` exists is skipped, so rerunning after a failure resumes.
 A failed notebook leaves papermill's executed copy (with the error) in ``reports/<run>/`` and a
 one-line message; the other splits still run, and the command exits non-zero.
@@ -23,6 +24,7 @@ import papermill as pm
 import yaml
 
 from .io import ClarityInputError, atomic_write, brain_groups, list_brains
+from .params import check_params
 from .paths import PROJECT_ROOT, Paths
 from .synthetic import write_dataset
 from .validate.splits import train_val_volumes
@@ -49,16 +51,31 @@ STEPS: tuple[Step, ...] = (
 
 
 def load_params(path: str | os.PathLike | None) -> dict:
-    """Read a flat YAML parameter file (``KEY: value``); ``{}`` for ``None``."""
+    """Read and check a flat YAML parameter file (``KEY: value``); ``{}`` for ``None``.
+
+    Every key must be a report parameter of :data:`clarity.params.PARAMS` (``python -m clarity
+    params`` lists them) and every value of its type (:func:`clarity.params.check_params`).
+
+    Raises
+    ------
+    ClarityInputError
+        One line naming the file: missing, not YAML, not a mapping, an unknown or misspelled key
+        (with the closest known name), a key the command line sets, or a value of the wrong type.
+    """
     if not path:
         return {}
     path = Path(path)
     if not path.exists():
         raise ClarityInputError(f"{path}: no such parameter file")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ClarityInputError(f"{path}: not valid YAML{line}: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(data, dict):
         raise ClarityInputError(f"{path}: a parameter file must be a mapping KEY: value")
-    return data
+    return check_params(data, source=str(path))
 
 
 def splits(params: dict) -> list[str]:
