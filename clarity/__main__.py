@@ -9,6 +9,9 @@ Commands
 ``cell-size``  the apparent size (um, z y x) of the labelled cells of a data root, per brain and
                pooled: the ``CELL_DIAMETER_UM`` the detection settings follow.
 ``params``     the report's parameters by stage (name, type, unit, default, help; clarity.params).
+``calibrate``  fit a trained model's whole-volume detection threshold (and count factor and
+               rescorer where complete labels exist) on given brains of a preprocessed data root;
+               writes ``<model stem>.calibration.json`` beside the weights, never the weights.
 
 Bad input (a missing or corrupt file, a 2D image, an empty folder, NaN values, a missing or
 corrupt model) ends with exit code 2 and one line ``clarity: error: <file>: <problem>`` on
@@ -43,7 +46,7 @@ from .pipeline import load_params, run_report, synthetic_kwargs
 from .synthetic import write_dataset
 
 __all__ = ["build_parser", "main", "add_detect_parser", "add_make_data_parser", "add_report_parser", "add_cell_size_parser",
-           "add_params_parser", "volume_name"]
+           "add_calibrate_parser", "add_params_parser", "volume_name"]
 
 EXIT_OK = 0
 EXIT_INPUT = 2
@@ -306,6 +309,69 @@ def add_cell_size_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _calibrate(args) -> int:
+    from .validate.calibrate import calibrate_on_brains
+
+    model = Path(args.model)
+    if not model.is_file():
+        raise ClarityInputError(f"{model}: no such model file")
+    brains = [b.strip() for b in args.brains.split(",") if b.strip()]
+    if not brains:
+        raise _CLIError("--brains: give at least one brain (volume name of raw/), e.g. b1,b2")
+    paths = Paths(data_dir=args.data_dir)
+    list_brains(paths.data_dir, names=brains)  # unknown names: one line naming the data root
+    rescorer_brains = ([b.strip() for b in args.rescorer_brains.split(",") if b.strip()]
+                       if args.rescorer_brains else None)
+    thr, _, source = calibrate_on_brains(paths, model, brains, radius=args.radius, radius_um=args.radius_um,
+                                         cell_diameter_um=args.cell_diameter_um, screen_recall=args.screen_recall,
+                                         rescorer_brains=rescorer_brains, rescore=args.rescore, seed=args.seed,
+                                         fresh=args.fresh)
+    if thr is None:
+        raise _CLIError(f"{paths.data_dir}: no labels (truth/ or raw/<volume>.csv) on brain(s) {', '.join(brains)}")
+    m = load_model(model, device="cpu")
+    factor = f"count factor {m.count_factor:.4g}" if m.count_factor is not None else "no count factor"
+    second = "rescorer fitted" if m.rescorer is not None else "no rescorer"
+    print(f"{model.name}: detection threshold {thr:g} on {', '.join(brains)} ({source} labels), {factor}, "
+          f"{second} -> {m.calibration_path}")
+    return EXIT_OK
+
+
+def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``calibrate``."""
+    p = subparsers.add_parser(
+        "calibrate", help="fit a model's detection threshold on labelled brains (writes <stem>.calibration.json)",
+        description="Calibrate a trained model for whole-volume detection on labelled brains of a data root "
+                    "preprocessed by notebook 01 (interim/<brain>_corrected.npy): the threshold of best F1 "
+                    "(complete labels in truth/, else the partial annotations of raw/), the count factor "
+                    "and the second-stage rescorer (complete labels only). Writes <model stem>.calibration.json "
+                    "beside the weights (keeping its patch threshold); the weights file is never written. "
+                    "Never calibrate on the brains you test on.")
+    p.add_argument("--model", required=True, metavar="PATH", help="trained model (.pt)")
+    p.add_argument("--data-dir", default="data", help="data root, preprocessed by notebook 01 (default: data)")
+    p.add_argument("--brains", required=True, metavar="B1,B2", help="comma-separated volumes of raw/ to calibrate on")
+    p.add_argument("--radius", type=_positive_float, default=6.0, metavar="R",
+                   help="matching radius in voxels (default 6)")
+    p.add_argument("--radius-um", type=_positive_float, default=None, metavar="R",
+                   help="matching radius in um, used when brains.csv states the voxel size")
+    p.add_argument("--cell-diameter-um", type=_positive_float, default=None, metavar="D",
+                   help="apparent cell size in um: the screen scales and NMS follow it on brains of a stated "
+                        "voxel size (see cell-size)")
+    p.add_argument("--screen-recall", type=_probability, default=None, metavar="F",
+                   help="widen the candidate screen until it keeps this share of the labelled cells "
+                        "(complete labels only)")
+    p.add_argument("--rescorer-brains", default=None, metavar="B1,B2",
+                   help="brains the rescorer is fitted on (default: --brains); prefer brains the network "
+                        "was not trained on")
+    p.add_argument("--no-rescore", dest="rescore", action="store_false",
+                   help="fit no second stage (rescorer)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the rescorer's fit (default: 0)")
+    p.add_argument("--fresh", action="store_true",
+                   help="ignore and replace the calibration file there (e.g. one of other weights), "
+                        "starting from the weights file alone")
+    p.set_defaults(func=_calibrate)
+    return p
+
+
 def add_params_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``params``."""
     p = subparsers.add_parser(
@@ -335,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parser(sub)
     add_cell_size_parser(sub)
     add_params_parser(sub)
+    add_calibrate_parser(sub)
     return parser
 
 

@@ -23,6 +23,9 @@ i.e. whose centre is ``(i + P//2, j + P//2, k + P//2)``.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import io as _io
+import json
 import os
 import subprocess
 import threading
@@ -55,11 +58,20 @@ __all__ = [
     "save_model",
     "load_model",
     "code_version",
+    "calibration_path",
+    "weights_sha256",
+    "save_calibration",
+    "read_calibration",
 ]
 
 #: Format tag stored in every saved model file.
 MODEL_FORMAT = "clarity-cellcnn"
 MODEL_FORMAT_VERSION = 1
+#: Format tag stored in every calibration file (``<stem>.calibration.json`` beside the weights).
+CALIBRATION_FORMAT = "clarity-calibration"
+CALIBRATION_FORMAT_VERSION = 1
+#: The values a calibration file holds (see :class:`LoadedModel`).
+CALIBRATION_FIELDS = ("threshold", "detection_threshold", "count_factor", "rescorer", "detection_config")
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,9 +357,22 @@ def dense_score_map(model: CellCNN, block: np.ndarray, *, device: str | torch.de
 # --------------------------------------------------------------------------------------------
 # persistence
 # --------------------------------------------------------------------------------------------
+# A trained model is two files side by side:
+#
+#   <stem>.pt                 weights, config, normalisation, the training's own (max-F1) patch
+#                             threshold and the training provenance: written once, by training
+#                             (save_model), never rewritten by a later stage
+#   <stem>.calibration.json   what later stages chose for those weights: the patch threshold,
+#                             the whole-volume detection threshold, the count factor, the
+#                             rescorer, the detection config and their provenance (brains, rules,
+#                             date), with the sha256 of the weights file it belongs to
+#                             (save_calibration; clarity.validate.calibrate.write_calibration)
+#
+# load_model reads both; a calibration whose sha256 is not that of the weights is an error.
 @dataclass
 class LoadedModel:
-    """A model read back by :func:`load_model`.
+    """A model read back by :func:`load_model`: the weights file and, when present, the
+    calibration file beside it (:func:`calibration_path`), whose values take precedence.
 
     Attributes
     ----------
@@ -357,10 +382,14 @@ class LoadedModel:
     normalisation : dict
         How patches were normalised for training (apply the same to new data).
     threshold : float
-        Probability above which a patch counts as a cell.
+        Probability above which a patch counts as a cell: the calibration's patch threshold
+        (chosen after training, e.g. on inner validation) when it has one, else the training's own.
     provenance : dict
-        Training brains, seed, configs, code version, date.
+        Training brains, seed, configs, code version, date (the weights file's), updated with the
+        calibration's entries (calibration brains and rules, ``calibration_date``,
+        ``calibration_code_version``).
     path : Path
+        The weights file.
     detection_threshold : float or None
         Probability above which a *whole-volume detection* counts as a cell, calibrated on
         completely labelled held-out brains (:func:`clarity.detect.calibrate.calibrate_detection_threshold`);
@@ -377,8 +406,9 @@ class LoadedModel:
     detection_config : dict or None
         The detection settings (:meth:`clarity.detect.DetectionConfig.to_dict`) the calibrated
         threshold, count factor and rescorer hold for; detection uses them unless told otherwise.
-        None in model files written before settings were stored (detection then uses the
-        defaults, which those files were calibrated under).
+        None when never calibrated (detection then uses the defaults).
+    calibration_path : Path or None
+        The calibration file applied; None when there is none (or it was not read).
     """
 
     model: CellCNN
@@ -391,6 +421,7 @@ class LoadedModel:
     count_factor: float | None = None
     rescorer: Any = None
     detection_config: dict | None = None
+    calibration_path: Path | None = None
 
     @property
     def operating_threshold(self) -> float:
@@ -412,10 +443,42 @@ def code_version() -> str:
     return version
 
 
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _plain(obj) -> dict | None:
+    """A rescorer or detection config (object with ``to_dict``, or dict) as plain JSON numbers."""
+    if obj is None:
+        return None
+    return jsonable(obj if isinstance(obj, dict) else obj.to_dict())
+
+
+def calibration_path(model_path: str | os.PathLike) -> Path:
+    """The calibration file of a weights file: ``<stem>.calibration.json`` beside it
+    (``fold1/cnn/model.pt`` -> ``fold1/cnn/model.calibration.json``, ``final.pt`` ->
+    ``final.calibration.json``)."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}.calibration.json")
+
+
+def weights_sha256(model_path: str | os.PathLike) -> str:
+    """Hex sha256 of a weights file's bytes: the fingerprint a calibration file records."""
+    path = Path(model_path)
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise ClarityInputError(f"{path}: cannot read the model file ({exc.strerror or exc})") from None
+
+
 def save_model(path: str | os.PathLike, model: CellCNN, *, normalisation: dict, threshold: float,
                provenance: dict, detection_threshold: float | None = None,
                count_factor: float | None = None, rescorer=None, detection_config=None) -> Path:
-    """Save a model, atomically, as one ``.pt`` file plus a ``config.json`` beside it.
+    """Save trained weights, atomically, as one ``.pt`` file plus a ``config.json`` beside it.
+
+    New weights invalidate the calibration of the old ones: a calibration file beside ``path``
+    (:func:`calibration_path`) is deleted first. Calibration values given here are written into a
+    new calibration file beside the weights (:func:`save_calibration`), never into the weights.
 
     Parameters
     ----------
@@ -425,7 +488,8 @@ def save_model(path: str | os.PathLike, model: CellCNN, *, normalisation: dict, 
     normalisation : dict, keyword-only
         How input patches were normalised.
     threshold : float, keyword-only
-        Decision threshold on the probability.
+        The training's own decision threshold on the probability (a calibration may choose
+        another).
     provenance : dict, keyword-only
         Training brains, seed, configs...; ``code_version``, ``date`` and ``torch`` are added
         when absent.
@@ -446,7 +510,7 @@ def save_model(path: str | os.PathLike, model: CellCNN, *, normalisation: dict, 
     path = Path(path)
     prov = dict(provenance)
     prov.setdefault("code_version", code_version())
-    prov.setdefault("date", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    prov.setdefault("date", _now())
     prov.setdefault("torch", torch.__version__)
     meta = {
         "format": MODEL_FORMAT,
@@ -454,42 +518,154 @@ def save_model(path: str | os.PathLike, model: CellCNN, *, normalisation: dict, 
         "config": model.config.to_dict(),
         "normalisation": jsonable(dict(normalisation)),
         "threshold": float(threshold),
-        "detection_threshold": None if detection_threshold is None else float(detection_threshold),
-        "count_factor": None if count_factor is None else float(count_factor),
-        "rescorer": (None if rescorer is None else
-                     jsonable(rescorer if isinstance(rescorer, dict) else rescorer.to_dict())),
-        "detection_config": (None if detection_config is None else
-                             jsonable(detection_config if isinstance(detection_config, dict)
-                                      else detection_config.to_dict())),
         "provenance": jsonable(prov),
     }
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     with atomic_write(path) as tmp:
         torch.save({**meta, "state_dict": state}, tmp)
+        calibration_path(path).unlink(missing_ok=True)  # it belonged to the weights replaced here
     write_json(path.parent / "config.json", {**meta, "weights": path.name})
+    if any(v is not None for v in (detection_threshold, count_factor, rescorer, detection_config)):
+        save_calibration(path, detection_threshold=detection_threshold, count_factor=count_factor,
+                         rescorer=rescorer, detection_config=detection_config)
     return path
 
 
-def load_model(path: str | os.PathLike, *, device: str | torch.device | None = None) -> LoadedModel:
-    """Read a model written by :func:`save_model`.
+def save_calibration(model_path: str | os.PathLike, *, threshold: float | None = None,
+                     detection_threshold: float | None = None, count_factor: float | None = None,
+                     rescorer=None, detection_config=None, provenance: dict | None = None) -> Path:
+    """Write the whole calibration of a weights file, atomically, to :func:`calibration_path`.
+
+    The weights file is read (for its sha256), never written. This replaces any calibration
+    there; to change some values and keep the others, use
+    :func:`clarity.validate.calibrate.write_calibration`.
 
     Parameters
     ----------
-    path : path
-        The ``.pt`` file.
-    device : str or torch.device, keyword-only
-        Default: CUDA when available, else CPU.
+    model_path : path
+        The ``.pt`` weights file (must exist).
+    threshold : float or None, keyword-only
+        Patch threshold chosen after training; None: the weights file's own.
+    detection_threshold, count_factor : float or None, keyword-only
+        See :class:`LoadedModel`; None: not calibrated.
+    rescorer : clarity.rescore.Rescorer, dict or None, keyword-only
+        Stored as plain numbers; None: no second stage.
+    detection_config : clarity.detect.DetectionConfig, dict or None, keyword-only
+        The settings the values above hold for; None: the defaults.
+    provenance : dict, keyword-only
+        Calibration brains, rules...; ``calibration_date`` and ``calibration_code_version``
+        are set to now and this code.
+
+    Returns
+    -------
+    Path of the calibration file.
+    """
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise ClarityInputError(f"{model_path}: no such model file to calibrate")
+    prov = {**dict(provenance or {}), "calibration_date": _now(), "calibration_code_version": code_version()}
+    info = {
+        "format": CALIBRATION_FORMAT,
+        "format_version": CALIBRATION_FORMAT_VERSION,
+        "weights": model_path.name,
+        "weights_sha256": weights_sha256(model_path),
+        "threshold": None if threshold is None else float(threshold),
+        "detection_threshold": None if detection_threshold is None else float(detection_threshold),
+        "count_factor": None if count_factor is None else float(count_factor),
+        "rescorer": _plain(rescorer),
+        "detection_config": _plain(detection_config),
+        "provenance": jsonable(prov),
+    }
+    return write_json(calibration_path(model_path), info)
+
+
+def _optional_float(info: dict, key: str, where: Path) -> float | None:
+    v = info.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ClarityInputError(f"{where}: corrupt calibration file ({key} is {v!r}, not a number)")
+    return float(v)
+
+
+def read_calibration(model_path: str | os.PathLike, *, sha256: str | None = None) -> dict | None:
+    """The calibration file beside a weights file, checked against the weights; None when absent.
+
+    Parameters
+    ----------
+    model_path : path
+        The ``.pt`` weights file.
+    sha256 : str, keyword-only
+        The weights file's :func:`weights_sha256`, when the caller has it (else it is computed).
+
+    Returns
+    -------
+    dict or None
+        ``threshold``, ``detection_threshold``, ``count_factor`` (float or None), ``rescorer``,
+        ``detection_config`` (dict or None), ``provenance`` (dict), ``weights_sha256`` and
+        ``path`` (the calibration file).
 
     Raises
     ------
     ClarityInputError
-        Missing, empty, corrupt or foreign file, or weights that do not fit the stored config.
+        A calibration file that is unreadable, not a clarity calibration, holds values of the
+        wrong type, or records the sha256 of other weights (the weights were replaced after it
+        was written: recalibrate, or delete it).
+    """
+    model_path = Path(model_path)
+    where = calibration_path(model_path)
+    if not where.is_file():
+        return None
+    try:
+        info = json.loads(where.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ClarityInputError(f"{where}: not a readable calibration file ({type(exc).__name__}: {first})") from None
+    if not isinstance(info, dict) or info.get("format") != CALIBRATION_FORMAT:
+        raise ClarityInputError(f"{where}: not a clarity calibration file (format tag missing)")
+    recorded = info.get("weights_sha256")
+    actual = sha256 or weights_sha256(model_path)
+    if recorded != actual:
+        raise ClarityInputError(
+            f"{where}: calibrates other weights than {model_path.name} (sha256 {str(recorded)[:12]} recorded, "
+            f"{actual[:12]} found); recalibrate (python -m clarity calibrate --fresh) or delete it")
+    out = {k: _optional_float(info, k, where) for k in ("threshold", "detection_threshold", "count_factor")}
+    for key in ("rescorer", "detection_config", "provenance"):
+        v = info.get(key)
+        if v is not None and not isinstance(v, dict):
+            raise ClarityInputError(f"{where}: corrupt calibration file ({key} is not a mapping)")
+        out[key] = None if v is None else dict(v)
+    out["provenance"] = out["provenance"] or {}
+    out.update(weights_sha256=actual, path=where)
+    return out
+
+
+def load_model(path: str | os.PathLike, *, device: str | torch.device | None = None,
+               calibration: bool = True) -> LoadedModel:
+    """Read a model written by :func:`save_model`, with its calibration file when present.
+
+    Parameters
+    ----------
+    path : path
+        The ``.pt`` weights file.
+    device : str or torch.device, keyword-only
+        Default: CUDA when available, else CPU.
+    calibration : bool, keyword-only
+        Apply the calibration file beside the weights (:func:`read_calibration`); False: the
+        weights file alone (its own patch threshold, nothing calibrated).
+
+    Raises
+    ------
+    ClarityInputError
+        Missing, empty, corrupt or foreign file, weights that do not fit the stored config, or a
+        calibration file that is corrupt or belongs to other weights.
     """
     path = Path(path)
     if not path.is_file():
         raise ClarityInputError(f"{path}: no such model file")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()
+        blob = torch.load(_io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors all mean "not a model file"
         raise ClarityInputError(f"{path}: not a readable clarity model file ({type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
@@ -501,20 +677,27 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
         model.load_state_dict(blob["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ClarityInputError(f"{path}: corrupt clarity model file ({exc})") from None
+    # files written before calibration moved beside the weights carry it inside
+    values = {k: blob.get(k) for k in CALIBRATION_FIELDS}
+    provenance = dict(blob.get("provenance", {}))
+    cal = read_calibration(path, sha256=hashlib.sha256(data).hexdigest()) if calibration else None
+    where = path
+    if cal is not None:
+        values = {k: cal[k] for k in CALIBRATION_FIELDS}
+        values["threshold"] = blob.get("threshold") if cal["threshold"] is None else cal["threshold"]
+        provenance.update(cal["provenance"])
+        where = cal["path"]
     rescorer = None
-    if blob.get("rescorer") is not None:
+    if values["rescorer"] is not None:
         try:
-            rescorer = Rescorer.from_dict(blob["rescorer"])
+            rescorer = Rescorer.from_dict(values["rescorer"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise ClarityInputError(f"{path}: unusable rescorer in the model file ({exc})") from None
+            raise ClarityInputError(f"{where}: unusable rescorer ({exc})") from None
     dev = pick_device(device)
     model.to(dev).eval()
+    opt = {k: None if values[k] is None else float(values[k]) for k in ("detection_threshold", "count_factor")}
     return LoadedModel(model=model, config=config, normalisation=dict(blob.get("normalisation", {})),
-                       threshold=float(blob.get("threshold", 0.5)),
-                       provenance=dict(blob.get("provenance", {})), path=path,
-                       detection_threshold=(None if blob.get("detection_threshold") is None
-                                            else float(blob["detection_threshold"])),
-                       count_factor=(None if blob.get("count_factor") is None
-                                     else float(blob["count_factor"])), rescorer=rescorer,
-                       detection_config=(None if blob.get("detection_config") is None
-                                         else dict(blob["detection_config"])))
+                       threshold=float(0.5 if values["threshold"] is None else values["threshold"]),
+                       provenance=provenance, path=path, rescorer=rescorer,
+                       detection_config=None if values["detection_config"] is None else dict(values["detection_config"]),
+                       calibration_path=None if cal is None else cal["path"], **opt)

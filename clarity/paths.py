@@ -11,7 +11,8 @@ Layout (see ``data/README.md``)::
     <data_dir>/labels/review.csv                 human review decisions
     <project>/models/<run>/                      weights + config + threshold
     <project>/models/<run>/<split>/<variant>/model.pt   a cross-validation split's models
-    <project>/models/<run>/final.pt              the final model (all brains)
+                                                 (+ model.calibration.json beside each)
+    <project>/models/<run>/final.pt              the final model (all brains; + final.calibration.json)
     <project>/reports/<run>/                     executed notebooks, metrics, figures
     <project>/reports/<run>/folds/<split>/       a split's metrics, predictions, done.json
 """

@@ -23,8 +23,8 @@ the local SNR of :func:`clarity.detect.local_snr` and the candidate's LoG respon
 a probability. It is fitted by
 :func:`fit_rescorer` on completely labelled calibration volumes the CNN was not trained on (a
 fold's inner-validation brain), with its own threshold (max F1) and count factor, and stored as
-plain numbers in the model file (:func:`clarity.model.save_model`), so loading stays
-``weights_only``.
+plain numbers in the model's calibration file beside the weights
+(:func:`clarity.validate.calibrate.write_calibration`), so loading stays ``weights_only``.
 
 Axis order is (z, y, x) throughout; lengths are voxels.
 """

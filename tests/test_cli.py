@@ -263,3 +263,66 @@ def test_cell_size_command(data_root, capsys):
     z, y, x = (float(v) for v in rows[-1][2:])
     # synthetic somata of 3-6 voxels' xy radius, blurred: apparent sizes of 5-20 um
     assert all(5 < s < 20 for s in (z, y, x))
+
+
+def test_calibrate_command_and_detect_uses_the_calibration(data_root, tmp_path, capsys):
+    """``clarity calibrate`` fits the detection threshold and count factor on the given brains into
+    ``model.calibration.json`` beside the weights (never writing them); ``clarity detect`` then
+    runs at that threshold and corrects its count; a calibration of other weights stops it in one
+    line, until ``calibrate --fresh`` replaces it."""
+    import json
+    import shutil
+
+    from clarity.model import load_model
+    from clarity.paths import Paths
+    from clarity.preprocess import N4Config, preprocess_dataset
+
+    torch.manual_seed(0)
+    net = CellCNN(ModelConfig())
+    torch.nn.init.normal_(net.fc2.weight, std=0.5)
+    model = save_model(tmp_path / "m" / "model.pt", net.eval(), normalisation={"method": "contrast"},
+                       threshold=0.5, provenance={})
+    data, mtime = model.read_bytes(), model.stat().st_mtime_ns
+    cal = tmp_path / "m" / "model.calibration.json"
+    argv = ["calibrate", "--model", model, "--data-dir", data_root, "--brains", "b1", "--no-rescore"]
+    rc, _, err = _run(argv, capsys)  # not preprocessed yet
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "b1_corrected.npy" in err
+    rc, _, err = _run(argv[:-2] + ["b9"], capsys)
+    assert rc == 2 and "unknown brain(s) ['b9']" in err and "Traceback" not in err
+    preprocess_dataset(Paths(data_dir=data_root), config=N4Config(shrink=4, iterations=5, levels=1), progress=False)
+    rc, out, err = _run(argv, capsys)
+    assert rc == 0, err
+    assert model.read_bytes() == data and model.stat().st_mtime_ns == mtime  # the weights: never written
+    m = load_model(model, device="cpu")
+    assert m.calibration_path == cal and f"detection threshold {m.detection_threshold:g} on b1" in out
+    assert "(complete labels)" in out and str(cal) in out
+    assert m.count_factor is not None and m.threshold == 0.5 and m.provenance["calibration_brains"] == ["b1"]
+    assert json.loads(cal.read_text())["detection_threshold"] == m.detection_threshold
+    # detect: the calibrated threshold and count factor by default
+    vol = data_root / "raw" / "b2.tif"
+    rc, out, err = _run(["detect", vol, "--model", model, "--out", tmp_path / "cal", "--no-progress"], capsys)
+    assert rc == 0, err
+    found = pd.read_csv(tmp_path / "cal" / "b2.csv")
+    assert len(found) > 0 and (found["score"] >= m.detection_threshold - 1e-6).all()
+    assert f"(estimated total {len(found) * m.count_factor:.0f})" in out
+    rc, _, err = _run(["detect", vol, "--model", model, "--out", tmp_path / "hand", "--no-progress",
+                       "--threshold", repr(m.detection_threshold)], capsys)
+    pd.testing.assert_frame_equal(found, pd.read_csv(tmp_path / "hand" / "b2.csv"))
+    shutil.copy(model, tmp_path / "plain.pt")  # the same weights without their calibration: another threshold
+    rc, _, err = _run(["detect", vol, "--model", tmp_path / "plain.pt", "--out", tmp_path / "plain", "--no-progress"],
+                      capsys)
+    plain = pd.read_csv(tmp_path / "plain" / "b2.csv")
+    assert (plain["score"] >= 0.5).all() and len(plain) != len(found)
+    # other weights under the calibrated name: detect refuses, calibrate --fresh replaces
+    other = CellCNN(ModelConfig())
+    save_model(tmp_path / "o" / "model.pt", other.eval(), normalisation={"method": "contrast"}, threshold=0.5,
+               provenance={})
+    shutil.copy(tmp_path / "o" / "model.pt", model)
+    rc, _, err = _run(["detect", vol, "--model", model, "--out", tmp_path / "x", "--no-progress"], capsys)
+    assert rc == 2 and err.strip().splitlines() == [err.strip()] and "model.calibration.json" in err
+    assert "calibrates other weights" in err and not (tmp_path / "x" / "b2.csv").exists()
+    rc, _, err = _run(argv, capsys)
+    assert rc == 2 and "model.calibration.json" in err
+    rc, out, err = _run(argv + ["--fresh"], capsys)
+    assert rc == 0, err
+    assert load_model(model, device="cpu").calibration_path == cal

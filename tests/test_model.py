@@ -141,3 +141,111 @@ def test_load_errors(tmp_path):
     torch.save({"weights": torch.zeros(3)}, foreign)
     with pytest.raises(ClarityInputError, match="foreign.pt"):
         load_model(foreign)
+
+
+# --------------------------------------------------------------------------------------------
+# the calibration file beside the weights
+# --------------------------------------------------------------------------------------------
+def _weights(tmp_path, name="model.pt"):
+    path = save_model(tmp_path / name, tiny_model(), normalisation={"method": "contrast"}, threshold=0.4,
+                      provenance={"train_brains": ["b1"], "date": "2020-01-01T00:00:00+00:00"})
+    return path, path.read_bytes(), path.stat().st_mtime_ns
+
+
+def test_calibration_beside_the_weights_never_writes_them(tmp_path):
+    from clarity.model import calibration_path, read_calibration, weights_sha256
+    from clarity.rescore import FEATURES, Rescorer
+    from clarity.validate.calibrate import write_calibration
+
+    path, data, mtime = _weights(tmp_path)
+    assert calibration_path(path) == tmp_path / "model.calibration.json"
+    assert calibration_path(tmp_path / "final.pt") == tmp_path / "final.calibration.json"
+    plain = load_model(path, device="cpu")  # nothing calibrated yet: the training's own values
+    assert plain.threshold == pytest.approx(0.4) and plain.calibration_path is None
+    assert plain.detection_threshold is None and plain.count_factor is None and plain.rescorer is None
+    n = len(FEATURES)
+    r = Rescorer(features=list(FEATURES), mean=[0.0] * n, scale=[1.0] * n, w1=np.eye(1, n).tolist(), b1=[0.0],
+                 w2=[1.0], b2=0.0, threshold=0.6, floor=0.1)
+    cal = write_calibration(path, fresh=True, threshold=0.8, provenance={"split": "fold1"})
+    write_calibration(path, detection_threshold=0.3, count_factor=1.25, rescorer=r,
+                      detection_config={"mode": "candidates", "min_snr": 2.0},
+                      provenance={"calibration_brains": ["b3"], "detection_threshold_rule": "max F1 on b3"})
+    assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime  # the weights: untouched
+    info = json.loads(cal.read_text())
+    assert info["format"] == "clarity-calibration" and info["weights"] == "model.pt"
+    assert info["weights_sha256"] == weights_sha256(path) and len(info["weights_sha256"]) == 64
+    m = load_model(path, device="cpu")
+    assert m.path == path and m.calibration_path == cal
+    assert m.threshold == pytest.approx(0.8)  # the calibration's patch threshold, kept by the update
+    assert m.operating_threshold == m.detection_threshold == pytest.approx(0.3)
+    assert m.count_factor == pytest.approx(1.25) and m.rescorer.threshold == pytest.approx(0.6)
+    assert m.detection_config == {"mode": "candidates", "min_snr": 2.0}
+    # provenance: the training's (its date kept), then the calibration's (brains, rule, date)
+    assert m.provenance["train_brains"] == ["b1"] and m.provenance["date"] == "2020-01-01T00:00:00+00:00"
+    assert m.provenance["split"] == "fold1" and m.provenance["calibration_brains"] == ["b3"]
+    assert "calibration_date" in m.provenance and "calibration_code_version" in m.provenance
+    # None removes a value, a fresh calibration forgets the old one
+    write_calibration(path, rescorer=None, count_factor=None, drop=("detection_threshold_rule",))
+    m = load_model(path, device="cpu")
+    assert m.rescorer is None and m.count_factor is None and m.detection_threshold == pytest.approx(0.3)
+    assert "detection_threshold_rule" not in m.provenance and m.provenance["split"] == "fold1"
+    write_calibration(path, fresh=True, detection_threshold=0.2)
+    m = load_model(path, device="cpu")
+    assert m.threshold == pytest.approx(0.4) and "split" not in m.provenance and m.detection_config is None
+    # the weights alone on request
+    alone = load_model(path, device="cpu", calibration=False)
+    assert alone.detection_threshold is None and alone.calibration_path is None
+    assert read_calibration(path)["detection_threshold"] == pytest.approx(0.2)
+    assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic: no temporary files left behind
+
+
+def test_calibration_of_other_weights_or_corrupt_is_an_error(tmp_path):
+    import shutil
+
+    from clarity.validate.calibrate import write_calibration
+
+    path, _, _ = _weights(tmp_path)
+    cal = write_calibration(path, fresh=True, detection_threshold=0.3)
+    other = save_model(tmp_path / "other" / "model.pt", tiny_model(seed=1), normalisation={}, threshold=0.5,
+                       provenance={})
+    shutil.copy(other, path)  # new weights under the calibrated name: the calibration no longer holds
+    with pytest.raises(ClarityInputError, match=r"model\.calibration\.json: calibrates other weights than model\.pt"):
+        load_model(path, device="cpu")
+    with pytest.raises(ClarityInputError, match="model.calibration.json"):
+        write_calibration(path, detection_threshold=0.4)  # an update needs the calibration of these weights
+    assert load_model(path, device="cpu", calibration=False).detection_threshold is None
+    write_calibration(path, fresh=True, detection_threshold=0.4)  # a fresh one replaces it
+    assert load_model(path, device="cpu").detection_threshold == pytest.approx(0.4)
+    # a calibration file that cannot be used names itself, in one line
+    for text in ("{not json", json.dumps({"weights": "model.pt"}), "[1, 2]",
+                 json.dumps({**json.loads(cal.read_text()), "count_factor": "lots"}),
+                 json.dumps({**json.loads(cal.read_text()), "rescorer": {"w1": 1}})):
+        cal.write_text(text)
+        with pytest.raises(ClarityInputError, match=r"model\.calibration\.json: ") as exc:
+            load_model(path, device="cpu")
+        assert "\n" not in str(exc.value)
+    cal.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ClarityInputError, match="not a readable calibration file"):
+        load_model(path, device="cpu")
+    # new weights written by training replace (delete) the calibration of the old ones
+    write_calibration(path, fresh=True, detection_threshold=0.4)
+    save_model(path, tiny_model(seed=2), normalisation={}, threshold=0.5, provenance={})
+    assert not cal.exists() and load_model(path, device="cpu").detection_threshold is None
+
+
+def test_older_model_files_with_the_calibration_inside_still_load(tmp_path):
+    """Files written before the calibration moved beside the weights carry it in the blob."""
+    path, _, _ = _weights(tmp_path)
+    blob = torch.load(path, weights_only=True)
+    torch.save({**blob, "threshold": 0.7, "detection_threshold": 0.35, "count_factor": 1.1, "rescorer": None,
+                "detection_config": {"mode": "candidates"}}, tmp_path / "old.pt")
+    old = load_model(tmp_path / "old.pt", device="cpu")
+    assert old.threshold == pytest.approx(0.7) and old.detection_threshold == pytest.approx(0.35)
+    assert old.count_factor == pytest.approx(1.1) and old.detection_config == {"mode": "candidates"}
+    from clarity.validate.calibrate import write_calibration
+
+    write_calibration(tmp_path / "old.pt", fresh=True, detection_threshold=0.5)  # a calibration file wins
+    new = load_model(tmp_path / "old.pt", device="cpu")
+    assert new.detection_threshold == pytest.approx(0.5) and new.count_factor is None
+    assert new.threshold == pytest.approx(0.7) and new.detection_config is None

@@ -72,6 +72,13 @@ def test_smoke_report_outputs(smoke_report):
         assert {"cnn", "log", "template"} <= set(cv.variant)
         assert (paths.reports / "summary.md").exists()
         assert (paths.models / "final.pt").exists()
+        # calibrations beside the weights, each of the weights there (load_model checks the sha256)
+        from clarity.model import load_model
+
+        assert load_model(paths.models / "final.pt", device="cpu").calibration_path == \
+            paths.models / "final.calibration.json"
+        for split in ("fold1", "fold2"):
+            assert load_model(paths.fold_model(split, "cnn"), device="cpu").detection_threshold is not None
 
 
 def test_rerun_resumes_finished_splits(smoke_report):
@@ -100,6 +107,11 @@ def test_smoke_report_review_loop(smoke_report):
         assert set(g[g.role == "reviewed"].brain) == set(done["val_brains"])
         assert not (set(g[g.role == "reviewed"].brain) & test_brains)  # never reviewed the test brain
         assert paths.fold_model(split, "cnn_review_loop").exists()
+        # the loop's recalibration beside the fine-tuned weights, whose sha256 it records
+        from clarity.model import calibration_path, read_calibration
+
+        tuned = paths.fold_model(split, "cnn_review_loop")
+        assert calibration_path(tuned).exists() and read_calibration(tuned)["provenance"]["review_loop"]
     reviewed = pd.read_csv(paths.reports / "07_loop_reviewed.csv")
     assert set(reviewed.use) == {"train", "calibrate"}
     store = pd.read_csv(paths.reports / "07_review_simulated.csv")

@@ -14,7 +14,7 @@ Two stages, as in Dou et al. (2016) and cellfinder:
 ``mode="dense"`` replaces 1-2 by the network's dense score map and its peaks (GPU);
 ``mode="log"`` is the classical LoG detector alone, the baseline (:func:`log_detect`).
 Every setting that changes which cells come out is a field of :class:`DetectionConfig`, stored
-in the model file beside the threshold calibrated under it; :class:`RunOptions` changes only
+in the model's calibration file (beside the weights) with the threshold calibrated under it; :class:`RunOptions` changes only
 speed. Arrays are (z, y, x) in voxels throughout.
 
 Modules, one per step:

@@ -122,7 +122,7 @@ def calibrate_detection_threshold(model, volumes: Sequence, points: Sequence, *,
         the detections of that run scoring at least the threshold, so the sweep is exact.
     config : DetectionConfig, keyword-only
         The detection settings calibrated under (default: the model's, else the defaults); store
-        it with the threshold (:func:`clarity.model.save_model`).
+        it with the threshold (:func:`clarity.validate.calibrate.write_calibration`).
     scale : 3 floats, keyword-only
         Multiplies (z, y, x) before matching distances (the voxel size in um for a radius in um).
 

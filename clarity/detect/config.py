@@ -3,7 +3,8 @@
 :class:`DetectionConfig` holds every setting that changes the cells a detection returns (the
 mode, the candidate screen, refinement, NMS, the SNR gate, rescoring, the N4 fit's size). A
 model's detection threshold, count factor and rescorer are calibrated under one config, so the
-model file stores it beside them (:func:`clarity.model.save_model`) and
+model's calibration file stores it beside them (:func:`clarity.validate.calibrate.write_calibration`)
+and
 :func:`clarity.detect.detect_volume` uses the model's config unless told otherwise.
 :class:`RunOptions` holds what only changes speed and memory (chunk size, scheduler, workers,
 batch size, device, progress bars); it is never saved.
@@ -116,8 +117,8 @@ def _triple(v, name: str) -> tuple[float, float, float]:
 class DetectionConfig:
     """Every setting that changes which cells a detection returns.
 
-    Stored in the model file beside the detection threshold, count factor and rescorer that
-    were calibrated under it. Lengths in voxels, axis order (z, y, x).
+    Stored in the model's calibration file (``<stem>.calibration.json`` beside the weights) with
+    the detection threshold, count factor and rescorer that were calibrated under it. Lengths in voxels, axis order (z, y, x).
 
     Attributes
     ----------
@@ -342,7 +343,7 @@ def physical_config(base: DetectionConfig | None = None, *, voxel_um, cell_diame
     The candidate threshold, refinement and SNR boxes are unchanged (their units are contrast,
     or a few voxels around a centre; :func:`clarity.detect.calibrate.screen_threshold` fits the
     candidate threshold on labelled cells). ``voxel_um`` and ``cell_diameter_um`` are recorded
-    in the config, so the model file says what grid and cell size it works at.
+    in the config, so the model's calibration says what grid and cell size it works at.
 
     Parameters
     ----------

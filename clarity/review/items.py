@@ -10,7 +10,7 @@ wrote for each split (``coarse``, ``fold1`` ...)::
 
     reports/<run>/folds/<split>/predictions.csv   brain,z,y,x,label,origin,truth,variant,score
     reports/<run>/folds/<split>/metrics.csv       split,variant,labels,...,threshold,...
-    models/<run>/<split>/cnn/model.pt             the fold's CNN (threshold inside)
+    models/<run>/<split>/cnn/model.pt             the fold's CNN (threshold in model.calibration.json)
 
 (:meth:`clarity.paths.Paths.fold_reports`, :meth:`clarity.paths.Paths.fold_model`). Each row of
 ``predictions.csv`` is a test patch centred on voxel (z, y, x) of ``brain``: its annotation

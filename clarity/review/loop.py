@@ -17,8 +17,10 @@ What a lab does after the first count of a new brain, measured on a by-brain fol
    except a seeded calibration share of the review kept out of training.
 4. **Recalibrate** from that calibration share only
    (:func:`~clarity.review.estimate.fit_review_calibration`): the detection threshold and the
-   count factor, written into the fine-tuned model file. The rescorer is dropped (it was fitted
-   on the base network's scores).
+   count factor, written into the calibration file beside the fine-tuned weights
+   (``model.calibration.json``, :func:`clarity.validate.calibrate.write_calibration`); the weights
+   file is written once, by fine-tuning. The rescorer is dropped (it was fitted on the base
+   network's scores).
 5. **Detect again** on ``T`` (and ``V``) with both models; precision, recall, F1 and count error
    against the complete labels, matched within ``radius_um`` (or ``radius`` voxels).
 
@@ -48,7 +50,8 @@ from ..matching import match_points
 from ..model import load_model
 from ..patches import cut_patches
 from ..sampling import PatchSet
-from ..validate.training import resave_model, run_fingerprint, train_variant
+from ..validate.calibrate import write_calibration
+from ..validate.training import run_fingerprint, train_variant
 from .estimate import fit_review_calibration, review_order
 from .items import items_table
 from .metrics import review_decisions
@@ -118,7 +121,8 @@ class LoopResult:
     recalibration : ReviewCalibration
         The fine-tuned model's threshold and count factor.
     model_path : Path
-        The fine-tuned, recalibrated model file.
+        The fine-tuned model's weights file; its recalibration is in the calibration file beside
+        it (:func:`clarity.model.calibration_path`), which :func:`clarity.model.load_model` reads.
     seconds : dict
     labelled_among_detections : int
         Labelled cells of ``V`` that the base model's detections (down to the floor) hold,
@@ -392,18 +396,26 @@ def _review_threshold(detections: pd.DataFrame, reviewed: pd.DataFrame, b: _Base
 
 def _recalibrate(paths, b: _Base, tuned_path: Path, reviewed: pd.DataFrame, cfg: LoopConfig):
     """The fine-tuned model's threshold and count factor from the calibration share of the
-    review, written into its file; ``(model, detections of V, ReviewCalibration, path)``."""
-    tuned = load_model(tuned_path, device="cpu")
-    tuned.rescorer = None
+    review, written into a new calibration file beside its weights (never into the weights);
+    ``(model, detections of V, ReviewCalibration, weights path)``."""
+    tuned = load_model(tuned_path, device="cpu", calibration=False)
     v_after = loop_detections(paths, b.volumes, tuned, threshold=b.floor, rescore=False)
     recal = _review_threshold(v_after, reviewed, b, cfg, keep=float(b.model.operating_threshold))
-    path = resave_model(tuned_path, threshold=float(tuned.threshold), detection_threshold=recal.threshold,
-                        count_factor=recal.count_factor if recal.count_factor is not None else False, rescorer=False,
-                        detection_config=resolve_config(b.model, None).replace(rescore=False),
-                        extra={"review_loop": {"base_model": str(b.path), "review_brain": b.review_brain,
-                                               "config": dataclasses.asdict(cfg),
-                                               "recalibration": recal.to_dict()}})
-    return load_model(path, device="cpu"), v_after, recal, path
+    share = f"{cfg.calibration_fraction:.0%} of the decided detections of {b.review_brain} kept out of fine-tuning"
+    rule = (f"max expected F1 on the review's calibration share ({share})" if not isinstance(recal, NoRecalibration)
+            else f"the base model's own: {recal.note}")
+    write_calibration(tuned_path, fresh=True, detection_threshold=recal.threshold, count_factor=recal.count_factor,
+                      rescorer=None, detection_config=resolve_config(b.model, None).replace(rescore=False),
+                      provenance={"detection_threshold_rule": rule, "calibration_brains": [b.review_brain],
+                                  "calibration_labels": "review",
+                                  "count_factor_rule": ("estimated cells / detections at the threshold, from "
+                                                        f"the review's calibration share ({share})"
+                                                        if recal.count_factor is not None else
+                                                        f"none: {getattr(recal, 'note', '')}"),
+                                  "review_loop": {"base_model": str(b.path), "review_brain": b.review_brain,
+                                                  "config": dataclasses.asdict(cfg),
+                                                  "recalibration": recal.to_dict()}})
+    return load_model(tuned_path, device="cpu"), v_after, recal, tuned_path
 
 
 #: The models :func:`run_loop` compares, in its ``scores`` table.
@@ -450,7 +462,8 @@ def run_loop(paths, split: str, *, store, out_dir, config: LoopConfig | None = N
         Where the decisions are (``simulate``: are written; keep simulated ones apart from
         the human store).
     out_dir : path, keyword-only
-        Training folder of the fine-tuned model (``model.pt`` there, recalibrated).
+        Training folder of the fine-tuned model (``model.pt`` there, and its recalibration in
+        ``model.calibration.json`` beside it).
     config : LoopConfig, keyword-only
     simulate : bool, keyword-only
         Decide the review from the review brain's complete labels (headless runs only);

@@ -29,8 +29,10 @@ Every variant's threshold is the lowest one reaching ``target_precision`` on the
 part (:func:`clarity.evaluate.threshold_for_precision`); nothing is chosen on the test patches.
 In the folds, the CNN variants also get a *detection* threshold: whole-volume detection on the
 inner-validation brains, the threshold of maximum F1 against their complete labels
-(:func:`calibrate_on_brains`); it is saved in the model file, with the
-:class:`clarity.detect.DetectionConfig` it was calibrated under, and used by :mod:`clarity.detect`.
+(:func:`calibrate_on_brains`); it is saved in the calibration file beside the model file
+(``model.calibration.json``, :func:`write_calibration`; the weights are written once, by
+training), with the :class:`clarity.detect.DetectionConfig` it was calibrated under, and used by
+:mod:`clarity.detect` (:func:`clarity.model.load_model` reads both files).
 Metrics are computed against the annotations (``labels == "annotations"``) and, on synthetic data,
 against the complete truth (``labels == "truth"``); ``adjusted_fp`` counts the false positives
 (against annotations) that hold no true cell. ``recall_at_p95`` is the best recall at precision
@@ -39,14 +41,18 @@ at the threshold chosen on inner validation.
 
 Files of one split, all written atomically (``done.json`` last)::
 
-    models/<run>/<split>/cnn/model.pt             (+ config.json, checkpoint.pt, history.csv)
-    models/<run>/<split>/cnn_retrained/model.pt
+    models/<run>/<split>/cnn/model.pt             weights, written once by training
+                                                  (+ config.json, checkpoint.pt, history.csv)
+    models/<run>/<split>/cnn/model.calibration.json  patch and detection thresholds, count factor,
+                                                  rescorer, detection config, their provenance
+    models/<run>/<split>/cnn_retrained/model.pt   (+ model.calibration.json)
     reports/<run>/folds/<split>/predictions.csv   brain,z,y,x,label,origin,truth,variant,score
     reports/<run>/folds/<split>/metrics.csv       see METRIC_COLUMNS
     reports/<run>/folds/<split>/hard_examples.csv brain,z,y,x,kind,score,truth
     reports/<run>/folds/<split>/detection_calibration.csv  threshold sweep of whole-volume
                                                   detection on the inner-validation brains
-    reports/<run>/folds/<split>/done.json         parameters, thresholds, counts, seconds
+    reports/<run>/folds/<split>/done.json         parameters, patch thresholds, counts, model
+                                                  paths, seconds
 
 Coordinates are (z, y, x) voxels of the corrected volumes throughout. Paths come from
 :class:`clarity.paths.Paths` (``fold_model``, ``fold_reports``, ``final_model``).
@@ -55,15 +61,16 @@ Modules:
 
 ``splits``     split names and order, folds by brain, the coarse patch split, a split's parts
 ``mining``     hard-example mining on the fitting part (MiningConfig) and its patches
-``training``   resumable training runs keyed by their inputs, patch thresholds, re-saving models
-``calibrate``  whole-volume detection threshold, count factor and rescorer on labelled brains
+``training``   resumable training runs keyed by their inputs, patch thresholds
+``calibrate``  the calibration file beside a model (write_calibration); whole-volume detection
+               threshold, count factor and rescorer on labelled brains (calibrate_on_brains)
 ``tables``     variants, metric and prediction columns, seed results and targets, CSV writes
 ``fold``       one split end to end: run_split (SplitConfig), SplitResult, mark_done
 ``summary``    cross-validation table, target checks, fold curves, summary.md, fold thresholds
 ``final``      the final model trained on every brain (train_final)
 """
 
-from .calibrate import calibrate_on_brains
+from .calibrate import calibrate_on_brains, write_calibration
 from .final import train_final
 from .fold import SplitConfig, SplitResult, mark_done, run_split, score_baselines
 from .mining import (HARD_EXAMPLE_COLUMNS, MiningConfig, cells_per_brain, hard_example_truth,
@@ -74,7 +81,7 @@ from .summary import (collect_cv, cv_detection_thresholds, cv_table, cv_threshol
                       plot_fold_curves, target_checks, write_summary)
 from .tables import (COUNT_COLUMNS, METRIC_COLUMNS, NUMERIC_COLUMNS, PREDICTION_COLUMNS,
                      SEED_RESULTS, TARGETS, VARIANTS, metric_rows, predictions_frame)
-from .training import patchset_key, pick_threshold, resave_model, run_fingerprint, train_variant
+from .training import patchset_key, pick_threshold, run_fingerprint, train_variant
 
 __all__ = [
     # as before the split into modules
@@ -86,6 +93,6 @@ __all__ = [
     # new public names
     "SplitConfig", "SplitParts", "split_parts", "split_order", "score_baselines",
     "HARD_EXAMPLE_COLUMNS", "hard_patchset", "hard_example_truth", "cells_per_brain",
-    "run_fingerprint", "patchset_key", "train_variant", "resave_model", "pick_threshold",
+    "run_fingerprint", "patchset_key", "train_variant", "write_calibration", "pick_threshold",
     "fold_curves", "metric_rows", "predictions_frame",
 ]

@@ -1,11 +1,17 @@
-"""Whole-volume detection calibration of a saved model on labelled brains: the detection
-threshold, the count factor and the second-stage rescorer, written into the model file with the
-:class:`clarity.detect.DetectionConfig` they were calibrated under."""
+"""Calibration of a trained model: the one place that writes what is chosen for a model after
+training (:func:`write_calibration`: the patch threshold, the whole-volume detection threshold,
+the count factor, the second-stage rescorer, the :class:`clarity.detect.DetectionConfig` they
+hold for, and their provenance) into the calibration file beside the weights
+(``<stem>.calibration.json``, :func:`clarity.model.calibration_path`). The weights file is
+written once, by training, and never rewritten here.
+
+:func:`calibrate_on_brains` fits the detection threshold, count factor and rescorer on labelled
+brains (also ``python -m clarity calibrate``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..detect import DetectionConfig, detect_block, physical_config
 from ..detect.calibrate import (
@@ -16,11 +22,72 @@ from ..detect.calibrate import (
 )
 from ..detect.config import resolve_config
 from ..io import common_voxel_um, list_brains, read_volume
-from ..model import load_model
+from ..model import CALIBRATION_FIELDS, load_model, read_calibration, save_calibration
 from ..rescore import DEFAULT_FLOOR, fit_rescorer
-from .training import resave_model
 
-__all__ = ["calibrate_on_brains", "measure_cell_size"]
+__all__ = ["KEEP", "write_calibration", "calibrate_on_brains", "measure_cell_size"]
+
+
+class _Keep:
+    """Type of :data:`KEEP`."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+#: Default of :func:`write_calibration`'s values: keep what the calibration file holds.
+KEEP: Any = _Keep()
+
+
+def write_calibration(model_path: str | Path, *, fresh: bool = False, threshold=KEEP, detection_threshold=KEEP,
+                      count_factor=KEEP, rescorer=KEEP, detection_config=KEEP,
+                      provenance: dict | None = None, drop: Sequence[str] = ()) -> Path:
+    """Calibrate a trained model: write what was chosen for its weights into the calibration
+    file beside them (:func:`clarity.model.calibration_path`), atomically; the weights file is
+    only read (its sha256 is recorded, so that :func:`clarity.model.load_model` refuses the
+    calibration if the weights change). Every stage that chooses something for a trained model
+    (a fold's patch threshold, :func:`calibrate_on_brains`, the final model, the review loop's
+    recalibration) writes it through this function.
+
+    Parameters
+    ----------
+    model_path : path
+        The ``.pt`` weights file (never written).
+    fresh : bool, keyword-only
+        Start from nothing (a new calibration of newly trained weights); otherwise update the
+        calibration file there, which must belong to these weights.
+    threshold : float or None, keyword-only
+        Patch threshold chosen after training (None: the weights file's own).
+    detection_threshold, count_factor : float or None, keyword-only
+        Whole-volume detection threshold and count factor (None: none).
+    rescorer : clarity.rescore.Rescorer, dict or None, keyword-only
+        Second stage (None: none).
+    detection_config : clarity.detect.DetectionConfig, dict or None, keyword-only
+        The detection settings the values hold for (None: the defaults).
+    provenance : dict, keyword-only
+        Added to (and overriding) the calibration's provenance: brains, rules...
+    drop : sequence of str, keyword-only
+        Provenance entries to remove (rules of values no longer held).
+
+    Every value left out (:data:`KEEP`) keeps the calibration file's (None with ``fresh``).
+
+    Returns
+    -------
+    Path of the calibration file.
+
+    Raises
+    ------
+    ClarityInputError
+        No weights file, or (without ``fresh``) a calibration file there that is corrupt or
+        belongs to other weights.
+    """
+    old = None if fresh else read_calibration(model_path)
+    given = {"threshold": threshold, "detection_threshold": detection_threshold, "count_factor": count_factor,
+             "rescorer": rescorer, "detection_config": detection_config}
+    values = {k: ((old or {}).get(k) if given[k] is KEEP else given[k]) for k in CALIBRATION_FIELDS}
+    prov = {k: v for k, v in ((old or {}).get("provenance") or {}).items() if k not in set(drop)}
+    prov.update(provenance or {})
+    return save_calibration(model_path, provenance=prov, **values)
 
 
 def _labelled_volumes(paths, brains: Sequence[str]) -> tuple[list, list, str]:
@@ -73,22 +140,25 @@ def _fit_rescorer(loaded, vols, pts, *, brains: Sequence[str], config: Detection
     except ValueError:
         return None, {}
     return rescorer, {"rescorer_rule": f"MLP on CNN score, SNR and shape, max F1 at {radius:g} {unit} "
-                                       f"on {', '.join(brains)} (complete labels)"}
+                                       f"on {', '.join(brains)} (complete labels)",
+                      "rescorer_brains": list(brains)}
 
 
 def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radius: float = 6.0,
                         radius_um: float | None = None, cell_diameter_um: float | None = None,
                         screen_recall: float | None = None, rescorer_brains: Sequence[str] | None = None,
-                        rescore: bool = True, seed: int = 0, config: DetectionConfig | None = None):
+                        rescore: bool = True, seed: int = 0, config: DetectionConfig | None = None,
+                        fresh: bool = False):
     """Calibrate the whole-volume detection threshold of a saved model on ``brains`` (corrected
     volumes, complete labels where present: :func:`clarity.detect.calibrate.calibration_points`)
-    and write it into the model file, with the count factor (precision / recall) at that
+    and write it into the model's calibration file (:func:`write_calibration`; the weights file is
+    not written), with the count factor (precision / recall) at that
     threshold when every calibration brain has *complete* labels (never from partial annotations:
     the provenance's ``count_factor_rule`` then says why there is none).
 
     With ``rescore`` and *complete* labels on every brain, also fit the second stage
     (:func:`clarity.rescore.fit_rescorer`: CNN score, local SNR and local shape of each
-    detection) on the same brains and store it in the model file; detection then uses it
+    detection) on the same brains and store it in the calibration file; detection then uses it
     (:func:`clarity.detect.detect_volume`, ``DetectionConfig.rescore``). Partial annotations
     would teach it that unannotated cells are false, so none is fitted from them.
 
@@ -96,7 +166,8 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
     ----------
     paths : clarity.paths.Paths
     model_path : path
-        The model file, rewritten in place.
+        The model's weights file (read only); its calibration file is updated, keeping the patch
+        threshold and provenance already there.
     brains : sequence of str
         Brains calibrated on (never test brains).
     radius : float, keyword-only
@@ -119,8 +190,11 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
     seed : int, keyword-only
         Seeds the rescorer's fit.
     config : clarity.detect.DetectionConfig, keyword-only
-        Detection settings calibrated under (default: the model file's, else the defaults);
-        stored in the model file beside the threshold.
+        Detection settings calibrated under (default: the model's calibrated ones, else the
+        defaults); stored in the calibration file beside the threshold.
+    fresh : bool, keyword-only
+        Ignore and replace the calibration file there (one of other weights, say): start from
+        the weights file alone.
 
     Returns
     -------
@@ -129,7 +203,7 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
     vols, pts, source = _labelled_volumes(paths, brains)
     if not vols:
         return None, None, "none"
-    loaded = load_model(model_path, device="cpu")
+    loaded = load_model(model_path, device="cpu", calibration=not fresh)
     cfg = resolve_config(loaded, config)
     vox = common_voxel_um(list_brains(paths.data_dir, names=list(brains)))
     if cfg.voxel_um is None:  # record the grid the model learned on, when the brains state one
@@ -161,10 +235,10 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
         rescorer, extra = _fit_rescorer(loaded, r_vols, r_pts, brains=r_brains, config=cfg, radius=radius,
                                         scale=scale, unit=unit, seed=seed, source=r_source)
     # a recalibration that fits no rescorer drops an older one: it belongs to other labels
-    resave_model(model_path, threshold=loaded.threshold, detection_threshold=thr,
-                 count_factor=factor if factor is not None else False,
-                 rescorer=rescorer if rescorer is not None else False, detection_config=cfg,
-                 extra={"detection_threshold_rule": f"max F1 of whole-volume detection at {radius:g} "
-                                                    f"{unit} on {', '.join(brains)} ({source} labels)",
-                        "calibration_labels": source, "count_factor_rule": factor_rule, **screen, **extra})
+    write_calibration(model_path, fresh=fresh, detection_threshold=thr, count_factor=factor, rescorer=rescorer,
+                      detection_config=cfg, drop=("rescorer_rule", "rescorer_brains", "screen_rule", "screen_fit"),
+                      provenance={"detection_threshold_rule": f"max F1 of whole-volume detection at {radius:g} "
+                                                              f"{unit} on {', '.join(brains)} ({source} labels)",
+                                  "calibration_brains": list(brains), "calibration_labels": source,
+                                  "count_factor_rule": factor_rule, **screen, **extra})
     return thr, table, source

@@ -1,5 +1,6 @@
-"""The final model: trained on every brain, with the thresholds the cross-validation folds chose
-(:func:`train_final`, notebook 04b)."""
+"""The final model: trained on every brain (``final.pt``, written once), calibrated with the
+thresholds the cross-validation folds chose (``final.calibration.json``; :func:`train_final`,
+notebook 04b)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from ..detect.config import (
     physical_config,
 )
 from ..io import ClarityInputError, list_brains, natural_key
-from ..model import ModelConfig, load_model, save_model
+from ..model import ModelConfig, load_model, read_calibration, save_model
 from ..sampling import PatchSet
 from ..train import TrainConfig
-from .calibrate import measure_cell_size
+from .calibrate import measure_cell_size, write_calibration
 from .summary import cv_detection_thresholds, cv_thresholds
 from .training import patchset_key, run_fingerprint, train_variant
 
@@ -22,8 +23,8 @@ __all__ = ["train_final"]
 
 
 def _fold_calibrations(paths, folds) -> tuple[dict[str, float], dict | None]:
-    """The count factor stored in each fold's ``cnn`` model file (folds without one left out),
-    and the detection config those folds were calibrated under when they all agree (else None).
+    """The count factor in the calibration file of each fold's ``cnn`` model (folds without one
+    left out), and the detection config those folds were calibrated under when they all agree (else None).
     Candidate thresholds fitted per fold (``screen_recall``) may differ: the lowest, the widest
     screen, is taken. Cell sizes measured per fold (``cell_diameter_um="auto"``) may differ too:
     the final model learns from every brain, so its size is measured on every brain."""
@@ -51,20 +52,32 @@ def _fold_calibrations(paths, folds) -> tuple[dict[str, float], dict | None]:
     return factors, (configs[0] if same else None)
 
 
+def _fold_calibration_brains(paths, folds) -> list[str]:
+    """The brains the ``cnn`` models of ``folds`` were calibrated on (their calibration files)."""
+    brains = set()
+    for fold in folds:
+        cal = read_calibration(paths.fold_model(fold, "cnn")) if paths.fold_model(fold, "cnn").exists() else None
+        brains.update((cal or {}).get("provenance", {}).get("calibration_brains", []))
+    return sorted(brains, key=natural_key)
+
+
 def train_final(paths, *, patchset: str = "patches", train_config=None, model_config=None,
                 seed: int = 0, threshold: float | None = None, inner_val: int = 1,
                 detection_threshold: float | None = None, progress: bool = True):
-    """Train the model shipped for detection on ALL brains; save ``models/<run>/final.pt``.
+    """Train the model shipped for detection on ALL brains; save ``models/<run>/final.pt`` and
+    its calibration ``models/<run>/final.calibration.json``.
 
-    The last ``inner_val`` brains (natural order) are held out for early stopping only; the
-    threshold is ``threshold`` if given, else the mean of the thresholds the cross-validation
-    folds chose for ``cnn`` (:func:`cv_thresholds`; run the folds first). The file carries the
-    patch set's normalisation, the threshold and its provenance (brains, configs, fold
-    thresholds), and is what ``python -m clarity detect --model`` takes. Training files go to
-    ``models/<run>/final/``. Its whole-volume detection threshold is ``detection_threshold`` if
-    given, else the mean of the folds' calibrated ones (:func:`cv_detection_thresholds`), stored
-    with the detection config the folds were calibrated under (when they agree), else none
-    (detection then uses the patch threshold).
+    The last ``inner_val`` brains (natural order) are held out for early stopping only. The
+    weights file carries the trained weights, the patch set's normalisation and the training
+    provenance (brains, configs), and is what ``python -m clarity detect --model`` takes; training
+    files go to ``models/<run>/final/``. The calibration file beside it
+    (:func:`write_calibration`) holds the patch threshold, ``threshold`` if given, else the mean
+    of the thresholds the cross-validation folds chose for ``cnn`` (:func:`cv_thresholds`; run
+    the folds first); the whole-volume detection threshold, ``detection_threshold`` if given,
+    else the mean of the folds' calibrated ones (:func:`cv_detection_thresholds`, read from the
+    fold models' calibration files), with the folds' mean count factor and the detection config
+    they were calibrated under (when they agree), else none (detection then uses the patch
+    threshold); and the rules and fold values they came from.
 
     Returns
     -------
@@ -102,12 +115,16 @@ def train_final(paths, *, patchset: str = "patches", train_config=None, model_co
     else:
         det_rule = "given by the caller" if detection_threshold is not None else "none calibrated"
     prov = {**trained.provenance, "patchset": str(ps_path), "early_stopping_brains": val_b,
-            "threshold_rule": rule, "detection_threshold_rule": det_rule,
-            "fold_detection_thresholds": fold_det, "fold_count_factors": fold_factor,
-            "fold_thresholds": fold_thr, "review_labels_used": bool(ps.meta.get("review_labels_used", False))}
-    path = save_model(paths.final_model, trained.model,
-                      normalisation=ps.meta.get("normalisation", {}), threshold=float(threshold),
-                      provenance=prov, detection_threshold=detection_threshold,
-                      count_factor=count_factor if det_rule.startswith("mean") else None,
-                      detection_config=fold_config if det_rule.startswith("mean") else None)
+            "trained_in": str(res.model_path),
+            "review_labels_used": bool(ps.meta.get("review_labels_used", False))}
+    path = save_model(paths.final_model, trained.model, normalisation=ps.meta.get("normalisation", {}),
+                      threshold=float(trained.threshold), provenance=prov)
+    from_folds = det_rule.startswith("mean")
+    write_calibration(path, fresh=True, threshold=float(threshold), detection_threshold=detection_threshold,
+                      count_factor=count_factor if from_folds else None,
+                      detection_config=fold_config if from_folds else None,
+                      provenance={"threshold_rule": rule, "detection_threshold_rule": det_rule,
+                                  "calibration_brains": _fold_calibration_brains(paths, fold_det) if from_folds else [],
+                                  "fold_detection_thresholds": fold_det, "fold_count_factors": fold_factor,
+                                  "fold_thresholds": fold_thr})
     return load_model(path)

@@ -3,7 +3,8 @@ examples and fine-tune, score the baselines, write the split's files (``done.jso
 
 The steps, each a function sharing one :class:`_SplitRun`:
 
-1. :func:`_fit_cnn`      the CNN on the fitting part, its thresholds, its detection calibration;
+1. :func:`_fit_cnn`      the CNN on the fitting part, its thresholds, its detection calibration
+                         (in the calibration file beside the weights, which training wrote once);
 2. :func:`_retrain`      hard examples mined on the fitting part, the fine-tuned CNN;
 3. :func:`score_baselines`  LoG and template baselines under the same protocol;
 4. :func:`_write_files`  metrics, predictions, hard examples, detection calibration.
@@ -24,12 +25,12 @@ from ..io import ClarityInputError, group_map, list_brains, natural_key, write_j
 from ..model import ModelConfig, score_patches
 from ..sampling import PatchSet
 from ..train import TrainConfig, TrainResult
-from .calibrate import calibrate_on_brains, measure_cell_size
+from .calibrate import calibrate_on_brains, measure_cell_size, write_calibration
 from .mining import (HARD_EXAMPLE_COLUMNS, MiningConfig, cells_per_brain, hard_example_truth,
                      hard_patchset, mine_hard_examples)
 from .splits import TRAINING_ONLY_ORIGIN, SplitParts, split_parts
 from .tables import VARIANTS, metric_rows, predictions_frame, write_csv
-from .training import patchset_key, pick_threshold, resave_model, run_fingerprint, train_variant
+from .training import patchset_key, pick_threshold, run_fingerprint, train_variant
 
 __all__ = ["SplitConfig", "SplitResult", "run_split", "mark_done", "score_baselines"]
 
@@ -143,7 +144,8 @@ class SplitResult:
         Seconds per stage (cnn, mining, cnn_retrained, baselines, write).
     detection_thresholds : dict variant -> float
         Whole-volume detection thresholds calibrated on the inner-validation brains
-        (:func:`calibrate_on_brains`; folds only), also saved in the model files.
+        (:func:`calibrate_on_brains`; folds only), kept in the calibration files beside the
+        model files (``model.calibration.json``), not in ``done.json``.
     """
 
     split: str
@@ -175,7 +177,7 @@ class _SplitRun:
     parts: SplitParts
     params: dict
     data_key: list  # patchset_key of the patch set, part of every training fingerprint
-    split_info: dict  # provenance added to the split's model files
+    split_info: dict  # provenance of the calibration files of the split's models
     progress: bool
     t_start: float
     tick: float = 0.0
@@ -246,13 +248,15 @@ def _prepare(paths, split: str, options: SplitConfig, *, progress: bool) -> _Spl
 
 
 def _score_variant(run: _SplitRun, variant: str, trained: TrainResult, extra: dict) -> None:
-    """Threshold of a trained variant on inner validation, its test scores, its re-saved file."""
+    """Threshold of a trained variant on inner validation, its test scores, and a new calibration
+    file beside its weights holding that threshold and the split's provenance."""
     p, bs = run.parts, run.batch_size
     val_s = score_patches(trained.model, p.val.patches, batch_size=bs)
     run.thresholds[variant] = pick_threshold(p.val, val_s, target_precision=run.cfg.target_precision)
     run.scores[variant] = score_patches(trained.model, p.test.patches, batch_size=bs)
-    run.model_paths[variant] = resave_model(trained.model_path, threshold=run.thresholds[variant],
-                                            extra={**run.split_info, "variant": variant, **extra})
+    write_calibration(trained.model_path, fresh=True, threshold=run.thresholds[variant],
+                      provenance={**run.split_info, "variant": variant, **extra})
+    run.model_paths[variant] = trained.model_path
 
 
 def cell_size_option(value):
@@ -423,10 +427,11 @@ def run_split(paths, split: str, options: SplitConfig | None = None, *, progress
 
 
 def mark_done(result: SplitResult) -> Path:
-    """Write ``done.json`` of a split (parameters, thresholds, counts, seconds): the split's last
-    file, whose presence makes ``make report`` skip the split."""
+    """Write ``done.json`` of a split (parameters, patch thresholds, counts, model paths,
+    seconds): the split's last file, whose presence makes ``make report`` skip the split. The
+    detection calibration is not copied here: it lives in the calibration files beside the
+    models (:func:`clarity.validate.cv_detection_thresholds` reads them)."""
     info = {"split": result.split, "params": result.params, "thresholds": result.thresholds,
-            "detection_thresholds": result.detection_thresholds,
             "hard_examples": result.counts, "model_paths": {k: str(v) for k, v in result.model_paths.items()},
             "seconds": round(float(result.seconds), 1), "timings": result.timings,
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}

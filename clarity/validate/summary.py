@@ -526,8 +526,12 @@ def cv_thresholds(reports_dir: str | os.PathLike, *, variant: str = "cnn") -> di
 
 
 def cv_detection_thresholds(reports_dir: str | os.PathLike, *, variant: str = "cnn") -> dict[str, float]:
-    """The whole-volume detection threshold each finished fold calibrated for ``variant``
-    (from its ``done.json``; folds without one are left out)."""
+    """The whole-volume detection threshold each finished fold calibrated for ``variant``: from
+    the calibration file beside the fold's model (the model path its ``done.json`` records; see
+    :func:`clarity.model.read_calibration`); folds without one are left out. A calibration file
+    of other weights than the model's raises :class:`clarity.io.ClarityInputError`."""
+    from ..model import read_calibration
+
     out = {}
     for done in sorted(folds_dir(reports_dir).glob("fold*/done.json"),
                        key=lambda p: natural_key(p.parent.name)):
@@ -535,7 +539,8 @@ def cv_detection_thresholds(reports_dir: str | os.PathLike, *, variant: str = "c
             info = json.loads(done.read_text())
         except (OSError, ValueError):
             continue
-        thr = (info.get("detection_thresholds") or {}).get(variant)
-        if thr is not None:
-            out[done.parent.name] = float(thr)
+        model = (info.get("model_paths") or {}).get(variant)
+        cal = read_calibration(model) if model and Path(model).is_file() else None
+        if cal is not None and cal["detection_threshold"] is not None:
+            out[done.parent.name] = float(cal["detection_threshold"])
     return out

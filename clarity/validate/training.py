@@ -1,5 +1,6 @@
-"""Training of the validation's models: resumable runs keyed by their inputs, patch thresholds,
-and re-saving a trained model file with the thresholds chosen for it."""
+"""Training of the validation's models: resumable runs keyed by their inputs, and patch
+thresholds. A trained model file is written once, by training; what is chosen for it afterwards
+goes into the calibration file beside it (:func:`clarity.validate.calibrate.write_calibration`)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,13 @@ import numpy as np
 
 from ..evaluate import threshold_for_precision
 from ..io import atomic_write, jsonable
-from ..model import load_model, save_model
 from ..sampling import PatchSet
 from ..train import train_model
 
-__all__ = ["run_fingerprint", "patchset_key", "train_variant", "resave_model", "pick_threshold"]
+__all__ = ["run_fingerprint", "patchset_key", "train_variant", "pick_threshold"]
 
 #: Files of a training folder that a run of other inputs deletes before starting over.
-TRAINING_FILES = ("checkpoint.pt", "history.csv", "model.pt", "config.json", "run.json")
+TRAINING_FILES = ("checkpoint.pt", "history.csv", "model.pt", "model.calibration.json", "config.json", "run.json")
 
 
 def run_fingerprint(**kw) -> str:
@@ -69,42 +69,6 @@ def train_variant(train_set, val_set, *, out_dir: Path, model_config, config, fi
             tmp.write_text(fingerprint)
     return train_model(train_set, val_set, model_config=model_config, config=config, out_dir=out_dir,
                        resume=True, progress=progress, init_state=init_state)
-
-
-def resave_model(model_path: Path, *, threshold: float, extra: dict,
-                 detection_threshold: float | None = None, count_factor: float | None = None,
-                 rescorer=None, detection_config=None) -> Path:
-    """Rewrite a trained model file with the chosen thresholds and more provenance.
-
-    Parameters
-    ----------
-    model_path : path
-        The ``.pt`` file, rewritten in place (with its ``config.json``).
-    threshold : float, keyword-only
-        Patch decision threshold.
-    extra : dict, keyword-only
-        Added to (and overriding) the file's provenance.
-    detection_threshold : float or None, keyword-only
-        None keeps the file's.
-    count_factor : float, None or False, keyword-only
-        None keeps the file's, False removes it (labels that cannot give one), else the new one.
-    rescorer : clarity.rescore.Rescorer, None or False, keyword-only
-        None keeps the file's, False removes it, else the new one.
-    detection_config : clarity.detect.DetectionConfig, dict or None, keyword-only
-        The detection settings the detection threshold, count factor and rescorer were
-        calibrated under; None keeps the file's.
-    """
-    loaded = load_model(model_path, device="cpu")
-    prov = {**loaded.provenance, **extra}
-    return save_model(model_path, loaded.model, normalisation=loaded.normalisation,
-                      threshold=threshold, provenance=prov,
-                      detection_threshold=(loaded.detection_threshold if detection_threshold is None
-                                           else detection_threshold),
-                      count_factor=(loaded.count_factor if count_factor is None
-                                    else None if count_factor is False else count_factor),
-                      rescorer=loaded.rescorer if rescorer is None else (rescorer or None),
-                      detection_config=(loaded.detection_config if detection_config is None
-                                        else detection_config))
 
 
 def pick_threshold(val: PatchSet, scores, *, target_precision: float) -> float:

@@ -47,8 +47,9 @@ def test_resolve_config_precedence(files):
 
 
 def test_config_saved_with_the_model_is_used_by_default(files, reference, tmp_path, same_cells):
-    """The model file stores the settings its calibration holds for; detection uses them unless
-    given others; a model file written before settings were stored loads with the defaults."""
+    """The calibration file beside the weights stores the settings its calibration holds for;
+    detection uses them unless given others; a model file written before settings were stored
+    (calibration inside the weights, no settings) loads with the defaults."""
     net = load_model(files["model"], device="cpu")
     v = correct_volume(np.asarray(tifffile.imread(files["volume"])), reference.field,
                        reference.normalisation)
@@ -57,13 +58,14 @@ def test_config_saved_with_the_model_is_used_by_default(files, reference, tmp_pa
                       provenance={}, detection_threshold=0.5, count_factor=1.0, detection_config=gate)
     back = load_model(path, device="cpu")
     assert DetectionConfig.from_dict(back.detection_config) == gate
-    assert (tmp_path / "config.json").read_text().count('"min_snr": 1000000.0') == 1
+    assert (tmp_path / "m.calibration.json").read_text().count('"min_snr": 1000000.0') == 1
+    assert "min_snr" not in (tmp_path / "config.json").read_text()  # the weights' config: training only
     assert len(detect_block(v, model=back)) == 0
     same_cells(detect_block(v, model=back, config=DetectionConfig()), detect_block(v, model=net))
-    # an older file: no "detection_config" key at all
+    # an older file: calibration inside the weights, no "detection_config" key at all
     blob = torch.load(path, weights_only=True)
-    del blob["detection_config"]
-    torch.save(blob, tmp_path / "old.pt")
+    assert "detection_config" not in blob and "detection_threshold" not in blob
+    torch.save({**blob, "detection_threshold": 0.5, "count_factor": 1.0}, tmp_path / "old.pt")
     old = load_model(tmp_path / "old.pt", device="cpu")
     assert old.detection_config is None and old.detection_threshold == 0.5
     same_cells(detect_block(v, model=old), detect_block(v, model=net))

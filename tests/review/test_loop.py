@@ -66,3 +66,47 @@ def test_simulated_review_in_um_and_calibration_share(sampled_root, tmp_path):
     with pytest.raises(ClarityInputError, match="no complete labels"):
         loop._review(sampled_root, items, [dataclasses.replace(vols[0], truth=None)], store=store,
                      cfg=vox, simulate=True)
+
+
+def test_recalibration_is_written_beside_the_fine_tuned_weights(tmp_path, monkeypatch):
+    """The loop's recalibration goes into the fine-tuned model's calibration file; the weights
+    file fine-tuning wrote is never written again, and load_model returns the new values."""
+    from clarity.detect import DetectionConfig
+    from clarity.model import CellCNN, ModelConfig, load_model, save_model
+    from clarity.review.estimate import fit_review_calibration
+
+    base_path = save_model(tmp_path / "base" / "model.pt", CellCNN(ModelConfig()), normalisation={}, threshold=0.4,
+                           provenance={}, detection_threshold=0.6, count_factor=1.2,
+                           detection_config=DetectionConfig(min_snr=2.0))
+    tuned_path = save_model(tmp_path / "tuned" / "model.pt", CellCNN(ModelConfig()), normalisation={},
+                            threshold=0.45, provenance={"train_brains": ["b4"]})
+    data, mtime = tuned_path.read_bytes(), tuned_path.stat().st_mtime_ns
+    base = load_model(base_path, device="cpu")
+    b = loop._Base(path=base_path, model=base, threshold=0.6, floor=0.05, review_brain="b3", test_brains=["b1"],
+                   volumes=[], found=None, items=None, every=[])
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0.05, 1.0, 300)
+    reviewed_scores = np.linspace(0.06, 0.99, 40)
+    fitted = fit_review_calibration(scores, reviewed_scores, np.where(reviewed_scores > 0.5, "cell", "not_cell"),
+                                    min_threshold=0.05, n_boot=50)
+    monkeypatch.setattr(loop, "loop_detections", lambda *a, **k: pd.DataFrame(columns=["brain", "z", "y", "x", "score"]))
+    cfg = loop.LoopConfig()
+    for recal in (fitted, loop.NoRecalibration(0.6, "one class only")):
+        monkeypatch.setattr(loop, "_review_threshold", lambda *a, recal=recal, **k: recal)
+        tuned, _, got, path = loop._recalibrate(None, b, tuned_path, pd.DataFrame(), cfg)
+        assert got is recal and path == tuned_path
+        assert tuned_path.read_bytes() == data and tuned_path.stat().st_mtime_ns == mtime
+        assert tuned.calibration_path == tmp_path / "tuned" / "model.calibration.json"
+        again = load_model(tuned_path, device="cpu")
+        for m in (tuned, again):
+            assert m.threshold == pytest.approx(0.45)  # fine-tuning's own patch threshold
+            assert m.detection_threshold == pytest.approx(recal.threshold) and m.rescorer is None
+            assert m.detection_config == DetectionConfig(min_snr=2.0, rescore=False).to_dict()
+            assert m.provenance["review_loop"]["base_model"] == str(base_path)
+            assert m.provenance["train_brains"] == ["b4"] and m.provenance["calibration_brains"] == ["b3"]
+        if recal is fitted:
+            assert again.count_factor == pytest.approx(fitted.count_factor)
+        else:
+            assert again.count_factor is None and again.provenance["count_factor_rule"] == "none: one class only"
+            assert again.provenance["review_loop"]["recalibration"]["recalibrated"] is False
+    assert load_model(base_path, device="cpu").detection_threshold == pytest.approx(0.6)  # the base: untouched

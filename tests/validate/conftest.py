@@ -67,7 +67,24 @@ def run_small():
 
 
 @pytest.fixture(scope="session")
-def fold1(paths_for, run_small):
+def trained_files():
+    """Model path -> (bytes, mtime_ns) of each model file as training left it, recorded while
+    :func:`fold1` runs (before the split calibrates it)."""
+    return {}
+
+
+@pytest.fixture(scope="session")
+def fold1(paths_for, run_small, trained_files):
     """Fold 1 of run ``a``, with retraining: (paths, SplitResult)."""
+    from clarity.validate import fold
+
+    def recording(*args, **kw):
+        res = train_variant(*args, **kw)
+        trained_files[res.model_path] = (res.model_path.read_bytes(), res.model_path.stat().st_mtime_ns)
+        return res
+
+    train_variant = fold.train_variant
     paths = paths_for("a")
-    return paths, run_small(paths, "fold1")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fold, "train_variant", recording)
+        return paths, run_small(paths, "fold1")

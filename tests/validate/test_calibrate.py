@@ -29,15 +29,20 @@ def test_count_factor_only_from_complete_labels(data_root, tmp_path):
     """Against partial annotations every unannotated cell found would count as spurious: the
     threshold is still calibrated, but no count factor is stored, and the model file says why."""
     paths, model = _preprocessed_with_model(data_root, tmp_path)
+    data, mtime = model.read_bytes(), model.stat().st_mtime_ns
     thr, _, source = calibrate_on_brains(paths, model, ["b1"], rescore=False)
+    assert model.read_bytes() == data and model.stat().st_mtime_ns == mtime  # the weights: never written
     m = load_model(model, device="cpu")
+    assert m.calibration_path == tmp_path / "model.calibration.json"
     assert source == "complete" and m.detection_threshold == thr and m.count_factor is not None
+    assert m.provenance["calibration_brains"] == ["b1"] and m.threshold == 0.5
     shutil.rmtree(data_root / "truth")  # now only the partial annotations are left
     thr, _, source = calibrate_on_brains(paths, model, ["b1"], rescore=False)
     m = load_model(model, device="cpu")
     assert source == "annotations" and m.detection_threshold == thr
     assert m.count_factor is None and m.provenance["count_factor_rule"].startswith("none")
     assert m.provenance["calibration_labels"] == "annotations"
+    assert model.read_bytes() == data and model.stat().st_mtime_ns == mtime
 
 
 def test_calibration_in_um_at_the_cell_diameter(data_root, tmp_path):

@@ -15,7 +15,15 @@ def test_final_model(fold1, tiny):
     assert set(thr) >= {"fold1"}
     lm = V.train_final(paths, train_config=tiny.train, model_config=tiny.model, seed=0, progress=False)
     assert lm.path == paths.models / "final.pt" == paths.final_model
+    assert lm.calibration_path == paths.models / "final.calibration.json"
     assert lm.threshold == pytest.approx(np.mean(list(thr.values())))
+    # the weights file holds the training's own threshold; the folds' choices are the calibration's
+    from clarity.model import load_model, read_calibration
+
+    trained = load_model(paths.final_training / "model.pt", device="cpu")
+    alone = load_model(paths.final_model, device="cpu", calibration=False)
+    assert alone.threshold == pytest.approx(trained.threshold) and alone.detection_threshold is None
+    assert read_calibration(paths.final_model)["provenance"]["calibration_brains"] == ["b3"]
     assert lm.normalisation == PatchSet.load(paths.patchset()).meta["normalisation"]
     assert lm.provenance["fold_thresholds"] == pytest.approx(thr)
     assert sorted(lm.provenance["train_brains"]) == ["b1", "b2", "b3"]
@@ -27,8 +35,6 @@ def test_final_model(fold1, tiny):
     factors = lm.provenance["fold_count_factors"]
     assert set(factors) == set(det) and lm.count_factor == pytest.approx(np.mean(list(factors.values())))
     # the detection settings the folds were calibrated under travel with their mean threshold
-    from clarity.model import load_model
-
     assert lm.detection_config == load_model(paths.fold_model("fold1", "cnn"), device="cpu").detection_config
     lm2 = V.train_final(paths, train_config=tiny.train, model_config=tiny.model, seed=0, threshold=0.7,
                         detection_threshold=0.8, progress=False)

@@ -3,6 +3,7 @@ determinism, candidate negatives; the split options and the baseline step."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import FrozenInstanceError
 
@@ -19,7 +20,7 @@ from clarity.sampling import PatchSet
 from clarity.train import TrainConfig
 
 
-def test_run_split_writes_all_files(fold1):
+def test_run_split_writes_all_files(fold1, trained_files):
     paths, res = fold1
     d = paths.reports / "folds" / "fold1"
     for f in ("predictions.csv", "metrics.csv", "hard_examples.csv", "done.json"):
@@ -41,11 +42,21 @@ def test_run_split_writes_all_files(fold1):
     assert len(p) == 4 * m.loc[m.labels == "annotations", "n"].iloc[0]
     done = json.loads((d / "done.json").read_text())
     assert done["params"]["test_brains"] == ["b1", "b2"] and done["seconds"] > 0
-    # both models saved with the threshold chosen on inner validation
+    # both models written once, by training; the threshold chosen on inner validation, the
+    # detection calibration and the split's provenance in the calibration file beside each
     for v in ("cnn", "cnn_retrained"):
         path = paths.models / "fold1" / v / "model.pt"
         assert res.model_paths[v] == path == paths.fold_model("fold1", v)
+        data, mtime = trained_files[path]
+        assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime
+        cal = json.loads((path.parent / "model.calibration.json").read_text())
+        assert cal["weights_sha256"] == hashlib.sha256(data).hexdigest()
+        assert cal["threshold"] == pytest.approx(res.thresholds[v])
+        assert cal["provenance"]["calibration_brains"] == ["b3"]
+        alone = load_model(path, device="cpu", calibration=False)  # the weights file: training's only
+        assert alone.detection_threshold is None and "test_brains" not in alone.provenance
         lm = load_model(path, device="cpu")
+        assert lm.calibration_path == path.parent / "model.calibration.json"
         assert lm.threshold == pytest.approx(res.thresholds[v])
         # and the whole-volume detection threshold calibrated on the inner-validation brain
         assert lm.detection_threshold == pytest.approx(res.detection_thresholds[v])
@@ -59,7 +70,11 @@ def test_run_split_writes_all_files(fold1):
         assert lm.count_factor == pytest.approx(row.precision / row.recall)
         assert lm.provenance["test_brains"] == ["b1", "b2"]
         assert "b1" not in lm.provenance["train_brains"] and "b2" not in lm.provenance["train_brains"]
-    assert done["detection_thresholds"] == pytest.approx(res.detection_thresholds)
+    # done.json keeps no second copy of the detection thresholds: they are read from the
+    # calibration files
+    assert "detection_thresholds" not in done
+    for v in ("cnn", "cnn_retrained"):
+        assert V.cv_detection_thresholds(paths.reports, variant=v)["fold1"] == pytest.approx(res.detection_thresholds[v])
     cal = pd.read_csv(d / "detection_calibration.csv")
     assert set(cal.variant) == {"cnn", "cnn_retrained"} and (cal.labels == "complete").all()
     best = cal[cal.variant == "cnn"].sort_values("threshold")
