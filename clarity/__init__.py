@@ -10,8 +10,10 @@ Modules, in the order data flows through them (imports run downwards only):
 ``patches``     the one cutter of (z, y, x) cubes around points (training, detection, review)
 ``labels``      the review decisions store (labels/review.csv) and the labels it gives training
 ``sampling``    patch sets (positives, near negatives, hard examples, review labels)
+``calibration_file``  the calibration beside a model's weights (thresholds, count factor, provenance)
 ``model``       the 3D CNN (Dou et al. 2016), fully convolutional for dense maps; save / load
-``train``       seeded, resumable training loop
+``augment``     flips and 90-degree rotations of training patches
+``train``       seeded, resumable training loop (one-cycle schedule)
 ``evaluate``    patch metrics, ROC / PR curves, thresholds, adjusted false positives
 ``matching``    one-to-one matching of detected and true cell centres, count calibration
 ``baselines``   LoG blob score and normalised template matching of patches

@@ -39,7 +39,7 @@ from .detect import DetectionConfig, RunOptions, detect_volume
 from .detect.calibrate import calibration_points, cell_size_um
 from .detect.config import resolve_config
 from .io import ClarityInputError, list_brains, read_volume, volume_shape, voxel_size_of
-from .model import load_model
+from .model import calibration_path, load_model
 from .paths import Paths
 from .params import NOTEBOOKS, STAGES, format_params
 from .pipeline import load_params, run_report, synthetic_kwargs
@@ -322,10 +322,11 @@ def _calibrate(args) -> int:
     list_brains(paths.data_dir, names=brains)  # unknown names: one line naming the data root
     rescorer_brains = ([b.strip() for b in args.rescorer_brains.split(",") if b.strip()]
                        if args.rescorer_brains else None)
+    if args.fresh:  # replace a calibration of other weights (or a corrupt one): start from the weights alone
+        calibration_path(model).unlink(missing_ok=True)
     thr, _, source = calibrate_on_brains(paths, model, brains, radius=args.radius, radius_um=args.radius_um,
                                          cell_diameter_um=args.cell_diameter_um, screen_recall=args.screen_recall,
-                                         rescorer_brains=rescorer_brains, rescore=args.rescore, seed=args.seed,
-                                         fresh=args.fresh)
+                                         rescorer_brains=rescorer_brains, rescore=args.rescore, seed=args.seed)
     if thr is None:
         raise _CLIError(f"{paths.data_dir}: no labels (truth/ or raw/<volume>.csv) on brain(s) {', '.join(brains)}")
     m = load_model(model, device="cpu")

@@ -152,8 +152,9 @@ _DECLARED = [
     _p("RUN", str, "default", "report", "run name: models/<RUN>/ and reports/<RUN>/", _ALL, set_by="--run"),
     _p("SEED", int, 0, "report", "seed of every random choice (sampling, splits, training, review order)", _ALL,
        set_by="--seed"),
-    _p("SKIP_NOTEBOOKS", str, "", "report", 'notebooks the report leaves out (comma-separated file stems, '
-       'e.g. "03_train")'),
+    _p("SKIP_NOTEBOOKS", str, "03_train", "report", 'notebooks the report leaves out (comma-separated file '
+       'stems; default 03_train: its one split by brain is what every fold does, the final model comes from '
+       '04b; "": run every notebook)'),
     # ---- data
     _p("DATA_DIR", str, "../data", "data", "data root with raw/ (truth/, brains.csv); relative to notebooks/",
        _ALL, set_by="--data-dir"),
@@ -195,10 +196,11 @@ _DECLARED = [
        "comma-separated volumes that train the model; empty: every volume of the brains not validating", "03"),
     _p("VAL_BRAINS", str, "", "training",
        "comma-separated volumes that validate; empty (with TRAIN_BRAINS): the last quarter of the brains", "03"),
-    _p("EPOCHS", int, 30, "training", "training epochs (the best by validation ROC AUC is kept); "
+    _p("EPOCHS", int, 10, "training", "training epochs (the best by validation ROC AUC is kept); "
        "05: most epochs of the retraining, None: as the fold's 04a run", "03 04a 04b 05",
        notebook_defaults={"05": None}),
-    _p("LR_SCHEDULE", str, "cosine", "training", "learning-rate schedule", "03 04a 04b",
+    _p("LR_SCHEDULE", str, "onecycle", "training", "learning-rate schedule (onecycle: per step, up then down; "
+       "10 epochs of it match 30 of cosine)", "03 04a 04b",
        choices=("cosine", "plateau", "onecycle", "none")),
     _p("PATIENCE", int, 0, "training", "early stopping after this many epochs without improvement (0: none)",
        "03 04a 04b", unit="epochs"),
@@ -207,9 +209,10 @@ _DECLARED = [
     _p("BALANCE", str, "weighted", "training", "class balance of the loss (weighted: pos_weight)", "04a 04b",
        choices=("weighted", "sampler", "none")),
     _p("OUT", str, "", "training", "where notebook 03 writes its model; empty: models/<RUN>/train", "03"),
-    _p("RETRAIN", bool, True, "training", "04a: mine hard examples and fine-tune (cnn_retrained); 05: retrain "
-       "RETRAIN_FOLD with the review labels (off interactively; make report: on)", "04a 05",
-       notebook_defaults={"05": False}),
+    _p("HARD_EXAMPLES", bool, False, "training", "mine hard examples on the fitting brains and fine-tune "
+       "(variant cnn_retrained; off: measured below cnn on every dataset we have)", "04a"),
+    _p("RETRAIN", bool, False, "training", "retrain RETRAIN_FOLD with the review labels (minutes of CPU; "
+       "make report: on)", "05"),
     _p("RETRAIN_EPOCHS", int, 2, "training", "fine-tuning epochs of the hard-example retraining (learning rate "
        "LR / 3)", "04a", unit="epochs"),
     _p("FINAL_MODEL", bool, True, "training", "train and save models/<RUN>/final.pt on all brains", "04b"),
@@ -218,8 +221,9 @@ _DECLARED = [
        "04a", set_by="the report (once per split)"),
     _p("N_FOLDS", int, 4, "validation", "folds of the cross-validation by brain (at most the number of brains)",
        "04a 04b 05 06 07"),
-    _p("COARSE", bool, True, "validation",
-       'also run the random patch split "coarse" (the seed\'s Table 1) before the folds by brain'),
+    _p("COARSE", bool, False, "validation",
+       'also run the random patch split "coarse" (the seed\'s Table 1, optimistic: patches of a brain on both '
+       'sides) before the folds by brain'),
     _p("TARGET_PRECISION", float, 0.95, "validation",
        "patch thresholds: the lowest reaching this precision on inner validation", "04a"),
     _p("CELL_DIAMETER_UM", str, None, "validation", 'apparent cell size ("z,y,x", one number, or "auto": '
@@ -268,6 +272,8 @@ _DECLARED = [
     _p("DETECTIONS_MODEL", str, "", "review", 'the model they were detected with; "": models/<RUN>/final.pt', "05"),
     _p("N_REVIEW", int, 200, "review", "detections of the review brain decided", "07"),
     _p("FLOOR", float, 0.05, "review", "detections kept down to this score for review and calibration", "07"),
+    _p("LOOP_FINE_TUNE", bool, False, "review", "fine-tune the fold's model on the review (off: measured to lower "
+       "held-out F1; the review still recalibrates the threshold and counts the brain)", "07"),
     _p("LOOP_EPOCHS", int, 3, "review", "fine-tuning epochs of the review loop (learning rate: the fold's / 3)",
        "07", unit="epochs"),
     _p("RUN_LOOP", bool, False, "review", "fine-tune, recalibrate and detect again (minutes of CPU; make report: "

@@ -24,7 +24,7 @@ import papermill as pm
 import yaml
 
 from .io import ClarityInputError, atomic_write, brain_groups, list_brains
-from .params import check_params
+from .params import PARAMS, check_params
 from .paths import PROJECT_ROOT, Paths
 from .synthetic import write_dataset
 from .validate.splits import train_val_volumes
@@ -80,8 +80,8 @@ def load_params(path: str | os.PathLike | None) -> dict:
 
 def splits(params: dict) -> list[str]:
     """Validation splits: ``coarse`` (random patch split, the seed's Table 1) then ``fold1``..``foldK``."""
-    k = int(params.get("N_FOLDS", 4))
-    out = ["coarse"] if params.get("COARSE", True) else []
+    k = int(params.get("N_FOLDS", PARAMS["N_FOLDS"].default))
+    out = ["coarse"] if params.get("COARSE", PARAMS["COARSE"].default) else []
     return out + [f"fold{i}" for i in range(1, k + 1)]
 
 
@@ -127,14 +127,16 @@ def ensure_dataset(paths: Paths, *, seed: int, params: dict, progress: bool = Tr
 
 
 def skipped(params: dict) -> set[str]:
-    """Notebooks a parameter file leaves out (``SKIP_NOTEBOOKS: "03_train,..."``, file stems).
+    """Notebooks the report leaves out (``SKIP_NOTEBOOKS: "03_train,..."``, file stems; default
+    ``03_train``, :data:`clarity.params.PARAMS`).
 
     Raises
     ------
     ClarityInputError
         A name that is no step of the report.
     """
-    names = {n.strip() for n in str(params.get("SKIP_NOTEBOOKS") or "").split(",") if n.strip()}
+    names = {n.strip() for n in str(params.get("SKIP_NOTEBOOKS", PARAMS["SKIP_NOTEBOOKS"].default) or "").split(",")
+             if n.strip()}
     unknown = sorted(names - {s.notebook for s in STEPS})
     if unknown:
         raise ClarityInputError(f"SKIP_NOTEBOOKS: {unknown} are not notebooks of the report "

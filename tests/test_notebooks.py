@@ -153,7 +153,7 @@ def test_review_loop_uses_a_persons_decisions(smoke_report, tmp_path):
     from clarity.labels import ReviewStore
 
     paths, _ = smoke_report
-    cfg = loop.LoopConfig(n_review=30, epochs=1)
+    cfg = loop.LoopConfig(n_review=30, epochs=1, fine_tune=True)
     items = loop.loop_items(paths, "fold1", config=cfg)
     truth = {b: paths_truth for b, paths_truth in
              ((b, pd.read_csv(paths.truth_csv(b))[["z", "y", "x"]].to_numpy()) for b in set(items.brain))}
@@ -215,7 +215,7 @@ def test_review_loop_keeps_the_threshold_when_the_review_cannot_calibrate(smoke_
     from clarity.labels import ReviewStore
 
     paths, _ = smoke_report
-    cfg = loop.LoopConfig(n_review=30, epochs=1)
+    cfg = loop.LoopConfig(n_review=30, epochs=1, fine_tune=True)
     items = loop.loop_items(paths, "fold1", config=cfg).head(20)
     store = ReviewStore(tmp_path / "person.csv")
     decisions = ["cell"] * len(items)

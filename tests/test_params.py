@@ -58,7 +58,7 @@ def test_parameters_cell_agrees_with_the_registry(path):
 
 
 def test_every_registry_entry_is_consistent():
-    assert len(PARAMS) == 69  # 64 notebook parameters and 5 keys of the report itself
+    assert len(PARAMS) == 71  # 66 notebook parameters and 5 keys of the report itself
     for p in PARAMS.values():
         assert p.name.isupper() and p.stage in STAGES and p.help and "\n" not in p.help, p.name
         assert set(p.notebook_defaults) <= set(p.notebooks), p.name
@@ -175,7 +175,7 @@ def test_values_are_taken_as_the_notebooks_take_them(tmp_path):
 
 def test_default_for_a_notebook_of_its_own():
     p = PARAMS["EPOCHS"]
-    assert p.default == 30 and p.default_for("03_train") == 30 and p.default_for(NOTEBOOKS["05"]) is None
+    assert p.default == 10 and p.default_for("03_train") == 10 and p.default_for(NOTEBOOKS["05"]) is None
     assert isinstance(p, Param) and not p.optional and PARAMS["MATCH_RADIUS_UM"].optional
 
 
@@ -187,7 +187,7 @@ def test_params_command_lists_every_parameter_by_stage(capsys):
     heads = [line.split(":")[0] for line in out.splitlines() if line and not line.startswith(" ")][1:]
     assert heads == list(STAGES)
     (epochs,) = [line for line in out.splitlines() if line.startswith("  EPOCHS ")]
-    assert epochs.split()[1:4] == ["int", "30", "(05:"] and "[03 04a 04b 05]" in epochs
+    assert epochs.split()[1:4] == ["int", "10", "(05:"] and "[03 04a 04b 05]" in epochs
     (radius,) = [line for line in out.splitlines() if line.startswith("  MATCH_RADIUS_UM ")]
     assert radius.split()[1:4] == ["float", "um", "null"]
     assert main(["params", "--stage", "review", "--notebook", "07"]) == 0

@@ -28,7 +28,8 @@ def test_folds_and_brains_come_from_the_data_root(tmp_path):
     paths = _root(tmp_path, {"695": 2, "753": 1, "1008": 3})
     p = data_root_params(paths, {"N_FOLDS": 4})
     assert p["N_FOLDS"] == 3  # three brains: leave one brain out
-    assert splits({"N_FOLDS": p["N_FOLDS"]}) == ["coarse", "fold1", "fold2", "fold3"]
+    assert splits({"N_FOLDS": p["N_FOLDS"]}) == ["fold1", "fold2", "fold3"]  # the coarse split: opt-in
+    assert splits({"N_FOLDS": 2, "COARSE": True}) == ["coarse", "fold1", "fold2"]
     assert p["TRAIN_BRAINS"] == "695_0,695_1,753_0" and p["VAL_BRAINS"] == "1008_0,1008_1,1008_2"
     given = data_root_params(paths, {"N_FOLDS": 2, "TRAIN_BRAINS": "695_0", "VAL_BRAINS": "753_0"})
     assert given == {"N_FOLDS": 2}
@@ -43,7 +44,8 @@ def test_too_few_brains_is_a_clear_error(tmp_path):
 def test_a_parameter_file_can_skip_notebooks_and_the_coarse_split():
     from clarity.pipeline import skipped
 
-    assert skipped({}) == set()
+    assert skipped({}) == {"03_train"}  # by default: every fold does what 03 does
+    assert skipped({"SKIP_NOTEBOOKS": ""}) == set()
     assert skipped({"SKIP_NOTEBOOKS": "03_train, 05_inspect_false_positives"}) == {
         "03_train", "05_inspect_false_positives"}
     with pytest.raises(ClarityInputError, match="not notebooks of the report"):

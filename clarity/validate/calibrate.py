@@ -147,8 +147,7 @@ def _fit_rescorer(loaded, vols, pts, *, brains: Sequence[str], config: Detection
 def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radius: float = 6.0,
                         radius_um: float | None = None, cell_diameter_um: float | None = None,
                         screen_recall: float | None = None, rescorer_brains: Sequence[str] | None = None,
-                        rescore: bool = True, seed: int = 0, config: DetectionConfig | None = None,
-                        fresh: bool = False):
+                        rescore: bool = True, seed: int = 0, config: DetectionConfig | None = None):
     """Calibrate the whole-volume detection threshold of a saved model on ``brains`` (corrected
     volumes, complete labels where present: :func:`clarity.detect.calibrate.calibration_points`)
     and write it into the model's calibration file (:func:`write_calibration`; the weights file is
@@ -192,9 +191,6 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
     config : clarity.detect.DetectionConfig, keyword-only
         Detection settings calibrated under (default: the model's calibrated ones, else the
         defaults); stored in the calibration file beside the threshold.
-    fresh : bool, keyword-only
-        Ignore and replace the calibration file there (one of other weights, say): start from
-        the weights file alone.
 
     Returns
     -------
@@ -203,7 +199,7 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
     vols, pts, source = _labelled_volumes(paths, brains)
     if not vols:
         return None, None, "none"
-    loaded = load_model(model_path, device="cpu", calibration=not fresh)
+    loaded = load_model(model_path, device="cpu")
     cfg = resolve_config(loaded, config)
     vox = common_voxel_um(list_brains(paths.data_dir, names=list(brains)))
     if cfg.voxel_um is None:  # record the grid the model learned on, when the brains state one
@@ -235,7 +231,7 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
         rescorer, extra = _fit_rescorer(loaded, r_vols, r_pts, brains=r_brains, config=cfg, radius=radius,
                                         scale=scale, unit=unit, seed=seed, source=r_source)
     # a recalibration that fits no rescorer drops an older one: it belongs to other labels
-    write_calibration(model_path, fresh=fresh, detection_threshold=thr, count_factor=factor, rescorer=rescorer,
+    write_calibration(model_path, detection_threshold=thr, count_factor=factor, rescorer=rescorer,
                       detection_config=cfg, drop=("rescorer_rule", "rescorer_brains", "screen_rule", "screen_fit"),
                       provenance={"detection_threshold_rule": f"max F1 of whole-volume detection at {radius:g} "
                                                               f"{unit} on {', '.join(brains)} ({source} labels)",

@@ -91,7 +91,7 @@ class SplitConfig:
     seed: int = 0
     n_folds: int = 4
     inner_val: int = 1
-    retrain: bool = True
+    retrain: bool = False
     retrain_config: TrainConfig | None = None
     target_precision: float = 0.95
     mining: MiningConfig | None = None

@@ -59,8 +59,10 @@ def paths_for(tiny_root):
 @pytest.fixture(scope="session")
 def run_small():
     """``run_small(paths, split, **options)``: :func:`clarity.validate.run_split` with the tiny
-    configs, seed 0, 2 folds, no progress bars; ``options`` override :class:`SplitConfig` fields."""
+    configs, seed 0, 2 folds, no progress bars, hard-example retraining on (``cnn_retrained``;
+    off by default in :class:`SplitConfig`); ``options`` override :class:`SplitConfig` fields."""
     def run(paths, split, **kw):
+        kw = {"retrain": True, **kw}
         opts = V.SplitConfig(train_config=CFG, retrain_config=RECFG, model_config=TINY, seed=0, n_folds=2, **kw)
         return V.run_split(paths, split, opts, progress=False)
     return run

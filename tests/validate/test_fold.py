@@ -148,7 +148,7 @@ def test_split_config_defaults_resolve_as_before():
     assert r.train_config == TrainConfig(seed=3)
     assert r.retrain_config == TrainConfig(seed=3, epochs=2, lr=TrainConfig().lr / 3)
     assert r.model_config == ModelConfig(patch_size=12) and r.mining == V.MiningConfig()
-    assert (r.patchset, r.n_folds, r.inner_val, r.retrain, r.target_precision) == ("patches", 4, 1, True, 0.95)
+    assert (r.patchset, r.n_folds, r.inner_val, r.retrain, r.target_precision) == ("patches", 4, 1, False, 0.95)
     given = V.SplitConfig(train_config=TrainConfig(epochs=5, lr=0.03), model_config=ModelConfig(patch_size=16),
                           mining=V.MiningConfig(max_fn_repeats=2)).resolved(12)
     assert given.train_config.epochs == 5 and given.model_config.patch_size == 16
