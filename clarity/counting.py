@@ -19,7 +19,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .detect import DetectionConfig, RunOptions, detect_volume, fit_log_threshold, log_config, log_detect
+from .detect.block import resolve_rescorer
 from .detect.config import resolve_config
+from .detect.volume import estimated_count
 from .evaluate import count_calibration, match_points
 from .io import ClarityInputError, group_map, list_brains, read_volume
 from .model import load_model
@@ -157,7 +159,7 @@ def _fit_log_baseline(paths, train_brains, *, radius: float, radius_um: float | 
         key = (b.name, repr(config))
         if key not in cache:
             block = np.asarray(read_volume(paths.corrected(b.name), check_finite=False))
-            cache[key] = log_detect(block, threshold=0.0, config=config)
+            cache[key] = log_detect(block, threshold=0.0, config=config, snr=False)
         dets.append(cache[key])
         targets.append(b.truth_points() if b.truth is not None else b.points())
     r, scale = match_rule(train_brains[0], radius=radius, radius_um=radius_um)
@@ -172,24 +174,48 @@ def _detect_heldout(b, model, *, fold: int, variant: str, config: DetectionConfi
     ann = b.points() if b.annotations is not None else None
     out = []
 
+    def record(method, cells, seconds, info):
+        tm, am = score_counts(cells, truth=truth, annotations=ann, radius=match[0], scale=match[1])
+        out.append(BrainCount(b.name, method, cells, seconds, tm, am, {"fold": fold, "group": b.group, **info}))
+
     def one(method, **kw):
         t0 = time.perf_counter()
         res = detect_volume(b.volume, run=run, name=b.name, voxel_um=b.voxel_um, **kw)
-        tm, am = score_counts(res.cells, truth=truth, annotations=ann, radius=match[0], scale=match[1])
-        info = {"fold": fold, "threshold": res.info.get("threshold"), "group": b.group}
+        info = {"threshold": res.info.get("threshold")}
         if method != "LoG baseline":
             info.update({"n_candidates": res.info.get("n_candidates"),
                          "estimated_count": res.estimated_count, "rescored": res.info.get("rescored", False)})
-        out.append(BrainCount(b.name, method, res.cells, time.perf_counter() - t0, tm, am, info))
+        record(method, res.cells, time.perf_counter() - t0, info)
         return res
 
-    res = one(f"CNN ({variant})", model=model, config=config)
-    # the same N4 field and normalisation as the CNN run: only the detector differs
-    again = {"field": res.field, "normalisation": res.normalisation}
-    if without_rescoring and getattr(model, "rescorer", None) is not None:
-        one(f"without rescoring: CNN ({variant})", model=model, config=config.replace(rescore=False), **again)
+    rescorer = resolve_rescorer(model, config)
+    if without_rescoring and rescorer is not None and float(rescorer.floor) <= float(model.operating_threshold):
+        # one run for both: every NMS survivor above the rescorer's floor with both scores (NMS
+        # commutes with thresholding, so the CNN's own detections are those at its threshold)
+        t0 = time.perf_counter()
+        res = detect_volume(b.volume, run=run, name=b.name, voxel_um=b.voxel_um, model=model, config=config,
+                            threshold=0.0)
+        seconds = time.perf_counter() - t0
+        both = res.cells
+        kept = both[both.score >= float(rescorer.threshold)].reset_index(drop=True)
+        plain = (both[both.cnn_score >= float(model.operating_threshold)].reset_index(drop=True)
+                 .assign(score=lambda d: d.cnn_score).drop(columns="cnn_score"))
+        for method, cells, thr, cfg, rs in [
+                (f"CNN ({variant})", kept, float(rescorer.threshold), config, rescorer),
+                (f"without rescoring: CNN ({variant})", plain, float(model.operating_threshold),
+                 config.replace(rescore=False), None)]:
+            est = estimated_count(model, len(cells), config=cfg, rescorer=rs, threshold=None)
+            record(method, cells, seconds, {"threshold": thr, "n_candidates": res.info.get("n_candidates"),
+                                             "estimated_count": est, "rescored": rs is not None})
+    else:
+        res = one(f"CNN ({variant})", model=model, config=config)
+        if without_rescoring and rescorer is not None:
+            one(f"without rescoring: CNN ({variant})", model=model, config=config.replace(rescore=False),
+                field=res.field, normalisation=res.normalisation)
     if log_threshold is not None:
-        one("LoG baseline", config=_log_config_of(config), threshold=log_threshold, **again)
+        # the same N4 field and normalisation as the CNN run: only the detector differs
+        one("LoG baseline", config=_log_config_of(config), threshold=log_threshold, field=res.field,
+            normalisation=res.normalisation)
     return out
 
 

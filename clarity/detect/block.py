@@ -290,7 +290,8 @@ def plan_for(model, config: DetectionConfig, threshold: float | None, *, feature
 
 
 def detect_block(block, *, model, config: DetectionConfig | None = None, threshold: float | None = None,
-                 voxel_um=None, features: bool = False, run: RunOptions | None = None) -> pd.DataFrame:
+                 voxel_um=None, features: bool = False, run: RunOptions | None = None,
+                 snr: bool = True) -> pd.DataFrame:
     """Detect cells in one in-memory, already normalised block (no chunking, no N4).
 
     The same pipeline as :func:`clarity.detect.detect_volume` on a preprocessed volume; the
@@ -319,6 +320,9 @@ def detect_block(block, *, model, config: DetectionConfig | None = None, thresho
         a rescorer: :func:`clarity.rescore.fit_rescorer`).
     run : RunOptions, keyword-only
         Batch size and device (chunking does not apply to a block).
+    snr : bool, keyword-only
+        Compute the local SNR of each cell (False: the column is NaN; for threshold sweeps that
+        never read it). An SNR gate (``config.min_snr``) needs it.
 
     Returns
     -------
@@ -341,7 +345,10 @@ def detect_block(block, *, model, config: DetectionConfig | None = None, thresho
     cent, sc, rs = search_block(v, model=net, plan=plan, core=core, vol_lo=(True,) * 3,
                                 vol_hi=(True,) * 3, stats={})
     feats = shape_features(v, cent) if plan.features else None
-    cells = finish_detections(cent, sc, rs, lambda pts: local_snr(v, pts), config=cfg, features=feats,
+    if not snr and cfg.min_snr is not None:
+        raise ValueError("snr=False with an SNR gate (config.min_snr): the gate needs the SNR")
+    snr_of = (lambda pts: local_snr(v, pts)) if snr else (lambda pts: np.full(len(pts), np.nan, np.float32))
+    cells = finish_detections(cent, sc, rs, snr_of, config=cfg, features=feats,
                               rescorer=rescorer, threshold=threshold if rescorer is not None else None,
                               keep_features=features)
     if any(f != 1.0 for f in factors):  # model-grid voxels -> the block's voxels

@@ -14,9 +14,11 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import maximum_bipartite_matching
 from scipy.spatial import cKDTree
 
-from ..evaluate import match_points
+from ..matching import _candidate_pairs
 from .block import detect_block
 from .config import TRUNCATE, DetectionConfig
 from .filters import find_candidates
@@ -26,7 +28,7 @@ from .filters import find_candidates
 #: CNN scores them all above 0.99, and the best threshold lies there).
 DEFAULT_THRESHOLDS = np.concatenate([np.round(np.arange(0.05, 1.0, 0.01), 2), [0.992, 0.995, 0.998, 0.999]])
 
-__all__ = ["DEFAULT_THRESHOLDS", "cell_size_um", "screen_threshold", "pooled_sweep", "best_threshold", "calibration_points", "calibrate_detection_threshold"]
+__all__ = ["DEFAULT_THRESHOLDS", "cell_size_um", "screen_threshold", "pooled_sweep", "sweep_true_positives", "best_threshold", "calibration_points", "calibrate_detection_threshold"]
 
 
 def pooled_sweep(detections: Sequence[pd.DataFrame], truths: Sequence, thresholds, *,
@@ -62,13 +64,58 @@ def pooled_sweep(detections: Sequence[pd.DataFrame], truths: Sequence, threshold
         xyz = cells[["z", "y", "x"]].to_numpy(float)
         sc = cells["score"].to_numpy(float)
         pts = np.asarray(pts, float).reshape(-1, 3)
-        for i, t in enumerate(thr):
-            m = match_points(xyz[sc >= t], pts, radius=radius, scale=scale)
-            counts[i] += (m.n_pred, m.tp, m.fp, m.fn)
+        n_det = (sc[None, :] >= thr[:, None]).sum(axis=1)
+        tp = sweep_true_positives(xyz, sc, pts, thr, radius=radius, scale=scale)
+        counts += np.stack([n_det, tp, n_det - tp, len(pts) - tp], axis=1)
     n, tp, fp, fn = counts.T
     return pd.DataFrame({"threshold": thr, "n_detected": n, "tp": tp, "fp": fp, "fn": fn,
                          "precision": tp / np.maximum(tp + fp, 1), "recall": tp / np.maximum(tp + fn, 1),
                          "f1": 2 * tp / np.maximum(2 * tp + fp + fn, 1)})
+
+
+def sweep_true_positives(points, scores, truth, thresholds, *, radius: float = 6.0,
+                         scale: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """True positives of the one-to-one matching (:func:`clarity.evaluate.match_points`) of the
+    points scoring at least each threshold, for many thresholds at once.
+
+    ``match_points`` maximises the number of pairs first, so its true positives are the size of
+    a maximum matching of the pair graph (pairs within ``radius``): found here once per threshold
+    with Hopcroft-Karp on the pairs of a single k-d tree query, the same numbers as calling
+    ``match_points`` per threshold at a fraction of the cost.
+
+    Parameters
+    ----------
+    points : array (N, 3)
+        Detections (z, y, x), voxels.
+    scores : array (N,)
+    truth : array (M, 3)
+        Labelled centres (z, y, x), voxels.
+    thresholds : array (T,)
+    radius, scale : keyword-only
+        As :func:`clarity.evaluate.match_points`.
+
+    Returns
+    -------
+    int64 array (T,).
+    """
+    thr = np.asarray(thresholds, float).reshape(-1)
+    pts = np.asarray(points, float).reshape(-1, 3)
+    sc = np.asarray(scores, float).reshape(-1)
+    tru = np.asarray(truth, float).reshape(-1, 3)
+    out = np.zeros(len(thr), np.int64)
+    if not len(pts) or not len(tru):
+        return out
+    s = np.asarray(scale, float).reshape(1, 3)
+    i, j, _ = _candidate_pairs(pts * s, tru * s, float(radius))
+    if not i.size:
+        return out
+    for k, t in enumerate(thr):
+        ok = sc[i] >= t
+        if not ok.any():
+            continue
+        g = csr_matrix((np.ones(int(ok.sum()), np.int8), (i[ok], j[ok])), shape=(len(pts), len(tru)))
+        out[k] = int((maximum_bipartite_matching(g, perm_type="column") >= 0).sum())
+    return out
 
 
 def best_threshold(table: pd.DataFrame) -> float:

@@ -23,7 +23,8 @@ def log_config(config: DetectionConfig | None = None) -> DetectionConfig:
     return (config or DetectionConfig()).replace(mode="log")
 
 
-def log_detect(block, *, threshold: float, config: DetectionConfig | None = None) -> pd.DataFrame:
+def log_detect(block, *, threshold: float, config: DetectionConfig | None = None,
+               snr: bool = True) -> pd.DataFrame:
     """The classical detector alone: LoG maxima above ``threshold``, then NMS on the response.
 
     The baseline to compare the CNN with. ``threshold`` is chosen on training brains with
@@ -38,12 +39,14 @@ def log_detect(block, *, threshold: float, config: DetectionConfig | None = None
         Lowest LoG response counted as a cell.
     config : DetectionConfig, keyword-only
         Screen and NMS settings (its mode is set to ``"log"``).
+    snr : bool, keyword-only
+        Compute the local SNR column (False: NaN; a threshold sweep does not read it).
 
     Returns
     -------
     pandas.DataFrame with columns z, y, x, score (= LoG response), response, snr.
     """
-    return detect_block(block, model=None, config=log_config(config), threshold=threshold)
+    return detect_block(block, model=None, config=log_config(config), threshold=threshold, snr=snr)
 
 
 def fit_log_threshold(blocks: Sequence[np.ndarray] | None, truths: Sequence[np.ndarray], *,
@@ -80,7 +83,7 @@ def fit_log_threshold(blocks: Sequence[np.ndarray] | None, truths: Sequence[np.n
     if n != len(truths) or not n:
         raise ValueError("need as many truth point sets as blocks, at least one")
     dets = (list(detections) if detections is not None
-            else [log_detect(b, threshold=0.0, config=config) for b in blocks])
+            else [log_detect(b, threshold=0.0, config=config, snr=False) for b in blocks])
     allr = np.sort(np.concatenate([d["score"].to_numpy() for d in dets]))[::-1]
     if not len(allr):
         raise ValueError("no LoG maxima at all in the training blocks")

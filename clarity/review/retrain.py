@@ -26,7 +26,7 @@ import pandas as pd
 
 from ..evaluate import threshold_for_precision
 from ..io import ClarityInputError, group_map, list_brains, natural_key
-from ..model import ModelConfig, score_patches
+from ..model import ModelConfig, load_model, score_patches
 from ..patches import cut_patches
 from ..paths import Paths
 from ..sampling import SamplingConfig, sample_dataset
@@ -35,7 +35,11 @@ from ..validate.splits import inner_split, split_brains
 from ..validate.training import run_fingerprint, train_variant
 from .views import volume_loader
 
+#: Epochs of :func:`retrain_with_review` with ``fine_tune`` (unless ``epochs`` is given).
+FINE_TUNE_EPOCHS = 3
+
 __all__ = [
+    "FINE_TUNE_EPOCHS",
     "FoldLayout",
     "fold_brains",
     "fold_protocol",
@@ -231,8 +235,8 @@ class RetrainResult:
 def retrain_with_review(paths, split: str, *, out_dir: str | os.PathLike,
                         epochs: int | None = None, train_config=None, seed: int | None = None,
                         sampling_config=None, review_csv: str | os.PathLike | None = None,
-                        layout: FoldLayout | None = None,
-                        progress: bool = False) -> RetrainResult:
+                        layout: FoldLayout | None = None, fine_tune: bool = False,
+                        lr_factor: float = 1 / 3, progress: bool = False) -> RetrainResult:
     """Retrain a fold's CNN on its training brains resampled with the review labels.
 
     The protocol of notebook 04a (:func:`clarity.validate.run_split`, read back by
@@ -268,6 +272,12 @@ def retrain_with_review(paths, split: str, *, out_dir: str | os.PathLike,
         ``n_folds``, ``inner_val`` and the patch set of notebook 02 (brains and sampling
         options), only used when the fold has no ``done.json`` (see :func:`fold_protocol`);
         default ``FoldLayout()`` (4 folds, 1 inner validation brain, ``"patches"``).
+    fine_tune : bool, keyword-only
+        Start from the fold's trained CNN (``paths.fold_model(split, "cnn")``) instead of a seeded
+        initialisation, for ``epochs`` (default :data:`FINE_TUNE_EPOCHS`) at ``lr_factor`` times
+        04a's learning rate: the same patches, a fraction of the training time.
+    lr_factor : float, keyword-only
+        Learning-rate factor of fine-tuning.
     progress : bool, keyword-only
 
     Returns
@@ -280,6 +290,14 @@ def retrain_with_review(paths, split: str, *, out_dir: str | os.PathLike,
                           patchset=layout.patchset)
     fit_b, val_b, test_b = proto["fit_brains"], proto["val_brains"], proto["test_brains"]
     train_config = train_config or proto["train_config"]
+    init_state = None
+    if fine_tune:
+        fold_model = paths.fold_model(split, "cnn")
+        if not fold_model.exists():
+            raise ClarityInputError(f"{fold_model}: no fold model to fine-tune; run notebook 04a for {split}")
+        init_state = load_model(fold_model, device="cpu").model.state_dict()
+        train_config = dataclasses.replace(train_config, epochs=FINE_TUNE_EPOCHS,
+                                           lr=float(train_config.lr) * float(lr_factor))
     if epochs is not None:
         train_config = dataclasses.replace(train_config, epochs=int(epochs))
     if seed is not None:
@@ -300,8 +318,9 @@ def retrain_with_review(paths, split: str, *, out_dir: str | os.PathLike,
                          zip(ps.brain, ps.centre, ps.origin) if o.startswith("review"))
     data_key = [len(ps), int(ps.label.sum()), round(float(ps.patches.sum(dtype=np.float64)), 3)]
     res = train_variant(fit, val, out_dir=Path(out_dir), model_config=model_config,
-                        config=train_config, progress=progress,
+                        config=train_config, progress=progress, init_state=init_state,
                         fingerprint=run_fingerprint(stage="cnn_review", split=split, fit=fit_b,
+                                                    fine_tune=bool(fine_tune),
                                                     val=val_b, sampling=cfg.to_dict(),
                                                     data=data_key, review=review_rows,
                                                     train_config=train_config.to_dict(),
@@ -318,6 +337,7 @@ def retrain_with_review(paths, split: str, *, out_dir: str | os.PathLike,
          "n_fit": int(len(fit)), "n_val": int(len(val)), "n_review_cell": n_cell,
          "n_review_noncell": len(review_rows) - n_cell, "sampling": cfg.to_dict(),
          "train_config": train_config.to_dict(), "target_precision": float(target),
+         "fine_tuned_from": str(paths.fold_model(split, "cnn")) if fine_tune else None,
          "protocol_from": proto["source"]})
 
 

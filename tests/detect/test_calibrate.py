@@ -81,3 +81,17 @@ def test_screen_threshold_keeps_the_asked_share_of_cells(brain, n4_fast):
     assert loose <= 0.03
     with pytest.raises(ValueError, match="recall"):
         screen_threshold([v], [brain.cells], recall=0.0)
+
+
+def test_sweep_true_positives_equal_match_points_at_every_threshold():
+    """The sweep's Hopcroft-Karp count is match_points' tp (maximum matching first), per threshold."""
+    from clarity.detect.calibrate import sweep_true_positives
+    from clarity.evaluate import match_points
+
+    rng = np.random.default_rng(7)
+    thr = np.linspace(0, 1, 21)
+    for n, m in [(0, 5), (5, 0), (40, 30), (250, 120)]:
+        p, t, s = rng.uniform(0, 40, (n, 3)), rng.uniform(0, 40, (m, 3)), rng.random(n)
+        got = sweep_true_positives(p, s, t, thr, radius=5.0, scale=(2.0, 1.0, 1.0))
+        want = [match_points(p[s >= x], t, radius=5.0, scale=(2.0, 1.0, 1.0)).tp for x in thr]
+        assert got.tolist() == want

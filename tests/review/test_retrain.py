@@ -105,6 +105,16 @@ def test_retrain_with_review_uses_only_training_brain_reviews(data_root, tmp_pat
     again = retrain_with_review(paths, "fold3", **kw)
     assert again.threshold == res.threshold
     pd.testing.assert_frame_equal(again.history, res.history)  # same wall-clock seconds: not rerun
+    # fine-tuning starts from the fold's CNN: none yet is a one-line error; with one, its weights
+    # are the start (2 epochs at a third of the learning rate) and the result says so
+    with pytest.raises(ClarityInputError, match="no fold model to fine-tune"):
+        retrain_with_review(paths, "fold3", **{**kw, "out_dir": tmp_path / "ft"}, fine_tune=True)
+    import shutil
+    paths.fold_model("fold3", "cnn").parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(res.model_path, paths.fold_model("fold3", "cnn"))
+    ft = retrain_with_review(paths, "fold3", **{**kw, "out_dir": tmp_path / "ft"}, fine_tune=True, epochs=2)
+    assert ft.info["fine_tuned_from"] == str(paths.fold_model("fold3", "cnn")) and ft.info["epochs_run"] == 2
+    assert ft.info["train_config"]["lr"] == pytest.approx(kw["train_config"].lr / 3)
 
 
 def test_fold_protocol_reads_04a_done_json(paths):
