@@ -4,6 +4,9 @@ Commands
 --------
 ``detect``     count the cells of whole volumes with a trained model; writes one CSV (z,y,x,score)
                per volume, and with ``--xml`` a Cell Counter XML that opens in Fiji / cellfinder.
+``count``      count a brain from a review of its own candidates: draws the review (review.csv),
+               then, with ``--decisions``, the brain's own threshold and its count with a 95 %
+               interval (count.json, count.png) and its cells (clarity.count).
 ``make-data``  write the built-in synthetic dataset into a data root (kept if present).
 ``report``     the main job: build the data if ``raw/`` is empty, run the notebooks with papermill.
 ``cell-size``  the apparent size (um, z y x) of the labelled cells of a data root, per brain and
@@ -38,6 +41,7 @@ from . import __version__
 from .detect import DetectionConfig, RunOptions, detect_volume
 from .detect.calibrate import calibration_points, cell_size_um
 from .detect.config import resolve_config
+from .count import CountSettings, VolumeSpec, count_from_review, draw_review_files
 from .io import ClarityInputError, list_brains, read_volume, volume_shape, voxel_size_of
 from .model import calibration_path, load_model
 from .paths import Paths
@@ -45,8 +49,8 @@ from .params import NOTEBOOKS, STAGES, format_params
 from .pipeline import load_params, run_report, synthetic_kwargs
 from .synthetic import write_dataset
 
-__all__ = ["build_parser", "main", "add_detect_parser", "add_make_data_parser", "add_report_parser", "add_cell_size_parser",
-           "add_calibrate_parser", "add_params_parser", "volume_name"]
+__all__ = ["build_parser", "main", "add_detect_parser", "add_run_arguments", "add_count_parser", "add_make_data_parser",
+           "add_report_parser", "add_cell_size_parser", "add_calibrate_parser", "add_params_parser", "volume_name"]
 
 EXIT_OK = 0
 EXIT_INPUT = 2
@@ -111,13 +115,6 @@ def add_detect_parser(subparsers) -> argparse.ArgumentParser:
                    help="probability threshold (default: the model's calibrated detection threshold, "
                         "else its patch threshold); with --mode log "
                         "the LoG-response threshold (required)")
-    p.add_argument("--chunk", type=_positive_int, nargs=3, metavar=("Z", "Y", "X"),
-                   default=[64, 512, 512], help="chunk core size in voxels (default 64 512 512)")
-    p.add_argument("--scheduler", metavar="ADDRESS",
-                   help="dask.distributed scheduler address (tcp://host:port); default: local "
-                        "threads ('sync' and 'processes' also accepted)")
-    p.add_argument("--workers", type=_positive_int, metavar="N",
-                   help="local threads / processes (default: CPU count)")
     p.add_argument("--xml", action="store_true",
                    help="also write DIR/<name>.xml (Cell Counter XML for Fiji / cellfinder)")
     p.add_argument("--mode", choices=["candidates", "dense", "log"], default=None,
@@ -136,10 +133,25 @@ def add_detect_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-rescore", dest="rescore", action="store_false", default=None,
                    help="keep the CNN's score: skip the model's second stage (shape rescoring, "
                         "present in fold models calibrated on completely labelled brains)")
+    add_run_arguments(p)
+    p.set_defaults(func=cmd_detect)
+    return p
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a whole-volume detection that ``detect`` and ``count`` share (grid,
+    chunks, where it runs, progress): :func:`detection_settings` reads them."""
     p.add_argument("--voxel-size", type=_positive_float, nargs=3, metavar=("Z", "Y", "X"), default=None,
                    help="voxel size of the volumes in um (z, y, x); they are resampled to the "
                         "model's grid and cells reported in their own voxels. Default: the data "
                         "root's brains.csv when a volume sits in <root>/raw/, else the model's own")
+    p.add_argument("--chunk", type=_positive_int, nargs=3, metavar=("Z", "Y", "X"),
+                   default=[64, 512, 512], help="chunk core size in voxels (default 64 512 512)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="dask.distributed scheduler address (tcp://host:port); default: local "
+                        "threads ('sync' and 'processes' also accepted)")
+    p.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="local threads / processes (default: CPU count)")
     p.add_argument("--device", choices=["cpu", "cuda"],
                    help="where the CNN runs (default: cuda when available)")
     p.add_argument("--preprocessed", action="store_true",
@@ -148,8 +160,6 @@ def add_detect_parser(subparsers) -> argparse.ArgumentParser:
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
                       help="progress bars on stderr (default: when stderr is a terminal)")
     prog.add_argument("--no-progress", dest="progress", action="store_false")
-    p.set_defaults(func=cmd_detect)
-    return p
 
 
 def _check_detect_args(args: argparse.Namespace) -> list[str]:
@@ -221,6 +231,76 @@ def cmd_detect(args: argparse.Namespace) -> int:
                else f" ({uncorrected_reason(model, config, args)})" if model is not None else "")
         print(f"{name}: {res.n_cells} cells, {time.perf_counter() - t0:.1f} s -> "
               f"{', '.join(written)}{est}", flush=True)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# count (clarity.count): a review of the brain's own candidates, its threshold and count
+# --------------------------------------------------------------------------------------------
+def add_count_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``clarity count``."""
+    p = subparsers.add_parser(
+        "count", help="count a brain from a review of its own candidates: its threshold, its count with a 95 %% interval",
+        description="Without --decisions: detect the brain's volumes like clarity detect but keep every candidate "
+                    "of the screen with its score (DIR/candidates/<name>.csv), write the model's own cells "
+                    "(DIR/<name>.csv) and draw N candidates over the whole score range, stratified by score with "
+                    "known inclusion probabilities, into DIR/review.csv (volume,z,y,x,score,stratum,inclusion_p,"
+                    "decision; review them in file order) and the design into DIR/review.json. With --decisions "
+                    "(the same volumes; decisions cell, not a cell or unsure, some rows may stay empty): the "
+                    "brain's own P(cell | score) and threshold, its count among all candidates with a 95 % "
+                    "interval (DIR/count.json, DIR/count.png) and DIR/<name>.csv rewritten with its cells "
+                    "(reviewed cells kept whatever their score, reviewed non-cells dropped).")
+    p.add_argument("volumes", nargs="+", metavar="VOLUME",
+                   help="the brain's volumes: 3D TIFF, folder of 2D TIFF planes, .npy or .zarr")
+    p.add_argument("--model", required=True, metavar="PATH", help="trained model (.pt from clarity training)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    p.add_argument("--review", type=_positive_int, default=200, metavar="N",
+                   help="candidates drawn for review (default 200)")
+    p.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="seeds the draw and the review order (default 0); with --decisions the interval's "
+                        "draws (default: the review's seed)")
+    p.add_argument("--decisions", metavar="CSV", default=None,
+                   help="the filled review file (DIR/review.csv): count the brain from its decisions")
+    p.add_argument("--floor", type=_probability, default=0.0, metavar="F",
+                   help="lowest score kept as a candidate (default 0: every candidate of the screen); "
+                        "with --decisions the review's own")
+    add_run_arguments(p)
+    p.set_defaults(func=cmd_count, mode=None, refine=None, rescore=None, min_snr=None, threshold=None)
+    return p
+
+
+def cmd_count(args: argparse.Namespace) -> int:
+    """Run ``clarity count``; returns the exit code."""
+    names = _check_detect_args(args)
+    model = load_model(args.model, device=args.device)
+    config, run = detection_settings(args, model)
+    specs = [VolumeSpec(name, str(v), tuple(volume_shape(v)),
+                        tuple(args.voxel_size) if args.voxel_size else voxel_size_of(v))
+             for v, name in zip(args.volumes, names)]
+    settings = CountSettings(config, run, preprocessed=args.preprocessed, floor=args.floor)
+    out = Path(args.out)
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    if args.decisions is None:
+        draw_review_files(specs, model=model, settings=settings, out=out, n_review=args.review,
+                          seed=0 if args.seed is None else args.seed, log=log)
+        return EXIT_OK
+    rep = count_from_review(specs, model=model, settings=settings, out=out, decisions=args.decisions,
+                            seed=args.seed, log=log)
+    for name, v in rep["volumes"].items():
+        ci = f" (95 % {v['ci95'][0]:.0f}-{v['ci95'][1]:.0f})" if v["ci95"] else ""
+        est = f"{v['estimate']:.0f} estimated{ci}, " if v["estimate"] is not None else ""
+        log(f"{name}: {est}{v['detected']} cells written -> {out / (name + '.csv')}")
+    t = rep["total"]
+    ci = f" (95 % {t['ci95'][0]:.0f}-{t['ci95'][1]:.0f})" if t["ci95"] else " (no interval)"
+    log(f"total: {t['estimate']:.0f} cells{ci} among {t['candidates']} candidates; threshold {t['threshold']:.4g} "
+        f"({'this brain' if t['calibrated'] else 'the model'}'s); {t['reviewed']} reviewed: {t['cells']} cells, "
+        f"{t['not_cells']} not, {t['unsure']} unsure -> {out / 'count.json'}, {out / 'count.png'}")
+    sc = rep["screen"]
+    log(f"screen: {sc['missed_share']:.0%} of the cells never proposed (recall measured on the model's calibration "
+        f"brains): {sc['estimate_corrected']:.0f} cells with them (95 % {sc['ci95_corrected'][0]:.0f}-"
+        f"{sc['ci95_corrected'][1]:.0f})" if sc.get("estimate_corrected") is not None else f"screen: {sc['note']}")
+    if not t["calibrated"]:
+        print(f"clarity: not calibrated: {rep['calibrated_message']}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -398,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"clarity {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_detect_parser(sub)
+    add_count_parser(sub)
     add_make_data_parser(sub)
     add_report_parser(sub)
     add_cell_size_parser(sub)
