@@ -81,7 +81,7 @@ def _points(p, name: str) -> np.ndarray:
     return p
 
 
-def _candidate_pairs(pred: np.ndarray, true: np.ndarray, radius: float):
+def candidate_pairs(pred: np.ndarray, true: np.ndarray, radius: float):
     """(i, j, d) of all pred/true pairs at distance <= radius (cKDTree)."""
 
     res = cKDTree(pred).sparse_distance_matrix(cKDTree(true), radius, output_type="ndarray")
@@ -177,7 +177,7 @@ def match_points(pred, truth, *, radius: float = 6.0,
     pairs = np.zeros((0, 2), dtype=np.int64)
     dist = np.zeros(0)
     if n_pred and n_true:
-        i, j, d = _candidate_pairs(p, t, float(radius))
+        i, j, d = candidate_pairs(p, t, float(radius))
         if i.size:
             pairs, dist = _solve(i, j, d, n_pred, n_true)
 

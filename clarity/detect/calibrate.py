@@ -18,7 +18,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_bipartite_matching
 from scipy.spatial import cKDTree
 
-from ..matching import _candidate_pairs
+from ..matching import candidate_pairs
 from .block import detect_block
 from .config import TRUNCATE, DetectionConfig
 from .filters import find_candidates
@@ -106,7 +106,7 @@ def sweep_true_positives(points, scores, truth, thresholds, *, radius: float = 6
     if not len(pts) or not len(tru):
         return out
     s = np.asarray(scale, float).reshape(1, 3)
-    i, j, _ = _candidate_pairs(pts * s, tru * s, float(radius))
+    i, j, _ = candidate_pairs(pts * s, tru * s, float(radius))
     if not i.size:
         return out
     for k, t in enumerate(thr):

@@ -42,7 +42,6 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from ..counting import match_rule
-from ..detect import detect_block
 from ..detect.config import resolve_config
 from ..io import ClarityInputError, list_brains
 from ..labels import as_store
@@ -58,6 +57,7 @@ from .metrics import review_decisions
 from .retrain import fold_protocol
 from .simulate import simulate_review
 from .requirements import loop_unavailable
+from .detections import loop_detections
 from .views import volume_loader
 
 __all__ = ["LOOP_MODELS", "LoopConfig", "LoopResult", "NoRecalibration", "loop_detections", "loop_items", "loop_tables", "plot_loop",
@@ -160,70 +160,6 @@ def _volumes(paths, group: str, every: list):
 def _scale(b, cfg: LoopConfig) -> tuple[float, tuple]:
     """(radius, scale) of matching on volume ``b``: :func:`clarity.counting.match_rule`."""
     return match_rule(b, radius=cfg.radius, radius_um=cfg.radius_um)
-
-
-def loop_detections(paths, volumes, model, *, threshold: float, rescore: bool = True) -> pd.DataFrame:
-    """Detections of the corrected ``volumes`` (:class:`clarity.io.Brain` list) with ``model``,
-    scores down to ``threshold``: ``brain, z, y, x, score`` (the rescored probability when the
-    model carries a rescorer and ``rescore``, else the CNN's).
-
-    A model with a rescorer is run once per volume for both: the detections with its rescorer
-    (CNN scores from the rescorer's floor) carry the CNN's score too, and because NMS commutes
-    with thresholding, those scoring at least ``threshold`` on the CNN are exactly what a
-    second run without rescoring would find (when the rescorer's floor is at most ``threshold``).
-    The pair is kept for the next call with the same model object and volumes."""
-    both = _both_scores(paths, volumes, model, float(threshold))
-    if both is None:
-        cfg = resolve_config(model, None)
-        return _detect_volumes(paths, volumes, model, cfg if rescore else cfg.replace(rescore=False),
-                               threshold=threshold)
-    cells = both.cells
-    if rescore:
-        sel = cells[cells.score >= threshold]
-        return sel[["brain", "z", "y", "x", "score"]].reset_index(drop=True)
-    sel = cells[cells.cnn_score >= threshold]
-    return pd.DataFrame({"brain": sel.brain, "z": sel.z, "y": sel.y, "x": sel.x,
-                         "score": sel.cnn_score}).reset_index(drop=True)
-
-
-def _detect_volumes(paths, volumes, model, cfg, *, threshold: float, extra=()) -> pd.DataFrame:
-    load = volume_loader(paths)
-    frames = []
-    for b in volumes:
-        cells = detect_block(np.asarray(load(b.name)), model=model, config=cfg, threshold=threshold,
-                             voxel_um=b.voxel_um)
-        frames.append(pd.DataFrame({"brain": b.name, "z": cells["z"], "y": cells["y"], "x": cells["x"],
-                                    "score": cells["score"], **{c: cells[c] for c in extra}}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["brain", "z", "y", "x", "score", *extra])
-
-
-@dataclasses.dataclass
-class _Both:
-    model: object
-    cells: pd.DataFrame  # brain, z, y, x, score (rescored), cnn_score
-
-
-_BOTH: dict = {}
-
-
-def _both_scores(paths, volumes, model, threshold: float) -> _Both | None:
-    """One run of a model with a rescorer over ``volumes``, every NMS survivor above the
-    rescorer's floor with both scores (memoised by model object, volumes and data root); None
-    when the model has no rescorer or its floor is above ``threshold``."""
-    cfg = resolve_config(model, None)
-    rescorer = getattr(model, "rescorer", None)
-    if rescorer is None or not cfg.rescore or cfg.mode != "candidates" or float(rescorer.floor) > threshold:
-        return None
-    key = (id(model), str(paths.data_dir), tuple(b.name for b in volumes))
-    hit = _BOTH.get(key)
-    if hit is not None and hit.model is model:
-        return hit
-    if len(_BOTH) >= 8:
-        _BOTH.clear()
-    cells = _detect_volumes(paths, volumes, model, cfg, threshold=0.0, extra=("cnn_score",))
-    _BOTH[key] = _Both(model, cells)
-    return _BOTH[key]
 
 
 def score_brain(detections: pd.DataFrame, volumes, *, threshold: float, cfg: LoopConfig) -> dict:

@@ -37,9 +37,12 @@ from .views import volume_loader
 
 #: Epochs of :func:`retrain_with_review` with ``fine_tune`` (unless ``epochs`` is given).
 FINE_TUNE_EPOCHS = 3
+#: Learning-rate factor of that fine-tuning (of 04a's learning rate).
+FINE_TUNE_LR_FACTOR = 1 / 3
 
 __all__ = [
     "FINE_TUNE_EPOCHS",
+    "FINE_TUNE_LR_FACTOR",
     "FoldLayout",
     "fold_brains",
     "fold_protocol",
@@ -236,7 +239,7 @@ def retrain_with_review(paths, split: str, *, out_dir: str | os.PathLike,
                         epochs: int | None = None, train_config=None, seed: int | None = None,
                         sampling_config=None, review_csv: str | os.PathLike | None = None,
                         layout: FoldLayout | None = None, fine_tune: bool = False,
-                        lr_factor: float = 1 / 3, progress: bool = False) -> RetrainResult:
+                        progress: bool = False) -> RetrainResult:
     """Retrain a fold's CNN on its training brains resampled with the review labels.
 
     The protocol of notebook 04a (:func:`clarity.validate.run_split`, read back by
@@ -274,10 +277,9 @@ def retrain_with_review(paths, split: str, *, out_dir: str | os.PathLike,
         default ``FoldLayout()`` (4 folds, 1 inner validation brain, ``"patches"``).
     fine_tune : bool, keyword-only
         Start from the fold's trained CNN (``paths.fold_model(split, "cnn")``) instead of a seeded
-        initialisation, for ``epochs`` (default :data:`FINE_TUNE_EPOCHS`) at ``lr_factor`` times
-        04a's learning rate: the same patches, a fraction of the training time.
-    lr_factor : float, keyword-only
-        Learning-rate factor of fine-tuning.
+        initialisation, for ``epochs`` (default :data:`FINE_TUNE_EPOCHS`) at
+        :data:`FINE_TUNE_LR_FACTOR` times 04a's learning rate: the same patches, a fraction of
+        the training time.
     progress : bool, keyword-only
 
     Returns
@@ -297,7 +299,7 @@ def retrain_with_review(paths, split: str, *, out_dir: str | os.PathLike,
             raise ClarityInputError(f"{fold_model}: no fold model to fine-tune; run notebook 04a for {split}")
         init_state = load_model(fold_model, device="cpu").model.state_dict()
         train_config = dataclasses.replace(train_config, epochs=FINE_TUNE_EPOCHS,
-                                           lr=float(train_config.lr) * float(lr_factor))
+                                           lr=float(train_config.lr) * FINE_TUNE_LR_FACTOR)
     if epochs is not None:
         train_config = dataclasses.replace(train_config, epochs=int(epochs))
     if seed is not None:
