@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -23,12 +24,12 @@ from .detect.block import resolve_rescorer
 from .detect.config import resolve_config
 from .detect.volume import estimated_count
 from .evaluate import count_calibration, match_points
-from .io import ClarityInputError, group_map, list_brains, read_volume
+from .io import ClarityInputError, atomic_write, group_map, list_brains, read_volume
 from .model import load_model
 from .validate.splits import cv_folds
 
 __all__ = ["BrainCount", "score_counts", "match_rule", "heldout_detection", "calibration_table",
-           "per_brain_table"]
+           "per_brain_table", "write_heldout_candidates"]
 
 
 @dataclass
@@ -42,6 +43,7 @@ class BrainCount:
     truth_match: object | None = None  # evaluate.MatchResult against complete truth
     annotation_match: object | None = None
     info: dict = field(default_factory=dict)
+    candidates: "object | None" = None  # every scored candidate (NMS survivors from score 0), the CNN's row only
 
     def row(self) -> dict:
         r = {"brain": self.brain, "method": self.method, "n_detected": int(len(self.cells)),
@@ -174,9 +176,10 @@ def _detect_heldout(b, model, *, fold: int, variant: str, config: DetectionConfi
     ann = b.points() if b.annotations is not None else None
     out = []
 
-    def record(method, cells, seconds, info):
+    def record(method, cells, seconds, info, candidates=None):
         tm, am = score_counts(cells, truth=truth, annotations=ann, radius=match[0], scale=match[1])
-        out.append(BrainCount(b.name, method, cells, seconds, tm, am, {"fold": fold, "group": b.group, **info}))
+        out.append(BrainCount(b.name, method, cells, seconds, tm, am, {"fold": fold, "group": b.group, **info},
+                              candidates))
 
     def one(method, **kw):
         t0 = time.perf_counter()
@@ -188,28 +191,12 @@ def _detect_heldout(b, model, *, fold: int, variant: str, config: DetectionConfi
         record(method, res.cells, time.perf_counter() - t0, info)
         return res
 
-    rescorer = resolve_rescorer(model, config)
-    if without_rescoring and rescorer is not None and float(rescorer.floor) <= float(model.operating_threshold):
-        # one run for both: every NMS survivor above the rescorer's floor with both scores (NMS
-        # commutes with thresholding, so the CNN's own detections are those at its threshold)
-        t0 = time.perf_counter()
-        res = detect_volume(b.volume, run=run, name=b.name, voxel_um=b.voxel_um, model=model, config=config,
-                            threshold=0.0)
-        seconds = time.perf_counter() - t0
-        both = res.cells
-        kept = both[both.score >= float(rescorer.threshold)].reset_index(drop=True)
-        plain = (both[both.cnn_score >= float(model.operating_threshold)].reset_index(drop=True)
-                 .assign(score=lambda d: d.cnn_score).drop(columns="cnn_score"))
-        for method, cells, thr, cfg, rs in [
-                (f"CNN ({variant})", kept, float(rescorer.threshold), config, rescorer),
-                (f"without rescoring: CNN ({variant})", plain, float(model.operating_threshold),
-                 config.replace(rescore=False), None)]:
-            est = estimated_count(model, len(cells), config=cfg, rescorer=rs, threshold=None)
-            record(method, cells, seconds, {"threshold": thr, "n_candidates": res.info.get("n_candidates"),
-                                             "estimated_count": est, "rescored": rs is not None})
+    if config.mode == "candidates":
+        res = _cnn_once(b, model, variant=variant, config=config, run=run, record=record,
+                        without_rescoring=without_rescoring)
     else:
         res = one(f"CNN ({variant})", model=model, config=config)
-        if without_rescoring and rescorer is not None:
+        if without_rescoring and resolve_rescorer(model, config) is not None:
             one(f"without rescoring: CNN ({variant})", model=model, config=config.replace(rescore=False),
                 field=res.field, normalisation=res.normalisation)
     if log_threshold is not None:
@@ -217,6 +204,43 @@ def _detect_heldout(b, model, *, fold: int, variant: str, config: DetectionConfi
         one("LoG baseline", config=_log_config_of(config), threshold=log_threshold, field=res.field,
             normalisation=res.normalisation)
     return out
+
+
+def _cnn_once(b, model, *, variant: str, config: DetectionConfig, run: RunOptions, record,
+              without_rescoring: bool):
+    """The CNN on one held-out brain in one run from score 0: every candidate with its score
+    (kept in the CNN's :class:`BrainCount` for counting a brain from a review, :mod:`clarity.count`);
+    the model's cells are those at its threshold (NMS commutes with thresholding), and with a
+    rescorer also the CNN's own cells at its threshold, without rescoring."""
+    t0 = time.perf_counter()
+    res = detect_volume(b.volume, run=run, name=b.name, voxel_um=b.voxel_um, model=model, config=config,
+                        threshold=0.0)
+    seconds = time.perf_counter() - t0
+    every = res.cells
+    op = float(model.operating_threshold)
+    rescorer = resolve_rescorer(model, config)
+    rows = [(f"CNN ({variant})", float(rescorer.threshold) if rescorer is not None else op, "score", config,
+             rescorer)]
+    plain_apart = without_rescoring and rescorer is not None and float(rescorer.floor) > op
+    if without_rescoring and rescorer is not None and not plain_apart:
+        rows.append((f"without rescoring: CNN ({variant})", op, "cnn_score", config.replace(rescore=False), None))
+    for i, (method, thr, col, cfg, rs) in enumerate(rows):
+        cells = every[every[col] >= thr].reset_index(drop=True)
+        if col != "score":
+            cells = cells.assign(score=cells[col])
+        cells = cells.drop(columns=[c for c in ("cnn_score",) if c in cells and rs is None])
+        est = estimated_count(model, len(cells), config=cfg, rescorer=rs, threshold=None)
+        record(method, cells, seconds, {"threshold": thr, "n_candidates": res.info.get("n_candidates"),
+                                        "estimated_count": est, "rescored": rs is not None},
+               candidates=every if i == 0 else None)
+    if plain_apart:  # the rescorer's floor is above the CNN's threshold: a run of the CNN alone
+        t0 = time.perf_counter()
+        plain = detect_volume(b.volume, run=run, name=b.name, voxel_um=b.voxel_um, model=model,
+                              config=config.replace(rescore=False), field=res.field, normalisation=res.normalisation)
+        record(f"without rescoring: CNN ({variant})", plain.cells, time.perf_counter() - t0,
+               {"threshold": op, "n_candidates": plain.info.get("n_candidates"),
+                "estimated_count": plain.estimated_count, "rescored": False})
+    return res
 
 
 def calibration_table(counts: Sequence[BrainCount]):
@@ -259,3 +283,31 @@ def per_brain_table(counts: Sequence[BrainCount]):
     df = pd.concat(frames, ignore_index=True)
     return df[["group"] + [c for c in df.columns if c != "group"]]
 
+
+
+def write_heldout_candidates(counts: Sequence[BrainCount], out_dir) -> pd.DataFrame:
+    """Every scored candidate of each held-out volume (the CNN's :class:`BrainCount` rows of
+    :func:`heldout_detection` in candidates mode) as ``out_dir/<volume>.csv``, the candidate table
+    of :mod:`clarity.count` (z, y, x voxels, score, snr, response[, cnn_score], detected: at the
+    fold model's threshold), and ``out_dir/index.csv``: volume, group, fold, threshold,
+    n_candidates, n_detected, file, sha256. Returns the index (empty when no row has candidates)."""
+    from .count.files import candidates_frame, write_candidates
+
+    out_dir = Path(out_dir)
+    rows = []
+    for c in counts:
+        if c.candidates is None:
+            continue
+        out_dir.mkdir(parents=True, exist_ok=True)
+        frame = candidates_frame(c.candidates, threshold=float(c.info["threshold"]))
+        path = out_dir / f"{c.brain}.csv"
+        sha = write_candidates(path, frame)
+        rows.append({"volume": c.brain, "group": c.info.get("group", c.brain), "fold": c.info.get("fold"),
+                     "threshold": float(c.info["threshold"]), "n_candidates": int(len(frame)),
+                     "n_detected": int(frame.detected.sum()), "file": path.name, "sha256": sha})
+    index = pd.DataFrame(rows, columns=["volume", "group", "fold", "threshold", "n_candidates", "n_detected",
+                                        "file", "sha256"])
+    if rows:
+        with atomic_write(out_dir / "index.csv") as tmp:
+            index.to_csv(tmp, index=False)
+    return index
