@@ -231,7 +231,8 @@ def _cnn_once(b, model, *, variant: str, config: DetectionConfig, run: RunOption
         cells = cells.drop(columns=[c for c in ("cnn_score",) if c in cells and rs is None])
         est = estimated_count(model, len(cells), config=cfg, rescorer=rs, threshold=None)
         record(method, cells, seconds, {"threshold": thr, "n_candidates": res.info.get("n_candidates"),
-                                        "estimated_count": est, "rescored": rs is not None},
+                                        "estimated_count": est, "rescored": rs is not None,
+                                        "model_path": str(model.path) if getattr(model, "path", None) else None},
                candidates=every if i == 0 else None)
     if plain_apart:  # the rescorer's floor is above the CNN's threshold: a run of the CNN alone
         t0 = time.perf_counter()
@@ -289,8 +290,9 @@ def write_heldout_candidates(counts: Sequence[BrainCount], out_dir) -> pd.DataFr
     """Every scored candidate of each held-out volume (the CNN's :class:`BrainCount` rows of
     :func:`heldout_detection` in candidates mode) as ``out_dir/<volume>.csv``, the candidate table
     of :mod:`clarity.count` (z, y, x voxels, score, snr, response[, cnn_score], detected: at the
-    fold model's threshold), and ``out_dir/index.csv``: volume, group, fold, threshold,
-    n_candidates, n_detected, file, sha256. Returns the index (empty when no row has candidates)."""
+    fold model's threshold), and ``out_dir/index.csv``: volume, group, fold, model (weights
+    path), model_sha256, threshold, n_candidates, n_detected, file, sha256. Returns the index (empty when no row has candidates)."""
+    from .calibration_file import weights_sha256
     from .count.files import candidates_frame, write_candidates
 
     out_dir = Path(out_dir)
@@ -302,11 +304,13 @@ def write_heldout_candidates(counts: Sequence[BrainCount], out_dir) -> pd.DataFr
         frame = candidates_frame(c.candidates, threshold=float(c.info["threshold"]))
         path = out_dir / f"{c.brain}.csv"
         sha = write_candidates(path, frame)
+        model = c.info.get("model_path")
         rows.append({"volume": c.brain, "group": c.info.get("group", c.brain), "fold": c.info.get("fold"),
+                     "model": model, "model_sha256": weights_sha256(model) if model else None,
                      "threshold": float(c.info["threshold"]), "n_candidates": int(len(frame)),
                      "n_detected": int(frame.detected.sum()), "file": path.name, "sha256": sha})
-    index = pd.DataFrame(rows, columns=["volume", "group", "fold", "threshold", "n_candidates", "n_detected",
-                                        "file", "sha256"])
+    index = pd.DataFrame(rows, columns=["volume", "group", "fold", "model", "model_sha256", "threshold",
+                                        "n_candidates", "n_detected", "file", "sha256"])
     if rows:
         with atomic_write(out_dir / "index.csv") as tmp:
             index.to_csv(tmp, index=False)

@@ -60,7 +60,9 @@ def candidates_frame(cells: pd.DataFrame, *, threshold: float) -> pd.DataFrame:
     out = pd.DataFrame({c: cells[c].to_numpy(np.int64) for c in ("z", "y", "x")})
     raw = cells["score"].to_numpy()
     out["score"] = np.round(raw.astype(float), 6)
-    for c in ("snr", "response", "cnn_score"):
+    if "cnn_score" in cells:
+        out["cnn_score"] = np.round(cells["cnn_score"].to_numpy(float), 6)
+    for c in ("snr", "response"):
         if c in cells:
             out[c] = np.round(cells[c].to_numpy(float), 4)
     out["detected"] = (raw >= np.asarray(threshold, raw.dtype)).astype(np.int64)

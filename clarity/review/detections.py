@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 
 from ..detect import detect_block
+from ..calibration_file import weights_sha256
+from ..count.files import read_candidates
 from ..detect.config import resolve_config
 from .views import volume_loader
 
@@ -28,19 +30,56 @@ def loop_detections(paths, volumes, model, *, threshold: float, rescore: bool = 
     (CNN scores from the rescorer's floor) carry the CNN's score too, and because NMS commutes
     with thresholding, those scoring at least ``threshold`` on the CNN are exactly what a
     second run without rescoring would find (when the rescorer's floor is at most ``threshold``).
-    The pair is kept for the next call with the same model object and volumes."""
+    The pair is kept for the next call with the same model object and volumes.
+
+    The held-out volumes of a fold were already detected by notebook 06 with the same weights
+    (``reports/<run>/06_candidates/``, every candidate from score 0): those are read, not
+    detected again, so the loop's base model and notebook 06 report the same detections."""
+    rescorer = getattr(model, "rescorer", None)
+    saved = saved_candidates(paths, volumes, model)
+    if saved is not None:
+        col = "cnn_score" if (rescorer is not None and not rescore) else "score"
+        if col in saved and (col == "score" or float(rescorer.floor) <= threshold):
+            return _select(saved, col, threshold)
     both = _both_scores(paths, volumes, model, float(threshold))
     if both is None:
         cfg = resolve_config(model, None)
         return _detect_volumes(paths, volumes, model, cfg if rescore else cfg.replace(rescore=False),
                                threshold=threshold)
-    cells = both.cells
-    if rescore:
-        sel = cells[cells.score >= threshold]
-        return sel[["brain", "z", "y", "x", "score"]].reset_index(drop=True)
-    sel = cells[cells.cnn_score >= threshold]
+    return _select(both.cells, "score" if rescore else "cnn_score", threshold)
+
+
+def _select(cells: pd.DataFrame, col: str, threshold: float) -> pd.DataFrame:
+    sel = cells[cells[col] >= threshold]
     return pd.DataFrame({"brain": sel.brain, "z": sel.z, "y": sel.y, "x": sel.x,
-                         "score": sel.cnn_score}).reset_index(drop=True)
+                         "score": sel[col]}).reset_index(drop=True)
+
+
+def saved_candidates(paths, volumes, model) -> pd.DataFrame | None:
+    """Notebook 06's candidates of ``volumes`` (``paths.reports / "06_candidates"``, written by
+    :func:`clarity.counting.write_heldout_candidates`) when every volume is there, detected with
+    the weights of ``model`` (same sha256) at the same thresholds; ``brain, z, y, x, score[,
+    cnn_score]``; else None."""
+    d = paths.reports / "06_candidates"
+    path = getattr(model, "path", None)
+    if path is None or not (d / "index.csv").exists():
+        return None
+    index = pd.read_csv(d / "index.csv")
+    if "model_sha256" not in index:
+        return None
+    sha = weights_sha256(path)
+    frames = []
+    for b in volumes:
+        row = index[(index.volume == b.name) & (index.model_sha256 == sha)]
+        if len(row) != 1 or not np.isclose(float(row.threshold.iloc[0]), _final_threshold(model)):
+            return None
+        frames.append(read_candidates(d / str(row.file.iloc[0])).assign(brain=b.name))
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def _final_threshold(model) -> float:
+    r = getattr(model, "rescorer", None)
+    return float(r.threshold if r is not None else model.operating_threshold)
 
 
 def _detect_volumes(paths, volumes, model, cfg, *, threshold: float, extra=()) -> pd.DataFrame:

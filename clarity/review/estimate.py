@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.isotonic import IsotonicRegression
+from sklearn.isotonic import isotonic_regression
 
 from ..io import ClarityInputError
 
@@ -116,8 +116,17 @@ class ReviewCalibration:
 
 
 def _p_of_score(s_rev, y_rev, s_all) -> np.ndarray:
-    iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
-    return iso.fit(s_rev, y_rev).predict(s_all)
+    """P(cell | score) at ``s_all``: isotonic regression of the decisions on the reviewed scores,
+    interpolated linearly between them and constant beyond (``IsotonicRegression(y_min=0,
+    y_max=1, out_of_bounds="clip")``'s fit and predict, without its per-call checks: the
+    bootstrap calls this a thousand times)."""
+    x, inv = np.unique(np.asarray(s_rev, float), return_inverse=True)
+    w = np.bincount(inv, minlength=len(x)).astype(float)
+    y = np.bincount(inv, weights=np.asarray(y_rev, float), minlength=len(x)) / w
+    fitted = isotonic_regression(y, sample_weight=w, y_min=0.0, y_max=1.0, increasing=True)
+    if len(x) == 1:
+        return np.full(np.shape(s_all), float(fitted[0]))
+    return np.interp(np.asarray(s_all, float), x, fitted)
 
 
 def _expected_curve(s_all: np.ndarray, p: np.ndarray, thresholds: np.ndarray) -> dict:

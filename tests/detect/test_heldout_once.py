@@ -40,3 +40,16 @@ def test_one_run_gives_the_models_cells_and_every_candidate(files, brain, detect
     np.testing.assert_array_equal(table.loc[table.detected == 1, ["z", "y", "x"]].to_numpy(),
                                   ref.cells[["z", "y", "x"]].to_numpy())
     assert write_heldout_candidates(counts[:0], tmp_path / "none").empty
+    # the review loop reads them back for the same weights instead of detecting again
+    from clarity.paths import Paths
+    from clarity.review.detections import loop_detections, saved_candidates
+
+    paths = Paths(data_dir=root, run="t", models_root=tmp_path / "models", reports_root=tmp_path / "reports")
+    assert saved_candidates(paths, [b], model) is None  # nothing saved for this run yet
+    write_heldout_candidates(counts, paths.reports / "06_candidates")
+    got = loop_detections(paths, [b], model, threshold=0.3)
+    want = every[every.score >= 0.3]
+    np.testing.assert_array_equal(got[["z", "y", "x"]].to_numpy(), want[["z", "y", "x"]].to_numpy())
+    np.testing.assert_allclose(got.score, want.score, atol=1e-6)
+    other = load_model(files["model"], device="cpu")  # the same weights at another threshold: not these
+    assert saved_candidates(paths, [b], other) is None
