@@ -256,8 +256,11 @@ class ReviewStore:
 
 
 def as_store(store: "ReviewStore | str | os.PathLike") -> ReviewStore:
-    """``store`` itself if it is a :class:`ReviewStore`, else the store at that path."""
-    return store if isinstance(store, ReviewStore) else ReviewStore(store)
+    """``store`` itself if it is a :class:`ReviewStore` or another store with its ``get``,
+    ``record`` and ``reload`` (:class:`clarity.count.ReviewFile`), else the store at that path."""
+    if isinstance(store, ReviewStore) or all(callable(getattr(store, a, None)) for a in ("get", "record", "reload")):
+        return store
+    return ReviewStore(store)
 
 
 # --------------------------------------------------------------------------------------------

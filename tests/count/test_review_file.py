@@ -1,0 +1,56 @@
+"""review.csv as the gallery's decision store: every click saved into the file `clarity count
+--decisions` reads, atomically, in file order; the gallery of an output folder."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from clarity.count import ReviewFile, review_gallery
+from clarity.io import ClarityInputError
+
+
+def test_clicks_fill_the_review_file_that_count_reads(fresh_out, brain_files, reviewer, run_cli, capsys):
+    path = fresh_out / "review.csv"
+    before = pd.read_csv(path)
+    store = ReviewFile(path)
+    assert len(store) == len(before) and store.progress()["undecided"] == len(before)
+    items = store.items()
+    assert items[["z", "y", "x"]].to_numpy().tolist() == before[["z", "y", "x"]].to_numpy().tolist()
+    truth = reviewer(before, brain_files["cells"])
+    for (_, r), d in zip(items.head(30).iterrows(), truth[:30]):
+        store.record(r.brain, (r.z, r.y, r.x), "not_cell" if d == "not a cell" else d, reviewer="tester")
+    after = pd.read_csv(path, keep_default_na=False)
+    assert after.decision.head(30).tolist() == truth[:30] and (after.decision.iloc[30:] == "").all()
+    assert (after.reviewer.head(30) == "tester").all() and list(after.columns[:8]) == list(before.columns)
+    assert store.get(items.brain[0], (items.z[0], items.y[0], items.x[0])) == (
+        "cell" if truth[0] == "cell" else "not_cell")
+    assert store.get("v1", (999, 999, 999)) is None
+    with pytest.raises(ClarityInputError, match="not in this review"):
+        store.record("v1", (999, 999, 999), "cell")
+    # another tool fills a row meanwhile: the next click keeps it
+    other = pd.read_csv(path, dtype=str, keep_default_na=False)
+    other.loc[40, "decision"] = "unsure"
+    other.to_csv(path, index=False)
+    store.record(items.brain[31], (items.z[31], items.y[31], items.x[31]), "cell")
+    assert pd.read_csv(path, keep_default_na=False).decision[40] == "unsure"
+    # a partial review (32 of N decided) is what `clarity count --decisions` takes
+    rc, out, err = run_cli(["count", *brain_files["volumes"], "--model", brain_files["model"], "--out", fresh_out,
+                            "--decisions", path, "--no-progress", "--workers", "1"], capsys)
+    assert rc == 0, err
+    report = json.loads((fresh_out / "count.json").read_text())
+    assert report["total"]["reviewed"] >= 30
+
+
+def test_review_gallery_opens_a_count_folder(fresh_out):
+    pytest.importorskip("ipywidgets")
+    gallery, store = review_gallery(fresh_out, reviewer="tester", page_size=6)
+    assert isinstance(store, ReviewFile) and len(gallery.items_view) == len(store)
+    assert gallery.store is store  # clicks go into review.csv, not a ReviewStore
+    with pytest.raises(ClarityInputError, match="no review design"):
+        review_gallery(fresh_out / "nowhere")
+    (fresh_out / "bad.csv").write_text("volume,z,y,x\nv1,1,2,3\n")
+    with pytest.raises(ClarityInputError, match="missing column"):
+        ReviewFile(fresh_out / "bad.csv")
