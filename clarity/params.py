@@ -36,6 +36,7 @@ __all__ = ["Param", "PARAMS", "STAGES", "NOTEBOOKS", "param", "notebook_params",
 NOTEBOOKS: dict[str, str] = {
     "01": "01_preprocess", "02": "02_sample", "03": "03_train", "04a": "04a_validate_fold",
     "04b": "04b_cv_summary", "05": "05_inspect_false_positives", "06": "06_detect", "07": "07_review_loop",
+    "08": "08_count_new_brain",
 }
 
 #: stages in the order the report runs them, with one line each
@@ -48,6 +49,7 @@ STAGES: dict[str, str] = {
     "validation": "notebook 04a: cross-validation by brain, thresholds, detection settings per fold",
     "detection": "notebooks 04a, 06, 07: whole-volume detection and matching",
     "review": "notebooks 05 and 07: reviewing detections",
+    "count": "notebook 08: a brain's own count and threshold from a review of its own candidates",
 }
 
 @dataclass(frozen=True, eq=False)
@@ -146,7 +148,7 @@ def _p(name, type_, default, stage, help_, nbs="", **kw) -> Param:
     return Param(name, type_, default, stage, help_, notebooks, notebook_defaults=nd, **kw)
 
 
-_ALL = "01 02 03 04a 04b 05 06 07"
+_ALL = "01 02 03 04a 04b 05 06 07 08"
 _DECLARED = [
     # ---- report
     _p("RUN", str, "default", "report", "run name: models/<RUN>/ and reports/<RUN>/", _ALL, set_by="--run"),
@@ -249,9 +251,9 @@ _DECLARED = [
     _p("CHUNK", str, "64,256,256", "detection", "chunk core (z, y, x) of whole-volume detection", "06",
        unit="voxels", check=_zyx_int),
     _p("MATCH_RADIUS", float, 6.0, "detection", "a detection within this distance of a labelled cell matches it",
-       "06 07", unit="voxels"),
+       "06 07 08", unit="voxels"),
     _p("MATCH_RADIUS_UM", float, None, "detection", "match within this distance instead, on volumes whose voxel "
-       "size brains.csv states; None: MATCH_RADIUS voxels (04a: 6)", "04a 06 07", unit="um"),
+       "size brains.csv states; None: MATCH_RADIUS voxels (04a: 6)", "04a 06 07 08", unit="um"),
     _p("LOG_BASELINE", bool, True, "detection", "also run the classical LoG detector", "06"),
     _p("REAL_COUNT", bool, False, "detection", "count the real planes with the final model and a decoy "
        "FDR gate (about 40 s: two passes over 71 Mvox on the model's grid; a model trained on synthetic "
@@ -267,12 +269,12 @@ _DECLARED = [
     _p("OUTPUT", str, "interactive", "review", 'writes to reports/<RUN>/<OUTPUT>/ and models/<RUN>/<OUTPUT>/; "": '
        "the report's own (make report)", "05 07"),
     _p("REVIEWER", str, "", "review", "your name, written with every decision; empty: the operating-system user",
-       "05 07"),
+       "05 07 08"),
     _p("SIMULATE_REVIEWER", bool, False, "review", "headless synthetic runs ONLY: decide from complete truth "
        "(make report: on when truth/ exists)", "05 07"),
     _p("REVIEW_CSV", str, "", "review", "review store; empty: <DATA_DIR>/labels/review.csv", "05"),
     _p("N_GALLERY", int, 24, "review", "false positives in the static gallery (top scores)", "05"),
-    _p("PAGE_SIZE", int, 12, "review", "items per page of the interactive gallery", "05"),
+    _p("PAGE_SIZE", int, 12, "review", "items per page of the interactive gallery", "05 08"),
     _p("INCLUDE_FN", bool, False, "review", "also review false negatives (labelled cells scored below threshold)",
        "05"),
     _p("RETRAIN_FOLD", str, "fold1", "review", "fold whose CNN is retrained with the review labels (if RETRAIN); "
@@ -286,6 +288,14 @@ _DECLARED = [
        "held-out F1; the review still recalibrates the threshold and counts the brain)", "07"),
     _p("LOOP_EPOCHS", int, 3, "review", "fine-tuning epochs of the review loop (learning rate: the fold's / 3)",
        "07", unit="epochs"),
+    # ---- count
+    _p("COUNT_DIR", str, "", "count", "output folder of `python -m clarity count ... --out DIR`: its review.csv "
+       'opens in the gallery, every click saved into it; "": none', "08"),
+    _p("RUN_SIMULATION", bool, False, "count", "count every held-out brain from simulated reviews of its own "
+       "candidates (needs complete labels; make report: on)", "08"),
+    _p("COUNT_SIZES", str, "50,100,200", "count", "review sizes N simulated per held-out brain (comma-separated)",
+       "08", unit="candidates"),
+    _p("COUNT_SEEDS", int, 20, "count", "simulated reviews per brain and size (seeds SEED, SEED+1, ...)", "08"),
     _p("RUN_LOOP", bool, False, "review", "fine-tune, recalibrate and detect again (minutes of CPU; make report: "
        "on)", "07"),
 ]

@@ -47,6 +47,7 @@ STEPS: tuple[Step, ...] = (
     Step("05_inspect_false_positives"),
     Step("06_detect"),
     Step("07_review_loop"),
+    Step("08_count_new_brain"),
 )
 
 
@@ -215,7 +216,7 @@ def _run_steps(paths: Paths, params: dict, *, seed: int, only) -> int:
     # headless: notebooks 05 and 07 write into the report's own places and retrain (interactively
     # they write apart, under reports/<run>/interactive/, and retrain only when asked)
     base = {"DATA_DIR": str(paths.data_dir), "RUN": paths.run, "SEED": int(seed), "OUTPUT": "", "RETRAIN": True,
-            "RUN_LOOP": True}
+            "RUN_LOOP": True, "RUN_SIMULATION": True}
     if paths.truth.is_dir() and any(paths.truth.glob("*.csv")):
         # headless on synthetic data (complete truth): notebook 05's clearly named simulated reviewer
         # decides from truth, into a store of this run, never into the human one (labels/review.csv)

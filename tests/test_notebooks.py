@@ -79,6 +79,14 @@ def test_smoke_report_outputs(smoke_report):
             paths.models / "final.calibration.json"
         for split in ("fold1", "fold2"):
             assert load_model(paths.fold_model(split, "cnn"), device="cpu").detection_threshold is not None
+    # notebook 06 keeps every held-out candidate; notebook 08 counts each brain from simulated reviews
+    index = pd.read_csv(paths.reports / "06_candidates" / "index.csv")
+    assert len(index) == 8 and (index.n_candidates >= index.n_detected).all()
+    if (pipeline.NOTEBOOK_DIR / "08_count_new_brain.ipynb").exists():
+        sim = pd.read_csv(paths.reports / "08_count_summary.csv")
+        assert set(sim.n_review) == {10, 20} and set(sim.brain) == set(index.group.astype(str))
+        assert (sim.seeds == 3).all() and sim.coverage.between(0, 1).all()
+        assert "## A brain counted from a review of its own candidates" in (paths.reports / "summary.md").read_text()
 
 
 def test_rerun_resumes_finished_splits(smoke_report):
@@ -193,6 +201,7 @@ def test_real_planes_section_counts_with_the_decoy_gate(smoke_report, tmp_path, 
     nb = pipeline.NOTEBOOK_DIR / "06_detect.ipynb"
     pm.execute_notebook(str(nb), str(tmp_path / "06.ipynb"), cwd=str(nb.parent), kernel_name="python3",
                         parameters={"DATA_DIR": str(paths.data_dir), "RUN": paths.run, "REAL_DIR": str(planes),
+                                    "REAL_COUNT": True,
                                     "REAL_VOXEL_UM": "4,2,2", "REAL_FDR": 0.2, "LOG_BASELINE": False},
                         progress_bar=False, log_output=False)
     out = reports_root / paths.run
@@ -260,5 +269,6 @@ def test_report_runs_on_a_root_with_annotations_only(tmp_path):
     summary = (paths.reports / "summary.md").read_text()
     assert "annotations only" in summary and "Skipped: the review loop needs complete labels" in summary
     assert "against the complete truth" not in summary  # no truth: that table does not apply
+    assert "Skipped: the simulated reviewer needs complete labels" in summary  # notebook 08
     assert summary.index("## Held-out detection per brain") < summary.index("(Table 2)")
     assert "## Seconds per notebook" in summary

@@ -22,7 +22,8 @@ Modules:
 ``figure``     count.png
 ``run``        the two steps of the command line (draw; count from the decisions)
 ``simulate``   simulated reviews from a brain's labels: count error, coverage, F1 per seed
-``review_file`` review.csv as the gallery's decision store (every click saved), the gallery of a folder
+``review_file`` review.csv as the gallery's decision store (every click saved; the gallery itself:
+              :func:`clarity.review.count_gallery`)
 
 Arrays are (z, y, x) in voxels; scores are probabilities in [0, 1]; every random choice takes a seed.
 """
@@ -32,7 +33,7 @@ from .design import ReviewDesign, allocate, assign_strata, default_strata, draw_
 from .estimate import (CELL, NOT_CELL, UNSURE, CountEstimate, Recount, best_threshold, cell_probability,
                        cells_kept, recount, screen_correction, stratified_count)
 from .run import CountSettings, VolumeSpec, count_from_review, detect_candidates, draw_review_files, screen_info
-from .review_file import ReviewFile, review_gallery
+from .review_file import ReviewFile
 from .simulate import candidate_truth, oracle_f1, simulate_counting
 
 __all__ = [
@@ -40,5 +41,5 @@ __all__ = [
     "CELL", "NOT_CELL", "UNSURE", "CountEstimate", "Recount", "best_threshold", "cell_probability", "cells_kept",
     "recount", "screen_correction", "stratified_count", "REVIEW_COLUMNS", "SPELLINGS", "parse_decision",
     "read_decisions", "CountSettings", "VolumeSpec", "count_from_review", "detect_candidates", "draw_review_files",
-    "screen_info", "candidate_truth", "oracle_f1", "simulate_counting", "ReviewFile", "review_gallery",
+    "screen_info", "candidate_truth", "oracle_f1", "simulate_counting", "ReviewFile",
 ]

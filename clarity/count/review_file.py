@@ -19,11 +19,11 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..io import ClarityInputError, atomic_write, read_volume
+from ..io import ClarityInputError, atomic_write
 from .decisions import parse_decision
 from .estimate import CELL, NOT_CELL, UNSURE
 
-__all__ = ["ReviewFile", "review_gallery", "WRITTEN"]
+__all__ = ["ReviewFile", "WRITTEN"]
 
 #: How each decision is written into the file (what a person would type).
 WRITTEN = {CELL: "cell", NOT_CELL: "not a cell", UNSURE: "unsure"}
@@ -124,26 +124,3 @@ class ReviewFile:
 
     def __len__(self) -> int:
         return len(self._df)
-
-
-def review_gallery(out_dir: str | os.PathLike, *, reviewer: str = "", page_size: int = 12, **kw):
-    """The review gallery (:class:`clarity.review.ReviewGallery`) of a ``clarity count`` output
-    folder: its ``review.csv`` in review order, the volumes read from the sources ``review.json``
-    names, every click saved into ``review.csv``. Returns ``(gallery, ReviewFile)``."""
-    from ..review.gallery import ReviewGallery
-    from .files import read_design
-
-    out_dir = Path(out_dir)
-    info, _, _ = read_design(out_dir)
-    sources = {str(v["name"]): v["source"] for v in info.get("volumes", [])}
-    store = ReviewFile(out_dir / "review.csv")
-
-    def load(name: str):
-        if name not in sources:
-            raise ClarityInputError(f"{out_dir / 'review.json'}: no source for volume {name!r}")
-        return read_volume(sources[name], mmap=True, check_finite=False)
-
-    model = str((info.get("model") or {}).get("path", ""))
-    gallery = ReviewGallery(store.items(), load, store=store, model=model, reviewer=reviewer,
-                            page_size=page_size, sort_by_score=False, **kw)
-    return gallery, store

@@ -86,6 +86,12 @@ def screen_info(model) -> dict:
     """What the model's calibration says about the screen's recall (the share of labelled cells
     that the candidate screen proposes, measured on its calibration brains), or that it has none."""
     prov = dict(getattr(model, "provenance", {}) or {})
+    cand = prov.get("candidate_recall") or {}
+    if cand.get("recall") is not None:  # the candidates' own recall (screen, CNN floor, NMS): what count sees
+        return {"recall": float(cand["recall"]), "n_cells": cand.get("n_cells"), "rule": cand.get("rule"),
+                "measured_on": prov.get("calibration_brains"),
+                "note": "the share of labelled cells the candidates hold, measured on the model's calibration "
+                        "brains (complete labels), not on this brain"}
     fit = prov.get("screen_fit") or {}
     r = fit.get("recall_at_threshold")
     if r is None:

@@ -144,7 +144,7 @@ def calibration_points(brain, *, shape=None):
 def calibrate_detection_threshold(model, volumes: Sequence, points: Sequence, *, radius: float = 6.0,
                                   thresholds=None, floor: float = 0.05,
                                   config: DetectionConfig | None = None,
-                                  scale: Sequence[float] = (1.0, 1.0, 1.0)):
+                                  scale: Sequence[float] = (1.0, 1.0, 1.0), detections=None):
     """The probability threshold maximising pooled detection F1 on labelled whole volumes.
 
     Chosen on volumes the model was not fitted on (the inner-validation brains of a fold), never
@@ -172,6 +172,9 @@ def calibrate_detection_threshold(model, volumes: Sequence, points: Sequence, *,
         it with the threshold (:func:`clarity.validate.calibrate.write_calibration`).
     scale : 3 floats, keyword-only
         Multiplies (z, y, x) before matching distances (the voxel size in um for a radius in um).
+    detections : sequence of DataFrames, keyword-only
+        ``detect_block(volume, model=model, config=config, threshold=floor)`` of each volume when
+        already computed (e.g. with ``features=True`` for a rescorer); ``volumes`` is then not read.
 
     Returns
     -------
@@ -187,8 +190,8 @@ def calibrate_detection_threshold(model, volumes: Sequence, points: Sequence, *,
     thr = np.sort(thr[thr >= floor])
     if not len(thr):
         raise ValueError(f"no threshold at or above floor={floor}")
-    dets = [detect_block(np.asarray(v, np.float32), model=model, config=config, threshold=floor)
-            for v in volumes]
+    dets = (list(detections) if detections is not None else
+            [detect_block(np.asarray(v, np.float32), model=model, config=config, threshold=floor) for v in volumes])
     table = pooled_sweep(dets, points, thr, radius=radius, scale=scale)
     return best_threshold(table), table
 

@@ -34,6 +34,7 @@ Conventions: arrays are (z, y, x), coordinates and sizes are in voxels.
 """
 
 from ..labels import COLUMNS, DECISIONS, Key, ReviewStore, review_labels
+from .count_gallery import count_gallery
 from .gallery import ALL, ReviewGallery
 from .estimate import ReviewCalibration, fit_review_calibration, review_order
 from .items import (PREDICTION_COLUMNS, ReviewItem, detection_items, detection_threshold,
@@ -76,6 +77,7 @@ __all__ = [
     "volume_loader",
     # gallery
     "ReviewGallery",
+    "count_gallery",
     "ALL",
     # simulate
     "simulate_review",

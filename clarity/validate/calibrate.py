@@ -13,8 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from ..detect import DetectionConfig, detect_block, physical_config
 from ..detect.calibrate import (
+    DEFAULT_THRESHOLDS,
     calibrate_detection_threshold,
     calibration_points,
     cell_size_um,
@@ -128,12 +131,16 @@ def _fit_screen(vols, pts, cfg: DetectionConfig, *, recall: float, radius: float
         "screen_fit": info}
 
 
-def _fit_rescorer(loaded, vols, pts, *, brains: Sequence[str], config: DetectionConfig,
-                  radius: float, scale, unit: str, seed: int, source: str):
-    """The second stage fitted on the detections (not rescored, at the rescorer's floor) of
-    ``vols`` against complete labels; ``(None, {})`` when it cannot be fitted."""
-    frames = [detect_block(v, model=loaded, config=config.replace(rescore=False),
-                           threshold=DEFAULT_FLOOR, features=True) for v in vols]
+def _rescorer_frames(loaded, vols, config: DetectionConfig) -> list:
+    """Detections of ``vols`` not rescored, at the rescorer's floor, with the shape features."""
+    return [detect_block(v, model=loaded, config=config.replace(rescore=False), threshold=DEFAULT_FLOOR,
+                         features=True) for v in vols]
+
+
+def _fit_rescorer(frames, pts, *, brains: Sequence[str], radius: float, scale, unit: str, seed: int,
+                  source: str):
+    """The second stage fitted on the detections ``frames`` (:func:`_rescorer_frames`) against
+    complete labels; ``(None, {})`` when it cannot be fitted."""
     try:
         rescorer, _ = fit_rescorer(frames, pts, radius=radius, scale=scale, seed=seed,
                                    info={"brains": list(brains), "labels": source})
@@ -214,7 +221,12 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
         cfg, screen = _fit_screen(vols, pts, cfg, recall=screen_recall, radius=radius, scale=scale,
                                   where=f"{unit} on {', '.join(brains)}")
     loaded.rescorer = None  # the CNN's own threshold is calibrated on the CNN's scores
-    thr, table = calibrate_detection_threshold(loaded, vols, pts, radius=radius, config=cfg, scale=scale)
+    same_brains = rescorer_brains is None or list(rescorer_brains) == list(brains)
+    # the rescorer fits on the same detections (its floor is the sweep's lowest threshold): one run
+    shared = (_rescorer_frames(loaded, vols, cfg) if rescore and same_brains and source == "complete"
+              and DEFAULT_FLOOR == float(np.min(DEFAULT_THRESHOLDS)) else None)
+    thr, table = calibrate_detection_threshold(loaded, vols, pts, radius=radius, config=cfg, scale=scale,
+                                               detections=shared)
     best = table.loc[table.threshold == thr].iloc[0]
     # a count factor is an estimate of the cells a detection misses and adds: only complete labels
     # can tell; against partial annotations every unannotated cell found would count as spurious
@@ -223,16 +235,26 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
                    else f"none: the calibration labels are {source}, not complete; detections are reported "
                         "uncorrected (annotate volumes completely, truth/, for a count estimate)")
     rescorer, extra = None, {}
+    if source == "complete":  # what a count from a review cannot see: cells no candidate proposes
+        low = table.iloc[int(np.argmin(table.threshold.to_numpy()))]
+        n_cells = int(low.tp + low.fn)
+        extra["candidate_recall"] = {
+            "recall": float(low.tp / n_cells) if n_cells else None, "n_cells": n_cells, "floor": float(low.threshold),
+            "rule": f"labelled cells matched by a candidate scoring >= {low.threshold:g} within {radius:g} {unit} "
+                    f"on {', '.join(brains)} (complete labels)"}
     r_brains, r_vols, r_pts, r_source = brains, vols, pts, source
     if rescorer_brains is not None and list(rescorer_brains) != list(brains):
         r_brains = list(rescorer_brains)
         r_vols, r_pts, r_source = _labelled_volumes(paths, r_brains)
     if rescore and r_source == "complete" and r_vols:
-        rescorer, extra = _fit_rescorer(loaded, r_vols, r_pts, brains=r_brains, config=cfg, radius=radius,
-                                        scale=scale, unit=unit, seed=seed, source=r_source)
+        frames = shared if shared is not None else _rescorer_frames(loaded, r_vols, cfg)
+        rescorer, extra_r = _fit_rescorer(frames, r_pts, brains=r_brains, radius=radius, scale=scale, unit=unit,
+                                          seed=seed, source=r_source)
+        extra.update(extra_r)
     # a recalibration that fits no rescorer drops an older one: it belongs to other labels
     write_calibration(model_path, detection_threshold=thr, count_factor=factor, rescorer=rescorer,
-                      detection_config=cfg, drop=("rescorer_rule", "rescorer_brains", "screen_rule", "screen_fit"),
+                      detection_config=cfg, drop=("rescorer_rule", "rescorer_brains", "screen_rule", "screen_fit",
+                                                       "candidate_recall"),
                       provenance={"detection_threshold_rule": f"max F1 of whole-volume detection at {radius:g} "
                                                               f"{unit} on {', '.join(brains)} ({source} labels)",
                                   "calibration_brains": list(brains), "calibration_labels": source,

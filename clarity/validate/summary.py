@@ -16,6 +16,7 @@ from typing import Literal, Sequence
 import numpy as np
 import pandas as pd
 
+from ..count.report import summary_section as count_summary_section
 from ..evaluate import plot_curves
 from ..io import atomic_write, natural_key
 from .splits import split_order
@@ -486,6 +487,7 @@ def write_summary(reports_dir: str | os.PathLike, *, table=None, run: str | None
             None: "annotations only (no `truth/`: nothing here is scored against complete labels)"}[partial]
     out = [f"# clarity summary — run `{run}`", "", f"Labels of this data root: {kind}.", ""]
     out += _detection_section(reports_dir)
+    out += count_summary_section(reports_dir)  # notebook 08: a brain's count from its own review
     n_folds = table.loc[table["split"].astype(str).str.fullmatch(r"fold\d+"), "split"].nunique()
     out += _mean_std_section(table, "annotations", "Cross-validated patches, mean ± std, against annotations "
                                                    "(Table 2)", seed_res)

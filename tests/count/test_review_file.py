@@ -8,7 +8,8 @@ import json
 import pandas as pd
 import pytest
 
-from clarity.count import ReviewFile, review_gallery
+from clarity.count import ReviewFile
+from clarity.review import count_gallery
 from clarity.io import ClarityInputError
 
 
@@ -46,11 +47,11 @@ def test_clicks_fill_the_review_file_that_count_reads(fresh_out, brain_files, re
 
 def test_review_gallery_opens_a_count_folder(fresh_out):
     pytest.importorskip("ipywidgets")
-    gallery, store = review_gallery(fresh_out, reviewer="tester", page_size=6)
+    gallery, store = count_gallery(fresh_out, reviewer="tester", page_size=6)
     assert isinstance(store, ReviewFile) and len(gallery.items_view) == len(store)
     assert gallery.store is store  # clicks go into review.csv, not a ReviewStore
     with pytest.raises(ClarityInputError, match="no review design"):
-        review_gallery(fresh_out / "nowhere")
+        count_gallery(fresh_out / "nowhere")
     (fresh_out / "bad.csv").write_text("volume,z,y,x\nv1,1,2,3\n")
     with pytest.raises(ClarityInputError, match="missing column"):
         ReviewFile(fresh_out / "bad.csv")
