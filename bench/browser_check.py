@@ -241,20 +241,28 @@ def _accept_kernel_dialog(page, wait_ms: int = 8000) -> bool:
     return True
 
 
-def _wait_rows(path: Path, n: int, timeout: float = 10.0) -> float:
-    """Wait until ``path`` has ``n`` rows; returns when (perf_counter), raises on timeout."""
+def wait_saved(path: Path, saved, timeout: float = 10.0, what: str = "the row not saved") -> float:
+    """Poll ``path`` every 2 ms until ``saved(rows)`` is true of its rows (:func:`review_rows`);
+    returns when (perf_counter), raises TimeoutError (``"<path>: <what> after <timeout> s"``)."""
     t_end = time.perf_counter() + timeout
     while time.perf_counter() < t_end:
-        if len(review_rows(path)) >= n:
+        if saved(review_rows(path)):
             return time.perf_counter()
         time.sleep(0.002)
-    raise TimeoutError(f"{path}: fewer than {n} rows after {timeout} s")
+    raise TimeoutError(f"{path}: {what} after {timeout} s")
+
+
+def _wait_rows(path: Path, n: int, timeout: float = 10.0) -> float:
+    """Wait until ``path`` has ``n`` rows; returns when (perf_counter), raises on timeout."""
+    return wait_saved(path, lambda rows: len(rows) >= n, timeout, f"fewer than {n} rows")
 
 
 def browser_session(url: str, store: Path, shots: Path, *, clicks: int = 6,
-                    timeout_s: float = 120.0) -> dict:
+                    timeout_s: float = 120.0, session=None) -> dict:
     """Open the notebook at ``url`` in headless Chromium, run it, click, measure; returns the
-    measurements (see the module docstring)."""
+    measurements (see the module docstring). ``session(page, store, shots, clicks=clicks)`` does
+    the running and clicking (default: notebook 05's); a failure leaves
+    ``shots/failure_1366x768.png``."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -264,7 +272,7 @@ def browser_session(url: str, store: Path, shots: Path, *, clicks: int = 6,
         page.set_default_timeout(timeout_s * 1000)
         try:
             page.goto(url)
-            return _session(page, store, shots, clicks=clicks)
+            return (session or _session)(page, store, shots, clicks=clicks)
         except Exception:
             page.screenshot(path=str(shots / "failure_1366x768.png"))
             raise
