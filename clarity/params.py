@@ -202,7 +202,7 @@ _DECLARED = [
        "comma-separated volumes that train the model; empty: every volume of the brains not validating", "03"),
     _p("VAL_BRAINS", str, "", "training",
        "comma-separated volumes that validate; empty (with TRAIN_BRAINS): the last quarter of the brains", "03"),
-    _p("EPOCHS", int, 10, "training", "training epochs (the best by validation ROC AUC is kept); "
+    _p("EPOCHS", int, 8, "training", "training epochs (the best by validation ROC AUC is kept); "
        "05: epochs of the retraining, None: 3 fine-tuning or as the fold's 04a run from scratch", "03 04a 04b 05",
        notebook_defaults={"05": None}),
     _p("LR_SCHEDULE", str, "onecycle", "training", "learning-rate schedule (onecycle: per step, up then down; "
