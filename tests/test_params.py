@@ -175,7 +175,7 @@ def test_values_are_taken_as_the_notebooks_take_them(tmp_path):
 
 def test_default_for_a_notebook_of_its_own():
     p = PARAMS["EPOCHS"]
-    assert p.default == 10 and p.default_for("03_train") == 10 and p.default_for(NOTEBOOKS["05"]) is None
+    assert p.default == 8 and p.default_for("03_train") == 8 and p.default_for(NOTEBOOKS["05"]) is None
     assert isinstance(p, Param) and not p.optional and PARAMS["MATCH_RADIUS_UM"].optional
 
 
