@@ -187,7 +187,7 @@ def test_params_command_lists_every_parameter_by_stage(capsys):
     heads = [line.split(":")[0] for line in out.splitlines() if line and not line.startswith(" ")][1:]
     assert heads == list(STAGES)
     (epochs,) = [line for line in out.splitlines() if line.startswith("  EPOCHS ")]
-    assert epochs.split()[1:4] == ["int", "10", "(05:"] and "[03 04a 04b 05]" in epochs
+    assert epochs.split()[1:4] == ["int", "8", "(05:"] and "[03 04a 04b 05]" in epochs
     (radius,) = [line for line in out.splitlines() if line.startswith("  MATCH_RADIUS_UM ")]
     assert radius.split()[1:4] == ["float", "um", "null"]
     assert main(["params", "--stage", "review", "--notebook", "07"]) == 0
