@@ -84,12 +84,14 @@ def _volume_meta(spec: VolumeSpec, frame: pd.DataFrame, sha: str) -> dict:
 
 def screen_info(model) -> dict:
     """What the model's calibration says about the screen's recall (the share of labelled cells
-    that the candidate screen proposes, measured on its calibration brains), or that it has none."""
+    that the candidate screen proposes, measured on its calibration brains), or that it has none.
+    With the candidates' recall (``candidate_recall``), ``floor`` is the lowest score it counted a
+    candidate at: a count corrected by it must pool the candidates scoring at least that."""
     prov = dict(getattr(model, "provenance", {}) or {})
     cand = prov.get("candidate_recall") or {}
     if cand.get("recall") is not None:  # the candidates' own recall (screen, CNN floor, NMS): what count sees
         return {"recall": float(cand["recall"]), "n_cells": cand.get("n_cells"), "rule": cand.get("rule"),
-                "measured_on": prov.get("calibration_brains"),
+                "floor": float(cand.get("floor") or 0.0), "measured_on": prov.get("calibration_brains"),
                 "note": "the share of labelled cells the candidates hold, measured on the model's calibration "
                         "brains (complete labels), not on this brain"}
     fit = prov.get("screen_fit") or {}
