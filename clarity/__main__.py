@@ -41,7 +41,7 @@ from . import __version__
 from .detect import DetectionConfig, RunOptions, detect_volume
 from .detect.calibrate import calibration_points, cell_size_um
 from .detect.config import resolve_config
-from .count import CountSettings, screen_info, VolumeSpec, count_from_review, draw_review_files
+from .count import CountSettings, default_floor, VolumeSpec, count_from_review, draw_review_files
 from .io import ClarityInputError, list_brains, read_volume, volume_shape, voxel_size_of
 from .model import calibration_path, load_model
 from .paths import Paths
@@ -262,10 +262,11 @@ def add_count_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--decisions", metavar="CSV", default=None,
                    help="the filled review file (DIR/review.csv): count the brain from its decisions")
     p.add_argument("--floor", type=_probability, default=None, metavar="F",
-                   help="lowest score kept as a candidate (default: the score the model's calibration "
-                        "measured the candidates' recall at, 0.05 for the report's models, so the count "
-                        "is corrected for the cells below it consistently; else 0: every candidate of the "
-                        "screen); with --decisions the review's own")
+                   help="lowest score kept as a candidate (default: the CNN score the model's calibration "
+                        "measured the candidates' recall from, 0.05 for the report's models, so the count "
+                        "is corrected for the cells below it consistently; 0 with a rescorer, whose "
+                        "candidates start there; else 0: every candidate of the screen); with "
+                        "--decisions the review's own")
     add_run_arguments(p)
     p.set_defaults(func=cmd_count, mode=None, refine=None, rescore=None, min_snr=None, threshold=None)
     return p
@@ -279,7 +280,7 @@ def cmd_count(args: argparse.Namespace) -> int:
     specs = [VolumeSpec(name, str(v), tuple(volume_shape(v)),
                         tuple(args.voxel_size) if args.voxel_size else voxel_size_of(v))
              for v, name in zip(args.volumes, names)]
-    floor = args.floor if args.floor is not None else float(screen_info(model).get("floor") or 0.0)
+    floor = args.floor if args.floor is not None else default_floor(model, config)
     settings = CountSettings(config, run, preprocessed=args.preprocessed, floor=floor)
     out = Path(args.out)
     log = lambda line: print(line, flush=True)  # noqa: E731

@@ -265,8 +265,9 @@ def _run_steps(paths: Paths, params: dict, *, seed: int, only) -> int:
         if failures:
             break  # later stages need this one
     total = time.perf_counter() - t_start
-    if not only and (out_dir / "cv_metrics.csv").exists():
-        # summary.md again, now that every notebook has run: detection per brain first, seconds per notebook
+    if (out_dir / "cv_metrics.csv").exists():
+        # summary.md again, now that the notebooks have run (all, or those of --only): detection per brain
+        # first, seconds per notebook
         from .validate.summary import write_summary
         write_summary(out_dir, run=paths.run, review_labels_used=_review_labels_used(paths, params),
                       final_model=str(paths.final_model) if paths.final_model.exists() else None)

@@ -32,7 +32,7 @@ from .decisions import REVIEW_COLUMNS, SPELLINGS, parse_decision, read_decisions
 from .design import ReviewDesign, allocate, assign_strata, default_strata, draw_review, review_order, score_strata
 from .estimate import (CELL, NOT_CELL, UNSURE, CountEstimate, Recount, best_threshold, cell_probability,
                        cells_kept, recount, screen_correction, stratified_count)
-from .run import CountSettings, VolumeSpec, count_from_review, detect_candidates, draw_review_files, screen_info
+from .run import CountSettings, VolumeSpec, default_floor, count_from_review, detect_candidates, draw_review_files, screen_info
 from .review_file import ReviewFile
 from .simulate import candidate_truth, oracle_f1, simulate_counting
 
@@ -40,6 +40,6 @@ __all__ = [
     "ReviewDesign", "allocate", "assign_strata", "default_strata", "draw_review", "review_order", "score_strata",
     "CELL", "NOT_CELL", "UNSURE", "CountEstimate", "Recount", "best_threshold", "cell_probability", "cells_kept",
     "recount", "screen_correction", "stratified_count", "REVIEW_COLUMNS", "SPELLINGS", "parse_decision",
-    "read_decisions", "CountSettings", "VolumeSpec", "count_from_review", "detect_candidates", "draw_review_files",
+    "read_decisions", "CountSettings", "VolumeSpec", "default_floor", "count_from_review", "detect_candidates", "draw_review_files",
     "screen_info", "candidate_truth", "oracle_f1", "simulate_counting", "ReviewFile",
 ]

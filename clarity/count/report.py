@@ -79,8 +79,10 @@ def simulate_heldout(paths, *, sizes: Sequence[int] = (50, 100, 200), seeds: Seq
         screen = screen_info(load_model(rows.model.iloc[0], device="cpu")) if "model" in rows else {}
         cand = pd.concat([read_candidates(paths.reports / "06_candidates" / str(f)).assign(volume=str(v))
                           for v, f in zip(rows.volume, rows.file)], ignore_index=True)
-        # the pool the candidates' recall was measured on (scores from its floor), as clarity count pools
-        cand = cand[cand.score >= float(screen.get("floor") or 0.0)].reset_index(drop=True)
+        # the pool the candidates' recall was measured on: CNN scores from its floor (with a rescorer,
+        # the candidates' cnn_score), as clarity count pools them
+        col = "cnn_score" if "cnn_score" in cand else "score"
+        cand = cand[cand[col] >= float(screen.get("floor") or 0.0)].reset_index(drop=True)
         labels = {b.name: b.truth_points() for b in vols}
         use_um = radius_um is not None and all(b.voxel_um is not None for b in vols)
         voxel = {b.name: tuple(b.voxel_um) for b in vols} if use_um else None

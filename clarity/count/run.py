@@ -106,6 +106,16 @@ def screen_info(model) -> dict:
                     "not on this brain"}
 
 
+def default_floor(model, config: DetectionConfig) -> float:
+    """The lowest score a candidate is kept at by default: the CNN score the model's candidates'
+    recall was measured from (so the correction for cells never proposed holds for the pool); with
+    a rescorer, 0 on the rescored score (its candidates already start at that CNN floor, the
+    rescorer's own)."""
+    if resolve_rescorer(model, config) is not None:
+        return 0.0
+    return float(screen_info(model).get("floor") or 0.0)
+
+
 def draw_review_files(specs, *, model, settings: CountSettings, out, n_review: int = 200, seed: int = 0,
                       n_strata: int | None = None, min_per_stratum: int = DEFAULT_MIN_PER_STRATUM,
                       log=print) -> dict:

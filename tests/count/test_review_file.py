@@ -55,3 +55,23 @@ def test_review_gallery_opens_a_count_folder(fresh_out):
     (fresh_out / "bad.csv").write_text("volume,z,y,x\nv1,1,2,3\n")
     with pytest.raises(ClarityInputError, match="missing column"):
         ReviewFile(fresh_out / "bad.csv")
+
+
+def test_default_floor_follows_the_models_candidate_recall(brain_files):
+    """The pool a count is corrected on starts where the calibration measured the candidates'
+    recall (a CNN score); a rescorer's candidates already start at its own CNN floor."""
+    from clarity.count import default_floor, screen_info
+    from clarity.detect.config import resolve_config
+    from clarity.model import load_model
+
+    model = load_model(brain_files["model"], device="cpu")
+    config = resolve_config(model, None)
+    assert default_floor(model, config) == 0.0 and screen_info(model)["recall"] is None
+    model.provenance["candidate_recall"] = {"recall": 0.9, "n_cells": 100, "floor": 0.05, "rule": "test"}
+    assert default_floor(model, config) == 0.05 and screen_info(model)["recall"] == 0.9
+
+    class Rescorer:
+        floor, threshold, count_factor = 0.05, 0.5, 1.0
+
+    model.rescorer = Rescorer()
+    assert default_floor(model, config.replace(rescore=True, mode="candidates")) == 0.0
