@@ -90,10 +90,21 @@ def screen_info(model) -> dict:
     prov = dict(getattr(model, "provenance", {}) or {})
     cand = prov.get("candidate_recall") or {}
     if cand.get("recall") is not None:  # the candidates' own recall (screen, CNN floor, NMS): what count sees
-        return {"recall": float(cand["recall"]), "n_cells": cand.get("n_cells"), "rule": cand.get("rule"),
+        r, n = float(cand["recall"]), cand.get("n_cells")
+        per = [float(v) for v in (cand.get("per_brain") or {}).values()]
+        note = ("the share of labelled cells the candidates hold, measured on the model's calibration brains "
+                "(complete labels), not on this brain")
+        if len(per) >= 2 and np.var(per, ddof=1) > 0:
+            # brains differ more than binomially: the interval takes the spread between brains, as a
+            # Beta of the same mean and variance (n_cells the equivalent number of labelled cells)
+            n_eff = max(2, int(r * (1 - r) / np.var(per, ddof=1) - 1))
+            if n is None or n_eff < n:
+                note += (f"; its uncertainty is the spread between those {len(per)} brains "
+                         f"({min(per):.3f}-{max(per):.3f}), as {n_eff} cells")
+                n = n_eff
+        return {"recall": r, "n_cells": n, "rule": cand.get("rule"), "per_brain": cand.get("per_brain"),
                 "floor": float(cand.get("floor") or 0.0), "measured_on": prov.get("calibration_brains"),
-                "note": "the share of labelled cells the candidates hold, measured on the model's calibration "
-                        "brains (complete labels), not on this brain"}
+                "note": note}
     fit = prov.get("screen_fit") or {}
     r = fit.get("recall_at_threshold")
     if r is None:

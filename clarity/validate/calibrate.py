@@ -19,6 +19,7 @@ from ..detect import DetectionConfig, detect_block, physical_config
 from ..detect.calibrate import (
     DEFAULT_THRESHOLDS,
     calibrate_detection_threshold,
+    sweep_true_positives,
     calibration_points,
     cell_size_um,
     screen_threshold,
@@ -151,6 +152,21 @@ def _fit_rescorer(frames, pts, *, brains: Sequence[str], radius: float, scale, u
                       "rescorer_brains": list(brains)}
 
 
+def _recall_per_brain(paths, brains: Sequence[str], dets, pts, *, floor: float, radius: float, scale) -> dict:
+    """Share of each brain's labelled cells (``brains.csv`` brain: its volumes pooled) matched by a
+    detection scoring at least ``floor``; ``dets`` and ``pts`` in :func:`_labelled_volumes`' order."""
+    groups = [b.group for b in list_brains(paths.data_dir, names=list(brains))
+              if b.truth is not None or b.annotations is not None]
+    tp: dict = {}
+    n: dict = {}
+    for g, d, p in zip(groups, dets, pts):
+        hit = sweep_true_positives(d[["z", "y", "x"]].to_numpy(float), d["score"].to_numpy(float), p, [floor],
+                                   radius=radius, scale=scale)[0]
+        tp[g] = tp.get(g, 0) + int(hit)
+        n[g] = n.get(g, 0) + len(p)
+    return {str(g): round(tp[g] / n[g], 4) for g in tp if n[g]}
+
+
 def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radius: float = 6.0,
                         radius_um: float | None = None, cell_diameter_um: float | None = None,
                         screen_recall: float | None = None, rescorer_brains: Sequence[str] | None = None,
@@ -223,10 +239,13 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
     loaded.rescorer = None  # the CNN's own threshold is calibrated on the CNN's scores
     same_brains = rescorer_brains is None or list(rescorer_brains) == list(brains)
     # the rescorer fits on the same detections (its floor is the sweep's lowest threshold): one run
+    floor = float(np.min(DEFAULT_THRESHOLDS))
     shared = (_rescorer_frames(loaded, vols, cfg) if rescore and same_brains and source == "complete"
-              and DEFAULT_FLOOR == float(np.min(DEFAULT_THRESHOLDS)) else None)
+              and DEFAULT_FLOOR == floor else None)
+    dets = shared if shared is not None else [detect_block(np.asarray(v, np.float32), model=loaded, config=cfg,
+                                                           threshold=floor) for v in vols]
     thr, table = calibrate_detection_threshold(loaded, vols, pts, radius=radius, config=cfg, scale=scale,
-                                               detections=shared)
+                                               detections=dets)
     best = table.loc[table.threshold == thr].iloc[0]
     # a count factor is an estimate of the cells a detection misses and adds: only complete labels
     # can tell; against partial annotations every unannotated cell found would count as spurious
@@ -240,6 +259,8 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
         n_cells = int(low.tp + low.fn)
         extra["candidate_recall"] = {
             "recall": float(low.tp / n_cells) if n_cells else None, "n_cells": n_cells, "floor": float(low.threshold),
+            "per_brain": _recall_per_brain(paths, brains, dets, pts, floor=float(low.threshold), radius=radius,
+                                           scale=scale),
             "rule": f"labelled cells matched by a candidate scoring >= {low.threshold:g} within {radius:g} {unit} "
                     f"on {', '.join(brains)} (complete labels)"}
     r_brains, r_vols, r_pts, r_source = brains, vols, pts, source

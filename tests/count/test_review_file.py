@@ -75,3 +75,21 @@ def test_default_floor_follows_the_models_candidate_recall(brain_files):
 
     model.rescorer = Rescorer()
     assert default_floor(model, config.replace(rescore=True, mode="candidates")) == 0.0
+
+
+def test_screen_info_takes_the_spread_between_calibration_brains(brain_files):
+    """Brains differ in the share of cells their candidates hold more than binomially: with the
+    recall of several calibration brains, the correction's uncertainty is their spread."""
+    import numpy as np
+
+    from clarity.count import screen_info
+    from clarity.model import load_model
+
+    model = load_model(brain_files["model"], device="cpu")
+    per = {"a": 0.98, "b": 0.85, "c": 0.91}
+    model.provenance["candidate_recall"] = {"recall": 0.92, "n_cells": 3000, "floor": 0.05, "per_brain": per}
+    info = screen_info(model)
+    n_eff = int(0.92 * 0.08 / np.var(list(per.values()), ddof=1) - 1)
+    assert info["n_cells"] == n_eff < 3000 and "spread between those 3 brains" in info["note"]
+    model.provenance["candidate_recall"]["per_brain"] = {"a": 0.92}  # one brain: no spread to take
+    assert screen_info(model)["n_cells"] == 3000
