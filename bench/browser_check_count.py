@@ -72,22 +72,6 @@ def _review_columns() -> tuple:
 # --------------------------------------------------------------------------------------------
 # a tiny clarity count output folder (what notebook 08 opens)
 # --------------------------------------------------------------------------------------------
-def _untrained_model(path: Path, seed: int = 0, threshold: float = 0.7) -> Path:
-    """An untrained CellCNN whose scores spread over (0, 1) (as tests/count/conftest.py makes)."""
-    import torch
-
-    from clarity.model import CellCNN, ModelConfig, save_model
-
-    torch.manual_seed(seed)
-    net = CellCNN(ModelConfig())
-    torch.nn.init.normal_(net.fc2.weight, std=0.5)
-    with torch.no_grad():
-        net.fc2.weight.neg_()
-        net.fc2.bias.neg_()
-    return save_model(path, net.eval(), normalisation={"method": "contrast"}, threshold=threshold,
-                      provenance={"note": "untrained model of bench/browser_check_count.py"})
-
-
 def build_count_dir(root: str | os.PathLike, *, n_review: int = N_REVIEW, seed: int = 3) -> dict:
     """Two synthetic volumes ``root/v1.tif``, ``root/v2.tif`` (24 x 80 x 80), an untrained model
     ``root/model/model.pt`` and ``clarity count ... --out root/count --review n_review`` run on
@@ -102,7 +86,10 @@ def build_count_dir(root: str | os.PathLike, *, n_review: int = N_REVIEW, seed: 
         brain = make_brain(s, shape=SHAPE, cell_density=4e-4)
         tifffile.imwrite(root / f"{name}.tif", brain.volume)
         volumes.append(root / f"{name}.tif")
-    model = _untrained_model(root / "model" / "model.pt")
+    from clarity.synthetic import untrained_model
+
+    model = untrained_model(root / "model" / "model.pt", threshold=0.7,
+                            note="untrained model of bench/browser_check_count.py")
     out = root / "count"
     cmd = [sys.executable, "-m", "clarity", "count", *map(str, volumes), "--model", str(model),
            "--out", str(out), "--review", str(n_review), "--seed", str(seed), "--no-progress",

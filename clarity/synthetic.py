@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .io import BRAINS_CSV, DEFAULT_VOXEL_UM, atomic_write, save_npy, write_json, write_points_csv
 
-__all__ = ["SyntheticConfig", "SyntheticBrain", "make_brain", "write_dataset", "brain_names"]
+__all__ = ["SyntheticConfig", "SyntheticBrain", "make_brain", "write_dataset", "brain_names", "untrained_model"]
 
 
 @dataclass
@@ -404,3 +404,23 @@ def write_dataset(data_dir: str | os.PathLike, *, n_brains: int = 8, seed: int =
             tmp.write_text("volume,brain,voxel_um_z,voxel_um_y,voxel_um_x\n"
                            + "".join(f"{n},{n},{vz:g},{vy:g},{vx:g}\n" for n in names))
     return out
+
+
+def untrained_model(path: str | os.PathLike, *, seed: int = 0, threshold: float = 0.5,
+                    note: str = "untrained test model") -> Path:
+    """Save a seeded, untrained :class:`clarity.model.CellCNN` whose scores spread over (0, 1)
+    (a wide output layer), its output flipped, which ranks the synthetic brains' bright cells
+    above the background (ROC AUC about 0.7: a poor model, as on a new brain). For tests and
+    benchmarks that need a model file without training; returns the saved path."""
+    import torch
+
+    from .model import CellCNN, ModelConfig, save_model
+
+    torch.manual_seed(seed)
+    net = CellCNN(ModelConfig())
+    torch.nn.init.normal_(net.fc2.weight, std=0.5)
+    with torch.no_grad():
+        net.fc2.weight.neg_()
+        net.fc2.bias.neg_()
+    return save_model(path, net.eval(), normalisation={"method": "contrast"}, threshold=threshold,
+                      provenance={"note": note})

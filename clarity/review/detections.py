@@ -15,6 +15,7 @@ import pandas as pd
 from ..detect import detect_block
 from ..calibration_file import weights_sha256
 from ..count.files import read_candidates
+from ..count.run import model_threshold
 from ..detect.config import resolve_config
 from .views import volume_loader
 
@@ -71,15 +72,10 @@ def saved_candidates(paths, volumes, model) -> pd.DataFrame | None:
     frames = []
     for b in volumes:
         row = index[(index.volume == b.name) & (index.model_sha256 == sha)]
-        if len(row) != 1 or not np.isclose(float(row.threshold.iloc[0]), _final_threshold(model)):
+        if len(row) != 1 or not np.isclose(float(row.threshold.iloc[0]), model_threshold(model, resolve_config(model, None))):
             return None
         frames.append(read_candidates(d / str(row.file.iloc[0])).assign(brain=b.name))
     return pd.concat(frames, ignore_index=True) if frames else None
-
-
-def _final_threshold(model) -> float:
-    r = getattr(model, "rescorer", None)
-    return float(r.threshold if r is not None else model.operating_threshold)
 
 
 def _detect_volumes(paths, volumes, model, cfg, *, threshold: float, extra=()) -> pd.DataFrame:

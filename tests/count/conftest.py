@@ -11,10 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-import torch
 
-from clarity.model import CellCNN, ModelConfig, save_model
-from clarity.synthetic import make_brain
+from clarity.synthetic import make_brain, untrained_model
 
 SHAPE = (24, 80, 80)
 N_REVIEW = 60
@@ -38,16 +36,8 @@ def make_population():
 
 
 def _model(path: Path, seed: int) -> Path:
-    """An untrained CellCNN whose scores spread over (0, 1); its output flipped, which ranks the
-    tiny brains' cells above the background (ROC AUC ~0.7: a poor model, as on a new brain)."""
-    torch.manual_seed(seed)
-    net = CellCNN(ModelConfig())
-    torch.nn.init.normal_(net.fc2.weight, std=0.5)
-    with torch.no_grad():
-        net.fc2.weight.neg_()
-        net.fc2.bias.neg_()
-    return save_model(path, net.eval(), normalisation={"method": "contrast"}, threshold=MODEL_THRESHOLD,
-                      provenance={"note": "untrained test model"})
+    """An untrained CellCNN whose scores spread over (0, 1), output flipped (:func:`clarity.synthetic.untrained_model`)."""
+    return untrained_model(path, seed=seed, threshold=MODEL_THRESHOLD)
 
 
 @pytest.fixture(scope="session")
