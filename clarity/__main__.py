@@ -32,6 +32,7 @@ import argparse
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -41,8 +42,9 @@ from . import __version__
 from .detect import DetectionConfig, RunOptions, detect_volume
 from .detect.calibrate import calibration_points, cell_size_um
 from .detect.config import resolve_config
+from .detect.resume import STATE_FOLDER
 from .count import CountSettings, default_floor, VolumeSpec, count_from_review, draw_review_files
-from .io import ClarityInputError, list_brains, read_volume, volume_shape, voxel_size_of
+from .io import ClarityInputError, VolumeReader, is_zarr, list_brains, read_volume, volume_shape, voxel_size_of, zarr_stem
 from .model import calibration_path, load_model
 from .paths import Paths
 from .params import NOTEBOOKS, STAGES, format_params
@@ -61,9 +63,12 @@ class _CLIError(Exception):
 
 
 def volume_name(path: str | Path) -> str:
-    """Output name of a volume: the file stem (``brain01.tif`` -> ``brain01``) or folder name."""
+    """Output name of a volume: the file stem (``brain01.tif``, ``brain01.ome.zarr`` -> ``brain01``)
+    or folder name."""
     p = Path(path)
-    if p.is_dir() and p.suffix.lower() != ".zarr":
+    if is_zarr(p):
+        return zarr_stem(p)
+    if p.is_dir():
         return p.name
     return p.name[: -len(p.suffix)] if p.suffix else p.name
 
@@ -105,9 +110,11 @@ def add_detect_parser(subparsers) -> argparse.ArgumentParser:
         description="Detect cells in whole 3D volumes (raw intensities as acquired: N4 and "
                     "normalisation are applied), chunk by chunk with dask. Writes DIR/<name>.csv "
                     "(z,y,x,score,snr; voxels, 0-based) per volume, name = file stem or folder name, "
-                    "and prints one line per volume: name, count, seconds.")
+                    "and prints one line per volume: name, count, seconds. Each finished chunk is recorded "
+                    f"in DIR/{STATE_FOLDER}/<name>/: the same command after a kill continues where it stopped.")
     p.add_argument("volumes", nargs="+", metavar="VOLUME",
-                   help="3D TIFF, folder of 2D TIFF planes, .npy or .zarr")
+                   help="3D TIFF, folder of 2D TIFF planes, .npy or OME-Zarr (.zarr / .ome.zarr; voxel size "
+                        "from its metadata)")
     p.add_argument("--model", metavar="PATH",
                    help="trained model (.pt from clarity training); not needed with --mode log")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
@@ -133,6 +140,10 @@ def add_detect_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-rescore", dest="rescore", action="store_false", default=None,
                    help="keep the CNN's score: skip the model's second stage (shape rescoring, "
                         "present in fold models calibrated on completely labelled brains)")
+    p.add_argument("--level", type=int, default=0, metavar="L",
+                   help="OME-Zarr: the resolution level to detect on (default 0, full resolution)")
+    p.add_argument("--channel", type=int, metavar="C", help="OME-Zarr: the channel, when it holds several")
+    p.add_argument("--timepoint", type=int, metavar="T", help="OME-Zarr: the time point, when it holds several")
     add_run_arguments(p)
     p.set_defaults(func=cmd_detect)
     return p
@@ -143,8 +154,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     chunks, where it runs, progress): :func:`detection_settings` reads them."""
     p.add_argument("--voxel-size", type=_positive_float, nargs=3, metavar=("Z", "Y", "X"), default=None,
                    help="voxel size of the volumes in um (z, y, x); they are resampled to the "
-                        "model's grid and cells reported in their own voxels. Default: the data "
-                        "root's brains.csv when a volume sits in <root>/raw/, else the model's own")
+                        "model's grid and cells reported in their own voxels. Default: an OME-Zarr's "
+                        "metadata, else the data root's brains.csv when a volume sits in <root>/raw/, "
+                        "else the model's own (a conflict is warned about)")
     p.add_argument("--chunk", type=_positive_int, nargs=3, metavar=("Z", "Y", "X"),
                    default=[64, 512, 512], help="chunk core size in voxels (default 64 512 512)")
     p.add_argument("--scheduler", metavar="ADDRESS",
@@ -178,11 +190,16 @@ def _check_detect_args(args: argparse.Namespace) -> list[str]:
     for v in args.volumes:
         if not Path(v).exists():
             raise ClarityInputError(f"{v}: no such file or folder")
-        volume_shape(v)
+        open_volume(v, args) if "level" in args else volume_shape(v)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise _CLIError(f"{out}: exists and is not a folder")
     return names
+
+
+def open_volume(path, args: argparse.Namespace) -> VolumeReader:
+    """A reader of ``path`` with the OME-Zarr level, channel and time point of ``args``."""
+    return VolumeReader(path, level=args.level, channel=args.channel, timepoint=args.timepoint)
 
 
 def detection_settings(args: argparse.Namespace, model) -> tuple[DetectionConfig, RunOptions]:
@@ -220,9 +237,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for v, name in zip(args.volumes, names):
         t0 = time.perf_counter()
-        voxel = tuple(args.voxel_size) if args.voxel_size else voxel_size_of(v)
-        res = detect_volume(v, model=model, config=config, run=run, threshold=args.threshold,
-                            voxel_um=voxel, preprocessed=args.preprocessed, name=name)
+        reader = open_volume(v, args)
+        voxel = voxel_size_of(v, given=args.voxel_size, level=args.level, stated=reader.voxel_um)
+        res = detect_volume(reader, model=model, config=config, run=run.replace(state_dir=out / STATE_FOLDER / name),
+                            threshold=args.threshold, voxel_um=voxel, preprocessed=args.preprocessed, name=name)
         csv_path = res.write_csv(out / f"{name}.csv")
         written = [str(csv_path)]
         if args.xml:
@@ -277,8 +295,7 @@ def cmd_count(args: argparse.Namespace) -> int:
     names = _check_detect_args(args)
     model = load_model(args.model, device=args.device)
     config, run = detection_settings(args, model)
-    specs = [VolumeSpec(name, str(v), tuple(volume_shape(v)),
-                        tuple(args.voxel_size) if args.voxel_size else voxel_size_of(v))
+    specs = [VolumeSpec(name, str(v), tuple(volume_shape(v)), voxel_size_of(v, given=args.voxel_size))
              for v, name in zip(args.volumes, names)]
     floor = args.floor if args.floor is not None else default_floor(model, config)
     settings = CountSettings(config, run, preprocessed=args.preprocessed, floor=floor)
@@ -500,7 +517,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # message below says it all
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():  # one line each: "clarity: warning: <file>: <problem>"
+            warnings.showwarning = lambda msg, *a, **k: print(f"clarity: warning: {msg}", file=sys.stderr)
+            return int(args.func(args))
     except (ClarityInputError, _CLIError) as exc:
         msg = " ".join(str(exc).split())  # one line, whatever the message holds
         print(f"clarity: error: {msg}", file=sys.stderr)

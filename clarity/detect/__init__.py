@@ -26,6 +26,7 @@ Modules, one per step:
 ``block``      one in-memory block: search, halo, NMS + rescoring + SNR gate; ``detect_block``
 ``chunks``     chunk tasks on local threads / processes or dask.distributed, worker caches
 ``volume``     ``detect_volume`` (N4 once, chunks, global NMS) and ``DetectionResult``
+``resume``     finished chunks recorded in a state folder; a rerun continues where a kill stopped
 ``log``        the LoG baseline and its threshold fit
 ``calibrate``  the detection threshold on completely labelled volumes, pooled threshold sweeps
 ``decoy``      a threshold without labels: the false detections estimated on a mirrored decoy
@@ -41,6 +42,7 @@ from .decoy import DecoyGate, decoy_detect, decoy_gate, decoy_volume
 from .filters import candidate_halo, find_candidates, find_peaks, local_snr
 from .log import fit_log_threshold, log_config, log_detect
 from .nms import nms
+from .resume import STATE_FOLDER, ChunkState
 from .score import refine_candidates, score_candidates, snap_candidates
 from .volume import DetectionResult, detect_volume
 
@@ -50,5 +52,5 @@ __all__ = [
     "find_candidates", "candidate_halo", "find_peaks", "local_snr", "score_candidates",
     "refine_candidates", "snap_candidates", "nms", "detect_block", "log_detect", "log_config",
     "fit_log_threshold", "calibrate_detection_threshold", "calibration_points", "pooled_sweep",
-    "DetectionResult", "detect_volume", "chunk_boxes",
+    "DetectionResult", "detect_volume", "chunk_boxes", "ChunkState", "STATE_FOLDER",
 ]

@@ -5,7 +5,9 @@ Every chunk task gets the same :class:`ChunkJob` (reader, bias field, normalisat
 model weights as plain numbers); a worker rebuilds the network once per process and caches it by
 weight hash (:func:`worker_model`); threads of one process lend each other sets of scratch buffers
 (:class:`clarity.detect.filters.BufferPool`), one set per task in flight, never two tasks at once.
-Results come back in chunk order whatever order the chunks finish in. Arrays are (z, y, x) voxels.
+Results come back in chunk order whatever order the chunks finish in; with a
+:class:`clarity.detect.resume.ChunkState` each chunk is recorded as it finishes and a rerun reads
+the recorded ones back (:func:`compute_chunks`). Arrays are (z, y, x) voxels.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-import os
 import threading
 import time
 import uuid
@@ -30,6 +31,7 @@ from ..io import ArrayReader, ClarityInputError, MemmapReader
 from ..model import CellCNN, ModelConfig, pick_device
 from ..preprocess import correct_volume
 from ..rescore import shape_features
+from ..resources import cpus
 from .block import BlockPlan, search_block
 from .filters import BufferPool, ScratchBuffers, local_snr
 from .grid import model_range, model_shape, resample_block
@@ -49,7 +51,7 @@ class ModelBlob:
     @classmethod
     def from_model(cls, net) -> "ModelBlob":
         state = {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
-        h = hashlib.sha1(repr(sorted(net.config.to_dict().items())).encode())
+        h = hashlib.sha256(repr(sorted(net.config.to_dict().items())).encode())
         for k in sorted(state):
             h.update(k.encode())
             h.update(np.ascontiguousarray(state[k]).tobytes())
@@ -192,11 +194,22 @@ def balanced_chunk(shape, chunk, workers: int, halo) -> tuple[int, int, int]:
 
 
 class ChunkProgress:
-    """tqdm over finished chunk tasks of a local dask computation (a scheduler callback)."""
+    """A tqdm bar over the voxels of finished chunk cores (Mvox/s, time left) that also hands
+    each finished chunk's result to ``on_done(i, result)``: a local dask scheduler callback
+    (:meth:`callback`) or called by hand (:meth:`done`)."""
 
-    def __init__(self, prefix: str, total: int, enabled: bool, desc: str):
+    def __init__(self, prefix: str, sizes: Sequence[int], *, initial: int = 0, enabled: bool, desc: str,
+                 on_done=None):
         self.prefix = prefix
-        self.bar = tqdm(total=total, desc=desc, unit="chunk", disable=not enabled)
+        self.sizes = [int(s) for s in sizes]
+        self.on_done = on_done
+        self.bar = tqdm(total=sum(self.sizes), initial=int(initial), desc=desc, unit="vox",
+                        unit_scale=True, disable=not enabled)
+
+    def done(self, i: int, result) -> None:
+        if self.on_done is not None:
+            self.on_done(i, result)
+        self.bar.update(self.sizes[i])
 
     def callback(self):
         outer = self
@@ -204,23 +217,19 @@ class ChunkProgress:
         class _CB(Callback):
             def _posttask(self, key, result, dsk, state, id):
                 k = key[0] if isinstance(key, tuple) else key
-                if isinstance(k, str) and k.startswith(outer.prefix):
-                    outer.bar.update(1)
+                if isinstance(k, str) and k.startswith(outer.prefix + "-"):
+                    outer.done(int(k[len(outer.prefix) + 1:]), result)
 
         return _CB()
 
 
-def compute_chunks(cores, shared: ChunkJob, *, scheduler, num_workers, progress, desc) -> list[dict]:
-    """Run :func:`run_chunk` over ``cores`` with dask; results in chunk order."""
-    prefix = f"clarity-detect-chunk-{shared.token}"
-    in_memory = isinstance(shared.reader, ArrayReader) and not isinstance(shared.reader, MemmapReader)
-    distributed = scheduler is not None and not (isinstance(scheduler, str) and
-                                                 scheduler in ("threads", "sync", "processes", "synchronous"))
-    local_ship = in_memory and (distributed or scheduler == "processes")
+def _chunk_tasks(cores, todo, shared: ChunkJob, prefix: str, local_ship: bool) -> list:
+    """One delayed :func:`run_chunk` per core index of ``todo`` (key ``<prefix>-<index>``)."""
     shared_d = (dask.delayed(shared, name=f"clarity-detect-shared-{shared.token}", traverse=False)
                 if not local_ship else None)
     tasks = []
-    for i, core in enumerate(cores):
+    for i in todo:
+        core = cores[i]
         if local_ship:
             # an in-memory array cannot be read by a remote worker: send each chunk's box
             lo = [max(0, c.start - h) for c, h in zip(core, shared.halo)]
@@ -228,28 +237,60 @@ def compute_chunks(cores, shared: ChunkJob, *, scheduler, num_workers, progress,
             block = shared.reader.array[tuple(slice(a, b) for a, b in zip(lo, hi))]
             if not hasattr(block, "__dask_graph__"):
                 block = np.asarray(block)  # a view of a numpy array; a dask array stays lazy
-            if i == 0:
+            if shared_d is None:
                 sh = replace(shared, reader=ArrayReader(np.zeros((1, 1, 1), np.uint8), shared.reader.name),
                              token=shared.token)
-                sh_d = dask.delayed(sh, name=f"clarity-detect-shared-{shared.token}", traverse=False)
-            tasks.append(dask.delayed(run_chunk, pure=False)(core, sh_d, block,
+                shared_d = dask.delayed(sh, name=f"clarity-detect-shared-{shared.token}", traverse=False)
+            tasks.append(dask.delayed(run_chunk, pure=False)(core, shared_d, block,
                                                               dask_key_name=f"{prefix}-{i}"))
         else:
             tasks.append(dask.delayed(run_chunk, pure=False)(core, shared_d, dask_key_name=f"{prefix}-{i}"))
-    if not distributed:
+    return tasks
+
+
+def compute_chunks(cores, shared: ChunkJob, *, scheduler, num_workers, progress, desc, state=None) -> list[dict]:
+    """Run :func:`run_chunk` over ``cores`` with dask; results in chunk order.
+
+    With ``state`` (:class:`clarity.detect.resume.ChunkState`) the chunks it holds are read back,
+    not computed, and each chunk computed is recorded there as soon as it finishes. The progress
+    bar counts the voxels of the chunk cores (those read back included).
+    """
+    prefix = f"clarity-detect-chunk-{shared.token}"
+    in_memory = isinstance(shared.reader, ArrayReader) and not isinstance(shared.reader, MemmapReader)
+    distributed = scheduler is not None and not (isinstance(scheduler, str) and
+                                                 scheduler in ("threads", "sync", "processes", "synchronous"))
+    local_ship = in_memory and (distributed or scheduler == "processes")
+    out: list = [state.load(c) if state is not None else None for c in cores]
+    todo = [i for i, r in enumerate(out) if r is None]
+    sizes = [int(np.prod([c.stop - c.start for c in core])) for core in cores]
+
+    def record(i, result):
+        out[i] = result
+        if state is not None:
+            state.record(cores[i], result)
+
+    prog = ChunkProgress(prefix, sizes, initial=sum(sizes) - sum(sizes[i] for i in todo), enabled=progress,
+                         desc=desc, on_done=record)
+    tasks = _chunk_tasks(cores, todo, shared, prefix, local_ship)
+    try:
+        if distributed:
+            _compute_distributed(tasks, todo, scheduler, prog)
+            return out
         sched = {"sync": "sync", "synchronous": "sync", "processes": "processes"}.get(scheduler, "threads")
-        workers = 1 if sched == "sync" else int(num_workers or os.cpu_count() or 1)
+        workers = 1 if sched == "sync" else int(num_workers or cpus())
         kw = {} if sched == "sync" else {"num_workers": workers}
-        prog = ChunkProgress(prefix, len(tasks), progress, desc)
         if sched != "processes":
             _POOLS[shared.token] = BufferPool()  # released when the run ends
-        try:
-            with prog.callback(), _torch_threads(min(workers, len(tasks)) if sched == "threads" else 1):
-                return list(dask.compute(*tasks, scheduler=sched, **kw))
-        finally:
-            _POOLS.pop(shared.token, None)
-            prog.bar.close()
-    return _compute_distributed(tasks, scheduler, progress=progress, desc=desc)
+        # torch's threads follow the whole run's chunk count (not the chunks left), so a resumed
+        # run computes each chunk exactly as an uninterrupted one
+        with prog.callback(), _torch_threads(min(workers, len(cores)) if sched == "threads" else 1):
+            results = dask.compute(*tasks, scheduler=sched, **kw)
+        for i, r in zip(todo, results):
+            out[i] = r
+        return out
+    finally:
+        _POOLS.pop(shared.token, None)
+        prog.bar.close()
 
 
 @contextlib.contextmanager
@@ -257,7 +298,7 @@ def _torch_threads(concurrent: int):
     """Give each of ``concurrent`` chunk threads its share of the cores for torch (no
     oversubscription: torch's intra-op pool is per process)."""
     before = torch.get_num_threads()
-    share = max(1, (os.cpu_count() or 1) // max(1, concurrent))
+    share = max(1, cpus() // max(1, concurrent))
     if share < before:
         torch.set_num_threads(share)
     try:
@@ -267,20 +308,18 @@ def _torch_threads(concurrent: int):
             torch.set_num_threads(before)
 
 
-def _compute_distributed(tasks, scheduler, *, progress: bool, desc: str) -> list[dict]:
+def _compute_distributed(tasks, todo: Sequence[int], scheduler, prog: ChunkProgress) -> None:
+    """Run ``tasks`` (the chunks ``todo``) on a dask.distributed cluster; each result goes to
+    ``prog.done`` as it arrives."""
     from distributed import Client, as_completed
     own = not isinstance(scheduler, Client)
     client = Client(scheduler, set_as_default=False) if own else scheduler
     try:
         futures = client.compute(tasks)
-        index = {f.key: i for i, f in enumerate(futures)}
-        out: list = [None] * len(futures)
-        with tqdm(total=len(futures), desc=desc, unit="chunk", disable=not progress) as bar, \
-                client.as_current():
+        index = {f.key: i for i, f in zip(todo, futures)}
+        with client.as_current():
             for fut in as_completed(futures):
-                out[index[fut.key]] = fut.result()
-                bar.update(1)
-        return out
+                prog.done(index[fut.key], fut.result())
     finally:
         if own:
             client.close()

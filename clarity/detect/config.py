@@ -279,6 +279,11 @@ class RunOptions:
     features : bool
         Add the shape-feature columns (:data:`clarity.rescore.SHAPE_FEATURES`) to the cells
         (which cells come out is unchanged).
+    state_dir : path or None
+        Record each finished chunk (and the N4 field and normalisation) in this folder, one per
+        volume, so that the same detection started again after a kill continues where it
+        stopped (:mod:`clarity.detect.resume`); records of another model, other settings or
+        a changed volume file are discarded with a note. None: nothing recorded.
     """
 
     chunk: tuple = (64, 512, 512)
@@ -288,6 +293,7 @@ class RunOptions:
     device: str | None = None
     progress: bool = True
     features: bool = False
+    state_dir: Any = None
 
     def __post_init__(self):
         c = tuple(int(v) for v in self.chunk)

@@ -5,7 +5,8 @@ the normalisation on a strided sample (unless the source is preprocessed), cuts 
 chunk *cores* that partition it, searches each core with a halo wide enough that every
 detection equals the one computed on the whole volume (:func:`clarity.detect.block.block_halo`),
 and finishes with one NMS over the cell list: the result does not depend on the chunking.
-Arrays are (z, y, x) in voxels.
+With ``RunOptions(state_dir=...)`` every finished chunk is recorded and a rerun continues where
+a killed run stopped (:mod:`clarity.detect.resume`). Arrays are (z, y, x) in voxels.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from ..io import open_source, write_cellcounter_xml, write_points_csv
 from ..model import pick_device
 from ..preprocess import N4Config, estimate_normalisation, fit_bias_field, shrink_factors
 from ..rescore import SHAPE_FEATURES
+from ..resources import cpus
 from .block import finish_detections, block_halo, plan_for
 from .chunks import ChunkJob, ModelBlob, balanced_chunk, chunk_boxes, compute_chunks
 from .config import DetectionConfig, RunOptions, resolve_config
 from .grid import scale_factors, to_input_voxels
+from .resume import ChunkState, state_key
 
 __all__ = ["DetectionResult", "detect_volume", "n4_config", "norm_stride"]
 
@@ -116,9 +119,15 @@ def norm_stride(shape, max_samples: int = 8_000_000) -> tuple[int, int, int]:
     return tuple(st)
 
 
-def _preprocessing(reader, shape, config: DetectionConfig, *, n4, field, norm, info: dict):
-    """The bias field and normalisation of a raw volume (fitted unless given); into ``info``."""
+def _preprocessing(reader, shape, config: DetectionConfig, *, n4, field, norm, info: dict,
+                   state: ChunkState | None = None):
+    """The bias field and normalisation of a raw volume (fitted unless given or recorded in
+    ``state``; recorded there once fitted); into ``info``."""
     t0 = time.perf_counter()
+    fit = field is None or norm is None
+    if state is not None and field is None and norm is None:
+        field, norm = state.load_preprocessing()
+        fit = field is None
     if field is None:
         field = fit_bias_field(reader, config=n4_config(shape, n4, config.n4_max_voxels))
     elif tuple(field.full_shape) != shape:
@@ -129,6 +138,8 @@ def _preprocessing(reader, shape, config: DetectionConfig, *, n4, field, norm, i
     t0 = time.perf_counter()
     if norm is None:
         norm = estimate_normalisation(reader, field, stride=norm_stride(shape))
+    if state is not None and fit:
+        state.record_preprocessing(field, norm)
     info["normalisation_s"] = time.perf_counter() - t0
     info["normalisation"] = norm.to_dict()
     return field, norm
@@ -170,25 +181,28 @@ def estimated_count(model, n_cells: int, *, config: DetectionConfig, rescorer, t
     return float(n_cells * factor)
 
 
-def _run_chunks(reader, shape, *, net, plan, field, norm, preprocessed, run: RunOptions, name, info,
-                factors=(1.0, 1.0, 1.0)):
+def _run_chunks(reader, shape, *, net, blob, plan, field, norm, preprocessed, run: RunOptions, name, info,
+                factors=(1.0, 1.0, 1.0), state: ChunkState | None = None):
     patch = net.patch_size if net is not None else 12
     halo = block_halo(plan, patch)  # model-grid voxels; +2 input voxels cover the interpolation
     if any(f != 1.0 for f in factors):
         halo = tuple(math.ceil(h / f) + 2 for h, f in zip(halo, factors))
     local = run.scheduler is None or (isinstance(run.scheduler, str) and run.scheduler in ("threads", "processes"))
-    workers = int(run.num_workers or os.cpu_count() or 1) if local else 1
-    chunk = balanced_chunk(shape, run.chunk, workers, halo)
+    workers = int(run.num_workers or cpus()) if local else 1
+    # a resumed run keeps the chunks of the run it continues (results do not depend on them)
+    chunk = (state.chunk if state is not None else None) or balanced_chunk(shape, run.chunk, workers, halo)
+    if state is not None:
+        state.set_chunk(chunk)
+        info["chunks_resumed"] = sum(state.chunk_path(c).exists() for c in chunk_boxes(shape, chunk))
     info["chunk"] = list(chunk)  # the core size used (requested: info["chunk_requested"])
     cores = chunk_boxes(shape, chunk)
     job = ChunkJob(reader=reader, field=field, norm=norm, preprocessed=bool(preprocessed), plan=plan,
-                   blob=ModelBlob.from_model(net) if net is not None else None, halo=halo, shape=shape,
-                   factors=tuple(factors))
+                   blob=blob, halo=halo, shape=shape, factors=tuple(factors))
     info.update({"halo": list(halo), "chunks": len(cores),
                  "device": str(pick_device(run.device)) if net is not None else "cpu"})
     t0 = time.perf_counter()
     results = compute_chunks(cores, job, scheduler=run.scheduler, num_workers=run.num_workers,
-                             progress=run.progress, desc=f"detect {name}")
+                             progress=run.progress, desc=f"detect {name}", state=state)
     info["chunks_s"] = time.perf_counter() - t0
     return results, len(cores)
 
@@ -211,10 +225,11 @@ def detect_volume(source, *, model=None, config: DetectionConfig | None = None,
 
     Parameters
     ----------
-    source : path or array (z, y, x)
-        A 3D TIFF, a folder of 2D TIFF planes, a ``.npy`` or a ``.zarr`` (read box by box in the
-        workers, never whole), or a numpy array / memory map / dask array. Raw intensities as
-        acquired, or normalised ones with ``preprocessed=True``.
+    source : path, VolumeReader or array (z, y, x)
+        A 3D TIFF, a folder of 2D TIFF planes, a ``.npy`` or an OME-Zarr / ``.zarr`` folder (read
+        box by box in the workers, never whole; a :class:`clarity.io.VolumeReader` to choose
+        another OME-Zarr level or a channel), or a numpy array / memory map / dask array. Raw
+        intensities as acquired, or normalised ones with ``preprocessed=True``.
     model : LoadedModel, CellCNN or path, keyword-only
         The patch CNN (:func:`clarity.model.load_model`); not needed in ``mode="log"``. Its
         weights are shipped to each worker once and the network rebuilt and cached there.
@@ -223,7 +238,9 @@ def detect_volume(source, *, model=None, config: DetectionConfig | None = None,
         threshold, count factor and rescorer were calibrated under), else ``DetectionConfig()``.
     run : RunOptions, keyword-only
         Chunk size, scheduler, workers, batch size, device, progress bars (speed only); with
-        ``features`` the shape-feature columns (:data:`clarity.rescore.SHAPE_FEATURES`).
+        ``features`` the shape-feature columns (:data:`clarity.rescore.SHAPE_FEATURES`); with
+        ``state_dir`` each finished chunk is recorded there and a rerun of the same detection
+        reads them back (:mod:`clarity.detect.resume`; ``info["chunks_resumed"]``).
     voxel_um : 3 floats, keyword-only
         The input's voxel size (z, y, x) in um. When it differs from the model's grid
         (``config.voxel_um``) the volume is resampled to that grid chunk by chunk
@@ -268,12 +285,22 @@ def detect_volume(source, *, model=None, config: DetectionConfig | None = None,
                             "model_voxel_um": None if cfg.voxel_um is None else list(cfg.voxel_um),
                             "scale_factors": list(factors),
                             "source": str(path) if path else vol_name}
+    blob = ModelBlob.from_model(net) if net is not None else None
+    state = None
+    if run.state_dir is not None:
+        if path is None:
+            raise ValueError("run.state_dir (recording chunks to resume) needs a volume read from a file")
+        state = ChunkState.open(run.state_dir, state_key(
+            model_token=blob.token if blob is not None else None, plan=plan, factors=factors,
+            preprocessed=preprocessed, n4=n4 or N4Config(), field=field, normalisation=normalisation,
+            reader=reader, path=path), name=vol_name)
     field_, norm = (None, None)
     if not preprocessed:
-        field_, norm = _preprocessing(reader, shape, cfg, n4=n4, field=field, norm=normalisation, info=info)
-    results, n_chunks = _run_chunks(reader, shape, net=net, plan=plan, field=field_, norm=norm,
+        field_, norm = _preprocessing(reader, shape, cfg, n4=n4, field=field, norm=normalisation, info=info,
+                                      state=state)
+    results, n_chunks = _run_chunks(reader, shape, net=net, blob=blob, plan=plan, field=field_, norm=norm,
                                     preprocessed=preprocessed, run=run, name=vol_name, info=info,
-                                    factors=factors)
+                                    factors=factors, state=state)
     if hasattr(reader, "check_unchanged"):
         reader.check_unchanged()  # a file rewritten during the run gives an error, never wrong cells
     t0 = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +19,7 @@ import numpy as np
 
 from .files import ClarityInputError
 from .labels import LABEL_SUFFIXES, is_label_image
+from .omezarr import is_zarr, open_ome_zarr, zarr_stem
 from .points import read_points
 from .volumes import TIFF_SUFFIXES, natural_key, read_volume
 
@@ -142,7 +144,9 @@ def _volumes_in(raw: Path) -> dict[str, Path]:
     for p in raw.iterdir():
         if p.name.startswith(".") or is_label_image(p):
             continue
-        if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES + (".npy",):
+        if p.is_dir() and is_zarr(p):
+            out[zarr_stem(p)] = p
+        elif p.is_file() and p.suffix.lower() in TIFF_SUFFIXES + (".npy",):
             out[p.stem] = p
         elif p.is_dir() and any(q.suffix.lower() in TIFF_SUFFIXES for q in p.iterdir()):
             out[p.name] = p
@@ -156,8 +160,9 @@ def _labels_of(folder: Path, name: str, suffixes: Sequence[str]) -> Path | None:
 def list_brains(data_dir: str | os.PathLike, *, names: Sequence[str] | None = None) -> list[Brain]:
     """The volumes of ``<data_dir>/raw`` in natural name order, with their brain and voxel size.
 
-    A volume is ``raw/<name>.tif``/``.tiff``/``.npy`` or a folder ``raw/<name>/`` of planes; its
-    annotations are ``raw/<name>.csv``, ``raw/<name>.xml`` or a label image
+    A volume is ``raw/<name>.tif``/``.tiff``/``.npy``, a folder ``raw/<name>/`` of planes or an
+    OME-Zarr ``raw/<name>.ome.zarr`` / ``raw/<name>.zarr`` (its level 0; its voxel size from the
+    metadata unless ``brains.csv`` states one); its annotations are ``raw/<name>.csv``, ``raw/<name>.xml`` or a label image
     ``raw/<name>_labels.tif|.tiff|.nii|.nii.gz``; complete labels, where known, are
     ``truth/<name>.csv`` (or a label image there). ``brains.csv`` at the root, when present, must
     list every volume (its brain and voxel size); a volume listed there but missing from ``raw/``
@@ -169,7 +174,7 @@ def list_brains(data_dir: str | os.PathLike, *, names: Sequence[str] | None = No
         raise ClarityInputError(f"{raw}: no raw/ folder in the data root {data_dir}")
     vols = _volumes_in(raw)
     if not vols:
-        raise ClarityInputError(f"{raw}: no brains (no .tif volumes or folders of TIFF planes)")
+        raise ClarityInputError(f"{raw}: no brains (no .tif volumes, folders of TIFF planes or .zarr)")
     meta_path = data_dir / BRAINS_CSV
     meta = read_brains_csv(meta_path) if meta_path.exists() else {}
     if meta:
@@ -184,8 +189,10 @@ def list_brains(data_dir: str | os.PathLike, *, names: Sequence[str] | None = No
         ann = _labels_of(raw, name, (".csv", ".xml") + LABEL_SUFFIXES)
         truth = _labels_of(data_dir / "truth", name, (".csv",) + LABEL_SUFFIXES)
         m = meta.get(name)
-        out.append(Brain(name, vols[name], ann, truth, group=m.brain if m else name,
-                         voxel_um=m.voxel_um if m else None))
+        voxel = m.voxel_um if m else None
+        if voxel is None and is_zarr(vols[name]):
+            voxel = open_ome_zarr(vols[name]).voxel_um
+        out.append(Brain(name, vols[name], ann, truth, group=m.brain if m else name, voxel_um=voxel))
     if names is not None:
         by = {b.name: b for b in out}
         unknown = [n for n in names if n not in by]
@@ -195,17 +202,47 @@ def list_brains(data_dir: str | os.PathLike, *, names: Sequence[str] | None = No
     return out
 
 
-def voxel_size_of(volume: str | os.PathLike) -> tuple[float, float, float] | None:
-    """The voxel size (z, y, x um) that the data root's ``brains.csv`` gives a volume file
-    ``<root>/raw/<name>.tif`` (or plane folder), or None when the volume is not in such a root
-    or its row states none."""
-    p = Path(volume)
+def _brains_csv_voxel_um(p: Path) -> tuple[float, float, float] | None:
     root = p.parent.parent
     if p.parent.name != "raw" or not (root / BRAINS_CSV).exists():
         return None
-    name = p.name if p.is_dir() else p.name[: -len(p.suffix)] if p.suffix else p.name
+    if is_zarr(p):
+        name = zarr_stem(p)
+    else:
+        name = p.name if p.is_dir() else p.name[: -len(p.suffix)] if p.suffix else p.name
     meta = read_brains_csv(root / BRAINS_CSV).get(name)
     return None if meta is None else meta.voxel_um
+
+
+def _um(v) -> str:
+    return " x ".join(f"{x:g}" for x in v) + " um"
+
+
+def voxel_size_of(volume: str | os.PathLike, *, given=None, level: int = 0,
+                  stated: tuple[float, float, float] | None = None) -> tuple[float, float, float] | None:
+    """The voxel size (z, y, x) in um of a volume: ``given`` if not None, else the row of the
+    data root's ``brains.csv`` when the volume is ``<root>/raw/<name>.tif`` (or a plane folder
+    or zarr), else the OME-Zarr metadata of a ``.zarr`` (of ``level``; ``stated`` when the
+    caller has read them already), else None.
+
+    Where two of these disagree (by more than 0.1 %), a warning names both and the one used
+    (``brains.csv`` describes the full resolution: it is not used for a level above 0).
+    """
+    p = Path(volume)
+    if is_zarr(p) and stated is None:
+        stated = open_ome_zarr(p, level=level).voxel_um
+    sources = [("the voxel size given", None if given is None else tuple(float(v) for v in given)),
+               (f"the data root's {BRAINS_CSV}", _brains_csv_voxel_um(p) if level == 0 else None),
+               ("its OME-Zarr metadata", stated)]
+    sources = [(what, v) for what, v in sources if v is not None]
+    if not sources:
+        return None
+    used, chosen = sources[0]
+    for what, v in sources[1:]:
+        if not np.allclose(v, chosen, rtol=1e-3, atol=0):
+            warnings.warn(f"{p}: {used} ({_um(chosen)}) differs from {what} ({_um(v)}); "
+                          f"using {used}", stacklevel=2)
+    return tuple(chosen)
 
 
 def brain_groups(volumes: Sequence[Brain]) -> dict[str, list[str]]:

@@ -1,7 +1,8 @@
 """Box-by-box readers of volumes too large for memory, picklable to dask workers.
 
-:func:`open_source` turns a path (3D TIFF, folder of 2D TIFF planes, ``.npy``, ``.zarr``) or an
-in-memory array into a reader whose ``read(box)`` returns the voxels of a (z, y, x) box. A file
+:func:`open_source` turns a path (3D TIFF, folder of 2D TIFF planes, ``.npy``, OME-Zarr / ``.zarr``),
+a :class:`VolumeReader` (e.g. of a chosen OME-Zarr level) or an in-memory array into a reader whose
+``read(box)`` returns the voxels of a (z, y, x) box. A file
 reader remembers the file's size and modification time when opened: :meth:`VolumeReader.check_unchanged`
 tells whether the file was rewritten since (a volume still being written when the detection
 began would otherwise be read half-written, silently).
@@ -16,15 +17,19 @@ import numpy as np
 import tifffile
 
 from .files import ClarityInputError
-from .volumes import lazy_volume, plane_files, volume_shape
+from .omezarr import is_zarr, open_ome_zarr, zarr_stamp, zarr_stem
+from .volumes import plane_files, volume_shape
 
 __all__ = ["file_stamp", "VolumeReader", "ArrayReader", "MemmapReader", "open_source"]
 
 
 def file_stamp(path: str | os.PathLike) -> tuple:
     """(size, modification time in ns) of a file; for a folder, the same of each file in it
-    (sorted by name), so that a plane being rewritten changes the stamp."""
+    (sorted by name), so that a plane being rewritten changes the stamp; for a zarr store, the
+    same of its metadata files only (:func:`clarity.io.omezarr.zarr_stamp`)."""
     p = Path(path)
+    if is_zarr(p) and p.is_dir():
+        return zarr_stamp(p)
     if p.is_dir():
         out = []
         for root, _, names in os.walk(p):
@@ -42,22 +47,51 @@ class VolumeReader:
 
     Uncompressed TIFFs and ``.npy`` files are read with positioned reads of the needed rows (no
     memory map, so the pages read never count towards the process's resident memory); compressed
-    TIFFs page by page; plane folders plane by plane; ``.zarr`` through dask.
+    TIFFs page by page; plane folders plane by plane; an OME-Zarr level (or plain zarr array)
+    chunk by chunk with zarr.
     ``reader[zs, ys, xs]`` (slices, steps allowed) returns a numpy array, so the reader serves as
     the array-like that :func:`clarity.preprocess.fit_bias_field` and
     :func:`clarity.preprocess.estimate_normalisation` read slab by slab.
+
+    Parameters
+    ----------
+    path : path
+    level, channel, timepoint : int, keyword-only
+        OME-Zarr only: the resolution level (0 = full) and, where the image holds several, the
+        channel and time point (:func:`clarity.io.omezarr.open_ome_zarr`).
+
+    Attributes
+    ----------
+    shape : (int, int, int)
+        (z, y, x) voxels.
+    voxel_um : (float, float, float) or None
+        (z, y, x) voxel size in um that the file states (OME-Zarr metadata); None otherwise.
+    selection : dict
+        The OME-Zarr level, channel and time point read (empty for other formats).
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, level: int = 0, channel: int | None = None,
+                 timepoint: int | None = None):
         self.path = Path(path)
         self.name = str(self.path)
-        self.shape = tuple(int(s) for s in volume_shape(self.path))
+        self.zarr = None
+        if is_zarr(self.path):
+            self.zarr = open_ome_zarr(self.path, level=level, channel=channel, timepoint=timepoint)
+            self.shape = self.zarr.shape
+        else:
+            if level or channel is not None or timepoint is not None:
+                raise ClarityInputError(f"{self.path}: a level, channel or time point applies to "
+                                        "OME-Zarr (.zarr) volumes only")
+            self.shape = tuple(int(s) for s in volume_shape(self.path))
+        self.voxel_um = self.zarr.voxel_um if self.zarr is not None else None
+        self.selection = self.zarr.selection if self.zarr is not None else {}
         self.stamp = file_stamp(self.path)
         self._impl = None
         self._open()
 
     def __getstate__(self):
-        return {"path": self.path, "shape": self.shape, "name": self.name, "stamp": self.stamp}
+        return {k: getattr(self, k) for k in ("path", "shape", "name", "stamp", "zarr", "voxel_um",
+                                              "selection")}
 
     def check_unchanged(self) -> None:
         """Raise :class:`ClarityInputError` if the file (or a plane of the folder) was rewritten,
@@ -73,7 +107,7 @@ class VolumeReader:
         self._impl = None
 
     def __dask_tokenize__(self):
-        return ("clarity-volume-reader", str(self.path), self.shape)
+        return ("clarity-volume-reader", str(self.path), self.shape, repr(self.selection))
 
     @property
     def ndim(self) -> int:
@@ -83,9 +117,8 @@ class VolumeReader:
         if self._impl is not None:
             return self._impl
         p = self.path
-        if p.suffix.lower() == ".zarr":
-            arr = lazy_volume(p)
-            self._impl = ("dask", arr, np.dtype(arr.dtype))
+        if self.zarr is not None:
+            self._impl = ("zarr", self.zarr.open(), self.zarr.dtype)
         elif p.is_dir():
             files = plane_files(p)
             try:
@@ -203,12 +236,11 @@ class VolumeReader:
             self.check_unchanged()  # one stat: a file still being written is not read silently
         if kind == "raw":
             out = self._read_raw(key, out)
-        elif kind in ("array", "dask"):
+        elif kind == "zarr":
+            out = self.zarr.read(key, obj)
+        elif kind == "array":
             try:
-                sub = obj[key]
-                out = np.asarray(sub.compute(scheduler="sync") if kind == "dask" else sub)
-            except ClarityInputError:
-                raise
+                out = np.asarray(obj[key])
             except Exception as exc:
                 raise ClarityInputError(f"{self.path}: pixel data unreadable ({exc})") from None
         else:
@@ -252,15 +284,17 @@ class ArrayReader:
 
 
 def open_source(source, name: str | None):
-    """(reader, name, path or None) for a path, numpy array / memmap or dask array."""
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
+    """(reader, name, path or None) for a path, a :class:`VolumeReader`, a numpy array / memmap
+    or a dask array."""
+    if isinstance(source, (str, os.PathLike, VolumeReader)):
+        reader = source if isinstance(source, VolumeReader) else None
+        path = Path(source.path if reader is not None else source)
         if not path.exists():
             raise ClarityInputError(f"{path}: no such file or folder")
-        reader = VolumeReader(path)
+        reader = reader or VolumeReader(path)
         stem = path.name[: -len(path.suffix)] if path.suffix and not path.is_dir() else path.name
-        if path.suffix.lower() == ".zarr":
-            stem = path.name[:-5]
+        if is_zarr(path):
+            stem = zarr_stem(path)
         return reader, name or stem, path
     arr = source
     if not hasattr(arr, "shape") or not hasattr(arr, "dtype"):

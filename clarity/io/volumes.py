@@ -1,4 +1,5 @@
-"""Volumes: 3D TIFFs, folders of 2D TIFF planes, .npy and .zarr, read whole, lazily or by shape."""
+"""Volumes: 3D TIFFs, folders of 2D TIFF planes, .npy and OME-Zarr / .zarr, read whole, lazily or by
+shape (a ``.zarr`` folder: its level 0, :mod:`clarity.io.omezarr`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import tifffile
 
 
 from .files import ClarityInputError
+from .omezarr import is_zarr, open_ome_zarr
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -130,11 +132,12 @@ def read_volume(path: str | os.PathLike, *, mmap: bool = True, check_finite: boo
     Parameters
     ----------
     path : path
-        A 3D TIFF, a folder of 2D TIFF planes (natural name order), or a ``.npy`` file.
+        A 3D TIFF, a folder of 2D TIFF planes (natural name order), a ``.npy`` file or an
+        OME-Zarr / ``.zarr`` folder (its full-resolution level).
     mmap : bool, keyword-only
         Memory-map the file where the format allows (uncompressed TIFF, ``.npy``), so a volume
-        larger than RAM opens lazily. A plane folder is always read into memory; use
-        :func:`lazy_volume` for large plane folders.
+        larger than RAM opens lazily. A plane folder or a zarr is always read into memory; use
+        :func:`lazy_volume` or :class:`clarity.io.VolumeReader` for large ones.
     check_finite : bool, keyword-only
         Reject float volumes holding NaN or inf (checked slab by slab).
 
@@ -149,7 +152,10 @@ def read_volume(path: str | os.PathLike, *, mmap: bool = True, check_finite: boo
         unequal shape; NaN/inf values; unsupported dtype.
     """
     path = Path(path)
-    if path.is_dir():
+    if is_zarr(path):
+        level = open_ome_zarr(path)
+        vol = level.read((slice(None),) * 3)
+    elif path.is_dir():
         files = plane_files(path)
         shape2, dtype = _plane_info(files)
         vol = np.empty((len(files),) + shape2, dtype=dtype)
@@ -179,8 +185,10 @@ def read_volume(path: str | os.PathLike, *, mmap: bool = True, check_finite: boo
 
 
 def volume_shape(path: str | os.PathLike) -> tuple[int, int, int]:
-    """(z, y, x) shape of a volume without reading its pixels."""
+    """(z, y, x) shape of a volume without reading its pixels (a zarr: its level 0)."""
     path = Path(path)
+    if is_zarr(path):
+        return open_ome_zarr(path).shape
     if path.is_dir():
         files = plane_files(path)
         shape2, _ = _plane_info(files)
@@ -199,7 +207,8 @@ def lazy_volume(path: str | os.PathLike, *, chunks=None):
     """Open a volume as a :class:`dask.array.Array` without reading it.
 
     Uncompressed TIFFs and ``.npy`` files are memory-mapped; compressed TIFFs and plane
-    folders are read plane by plane on demand; a ``.zarr`` folder is opened with zarr.
+    folders are read plane by plane on demand; a ``.zarr`` folder (its level 0,
+    :func:`clarity.io.omezarr.open_ome_zarr`) in its own chunks.
     ``chunks`` defaults to whole planes grouped in slabs of 16.
     Peak memory then depends on the chunk size, not on the volume size.
     """
@@ -207,12 +216,9 @@ def lazy_volume(path: str | os.PathLike, *, chunks=None):
     import dask.array as da
 
     path = Path(path)
-    if path.suffix.lower() == ".zarr":
-        try:
-            arr = da.from_zarr(str(path))
-        except Exception as exc:
-            raise ClarityInputError(f"{path}: not a readable zarr array ({exc})") from None
-        _squeeze_to(arr.shape, 3, path, "a volume")
+    if is_zarr(path):
+        level = open_ome_zarr(path)
+        arr = da.from_zarr(level.open())[level.key((slice(None),) * 3)]
         return arr if chunks is None else arr.rechunk(chunks)
     if path.is_dir():
         files = plane_files(path)

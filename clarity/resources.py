@@ -1,0 +1,40 @@
+"""How many CPU cores this process may use, one place for every stage that starts threads or processes.
+
+A notebook kernel of the headless report (:mod:`clarity.pipeline`) may share the machine with
+another one: the report tells it its share in the environment, ``CLARITY_CPUS``, and fixes torch's
+threads with ``OMP_NUM_THREADS`` (``REPORT_THREADS``). Outside the report nothing is set and a
+process uses every core.
+
+Only work whose result does not depend on the number of cores reads :func:`cpus` (N4 fits of
+several brains side by side, dask workers of the chunked detector): the numbers of a report depend
+on ``REPORT_THREADS`` (torch's floating-point reductions), never on how many notebooks ran at once.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["CPUS_ENV", "cpus"]
+
+#: environment variable with the cores a process may use (set by the report for each kernel)
+CPUS_ENV = "CLARITY_CPUS"
+
+
+def cpus() -> int:
+    """Cores this process may use: ``CLARITY_CPUS`` when set (a positive integer), else all of them.
+
+    Raises
+    ------
+    ValueError
+        ``CLARITY_CPUS`` is set but not a positive integer.
+    """
+    value = os.environ.get(CPUS_ENV, "").strip()
+    if not value:
+        return os.cpu_count() or 1
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{CPUS_ENV}={value!r}: the cores this process may use must be a positive integer")
+    return n
