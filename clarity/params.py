@@ -8,7 +8,7 @@ cell declares exactly the registry's names for that notebook, with the registry'
 default, and that the dataclasses whose defaults repeat one (``clarity.train.TrainConfig``,
 ``clarity.validate.SplitConfig`` ...) agree with it.
 
-Keys that steer the report itself (``SKIP_NOTEBOOKS``, ``COARSE``, ``N_BRAINS``, ``SYNTH_SHAPE``,
+Keys that steer the report itself (``SKIP_NOTEBOOKS``, ``REPORT_JOBS``, ``REPORT_THREADS``, ``COARSE``, ``N_BRAINS``, ``SYNTH_SHAPE``,
 ``SYNTH_DENSITY``) are declared here too, with no notebook. ``DATA_DIR``, ``RUN`` and ``SEED``
 come from the command line and ``SPLIT`` from the report (once per split): a parameter file
 cannot set them.
@@ -142,6 +142,13 @@ def _cell_size(value) -> None:
     _numbers(value, (1, 3))
 
 
+def _at_least(low: int) -> Callable[[Any], None]:
+    def check(value) -> None:
+        if value < low:
+            raise ValueError(f"expects an integer >= {low}, not {value!r}")
+    return check
+
+
 def _p(name, type_, default, stage, help_, nbs="", **kw) -> Param:
     notebooks = tuple(NOTEBOOKS[n] for n in nbs.split())
     nd = {NOTEBOOKS[k]: v for k, v in kw.pop("notebook_defaults", {}).items()}
@@ -157,6 +164,10 @@ _DECLARED = [
     _p("SKIP_NOTEBOOKS", str, "03_train", "report", 'notebooks the report leaves out (comma-separated file '
        'stems; default 03_train: its one split by brain is what every fold does, the final model comes from '
        '04b; "": run every notebook)'),
+    _p("REPORT_JOBS", int, 0, "report", "notebooks run at once where the order allows it (the folds of 04a; 04b, 05 "
+       "and 06; 07 and 08); 0: the cores divided by REPORT_THREADS", check=_at_least(0)),
+    _p("REPORT_THREADS", int, 1, "report", "torch threads of each notebook's kernel; the report's numbers depend on it "
+       "(floating-point order), never on REPORT_JOBS", check=_at_least(1)),
     # ---- data
     _p("DATA_DIR", str, "../data", "data", "data root with raw/ (truth/, brains.csv); relative to notebooks/",
        _ALL, set_by="--data-dir"),

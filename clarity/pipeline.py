@@ -26,6 +26,8 @@ import yaml
 from .io import ClarityInputError, atomic_write, brain_groups, list_brains
 from .params import PARAMS, check_params
 from .paths import PROJECT_ROOT, Paths
+from .resources import CPUS_ENV, cpus
+from .scheduler import Job, run_jobs
 from .synthetic import write_dataset
 from .validate.splits import train_val_volumes
 
@@ -36,19 +38,34 @@ NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 class Step:
     notebook: str              # file stem in notebooks/
     per_split: bool = False    # run once per validation split (SPLIT parameter)
+    after: tuple[str, ...] = ()  # notebooks whose files it reads: it starts when they have finished
 
 
 STEPS: tuple[Step, ...] = (
     Step("01_preprocess"),
-    Step("02_sample"),
-    Step("03_train"),
-    Step("04a_validate_fold", per_split=True),
-    Step("04b_cv_summary"),
-    Step("05_inspect_false_positives"),
-    Step("06_detect"),
-    Step("07_review_loop"),
-    Step("08_count_new_brain"),
+    Step("02_sample", after=("01_preprocess",)),
+    Step("03_train", after=("02_sample",)),
+    Step("04a_validate_fold", per_split=True, after=("02_sample",)),
+    Step("04b_cv_summary", after=("04a_validate_fold",)),
+    Step("05_inspect_false_positives", after=("04a_validate_fold",)),
+    Step("06_detect", after=("04a_validate_fold",)),
+    Step("07_review_loop", after=("05_inspect_false_positives", "06_detect")),
+    Step("08_count_new_brain", after=("06_detect",)),
 )
+
+
+def step_after(step: Step, params: dict) -> set[str]:
+    """The notebooks ``step`` waits for with these parameters: its own, plus 04b (the final model)
+    for the parts of 05 and 06 that read that model (``DETECTIONS`` without ``DETECTIONS_MODEL``,
+    ``REAL_COUNT``)."""
+    after = set(step.after)
+    final = "04b_cv_summary"
+    if step.notebook == "06_detect" and params.get("REAL_COUNT", PARAMS["REAL_COUNT"].default):
+        after.add(final)
+    if (step.notebook == "05_inspect_false_positives" and params.get("DETECTIONS")
+            and not params.get("DETECTIONS_MODEL")):
+        after.add(final)
+    return after
 
 
 def load_params(path: str | os.PathLike | None) -> dict:
@@ -157,6 +174,47 @@ def run_notebook(notebook: Path, output: Path, parameters: dict, *, cwd: Path) -
                         kernel_name="python3", progress_bar=False, log_output=False)
 
 
+def _execute(notebook: str, output: str, parameters: dict, cwd: str, env: dict) -> tuple[str, str] | None:
+    """One notebook under ``env`` (the kernel inherits it); ``(ename, evalue)`` if a cell failed."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        run_notebook(Path(notebook), Path(output), parameters, cwd=Path(cwd))
+    except pm.PapermillExecutionError as exc:
+        return str(exc.ename), str(exc.evalue)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return None
+
+
+def report_jobs(params: dict) -> tuple[int, int]:
+    """``(jobs, threads)``: notebooks at once and torch threads per kernel (``REPORT_JOBS``,
+    ``REPORT_THREADS``; jobs 0: the cores of :func:`clarity.resources.cpus` over the threads)."""
+    threads = int(params.get("REPORT_THREADS", PARAMS["REPORT_THREADS"].default))
+    jobs = int(params.get("REPORT_JOBS", PARAMS["REPORT_JOBS"].default)) or max(1, cpus() // threads)
+    return jobs, threads
+
+
+def _alone(step: Step, steps: Sequence[Step], after: dict[str, set[str]]) -> bool:
+    """Whether no other step can run beside ``step``: every other one comes before or after it."""
+    def ancestors(name: str) -> set[str]:
+        out, todo = set(), list(after.get(name, ()))
+        while todo:
+            n = todo.pop()
+            if n not in out:
+                out.add(n)
+                todo += list(after.get(n, ()))
+        return out
+
+    mine = ancestors(step.notebook)
+    return all(o.notebook == step.notebook or o.notebook in mine or step.notebook in ancestors(o.notebook)
+               for o in steps)
+
+
 def run_report(paths: Paths, *, seed: int = 0, params_file: str | os.PathLike | None = None,
                only: Sequence[str] | None = None, progress: bool = True) -> int:
     """Run the whole report. Returns 0 if every notebook succeeded, else 1."""
@@ -177,25 +235,26 @@ def run_report(paths: Paths, *, seed: int = 0, params_file: str | os.PathLike | 
 
 
 class _Timings:
-    """Seconds per notebook of this report, kept in ``reports/<run>/timings.csv`` (``step,seconds``;
-    a rerun replaces the rows of the steps it ran, written atomically)."""
+    """Seconds per notebook of this report, kept in ``reports/<run>/timings.csv`` (``step,seconds,
+    started``: ``started`` in seconds since the report's first notebook, so notebooks that ran side
+    by side show; a rerun replaces the rows of the steps it ran, written atomically)."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.rows: dict[str, float] = {}
+        self.rows: dict[str, tuple[float, float]] = {}
         if path.exists():
             try:
                 for line in path.read_text().splitlines()[1:]:
-                    step, sec = line.rsplit(",", 1)
-                    self.rows[step] = float(sec)
+                    step, sec, *start = line.rsplit(",", 2) if line.count(",") >= 2 else line.rsplit(",", 1)
+                    self.rows[step] = (float(sec), float(start[0]) if start else float("nan"))
             except ValueError:
                 self.rows = {}
 
-    def record(self, step: str, seconds: float) -> None:
-        self.rows[step] = round(float(seconds), 1)
+    def record(self, step: str, seconds: float, started: float = float("nan")) -> None:
+        self.rows[step] = (round(float(seconds), 1), round(float(started), 1))
         order = {s.notebook: i for i, s in enumerate(STEPS)}
         keys = sorted(self.rows, key=lambda k: (order.get(k.split(" ")[0], 99), k))
-        text = "step,seconds\n" + "".join(f"{k},{self.rows[k]}\n" for k in keys)
+        text = "step,seconds,started\n" + "".join(f"{k},{self.rows[k][0]},{self.rows[k][1]}\n" for k in keys)
         with atomic_write(self.path) as tmp:
             tmp.write_text(text)
 
@@ -210,6 +269,47 @@ def _review_labels_used(paths: Paths, params: dict) -> bool:
             return bool(json.loads(str(z["meta"])).get("review_labels_used", False))
     except (OSError, ValueError, KeyError):
         return False
+
+
+def _done(timings: _Timings, job: Job, seconds: float, started: float) -> None:
+    timings.record(job.label, seconds, started)
+    print(f"[clarity] {job.label} done in {seconds:.0f} s -> {job.args[1]}", flush=True)
+
+
+def _report_jobs(paths: Paths, base: dict, params: dict, *, only, threads: int) -> tuple[list[Job], dict]:
+    """The report's notebook runs in order (a split already done, a notebook skipped or not
+    present: none), and what each notebook waits for."""
+    skip = skipped(params)
+    cpus_all = str(cpus())
+    after = {s.notebook: step_after(s, base) for s in STEPS}
+    jobs: list[Job] = []
+    for step in STEPS:
+        if only and step.notebook not in only:
+            continue
+        if step.notebook in skip:
+            print(f"[clarity] {step.notebook}: skipped (SKIP_NOTEBOOKS)", flush=True)
+            continue
+        src = NOTEBOOK_DIR / f"{step.notebook}.ipynb"
+        if not src.exists():
+            print(f"[clarity] {src.name}: not present yet, skipped", flush=True)
+            continue
+        # torch's threads are the same for every kernel (the numbers depend on them); a notebook
+        # nothing can run beside may spread work whose result does not depend on it (N4 of
+        # several brains) over every core
+        alone = _alone(step, [s for s in STEPS if s.notebook not in skip], after) and not step.per_split
+        env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+               CPUS_ENV: cpus_all if alone else str(threads)}
+        outputs = [(s, paths.reports / f"{step.notebook}_{s}.ipynb") for s in splits(params)] \
+            if step.per_split else [(None, paths.reports / f"{step.notebook}.ipynb")]
+        for split, output in outputs:
+            if split is not None and (paths.fold_reports(split) / "done.json").exists():
+                print(f"[clarity] {step.notebook} [{split}]: already done, skipped "
+                      f"(delete {paths.fold_reports(split)} to redo)", flush=True)
+                continue
+            p = dict(base, **({"SPLIT": split} if split is not None else {}))
+            label = step.notebook + (f" [{split}]" if split else "")
+            jobs.append(Job(step.notebook, label, (str(src), str(output), p, str(NOTEBOOK_DIR)), env))
+    return jobs, after
 
 
 def _run_steps(paths: Paths, params: dict, *, seed: int, only) -> int:
@@ -227,43 +327,15 @@ def _run_steps(paths: Paths, params: dict, *, seed: int, only) -> int:
     params = {**params, "N_FOLDS": base["N_FOLDS"]}
     out_dir = paths.reports
     out_dir.mkdir(parents=True, exist_ok=True)
-    failures = []
     timings = _Timings(out_dir / "timings.csv")
+    n_jobs, threads = report_jobs(params)
+    jobs, after = _report_jobs(paths, base, params, only=only, threads=threads)
+    if n_jobs > 1:
+        print(f"[clarity] up to {n_jobs} notebooks at once, {threads} torch thread(s) each", flush=True)
     t_start = time.perf_counter()
-    skip = skipped(params)
-    for step in STEPS:
-        if only and step.notebook not in only:
-            continue
-        if step.notebook in skip:
-            print(f"[clarity] {step.notebook}: skipped (SKIP_NOTEBOOKS)", flush=True)
-            continue
-        src = NOTEBOOK_DIR / f"{step.notebook}.ipynb"
-        if not src.exists():
-            print(f"[clarity] {src.name}: not present yet, skipped", flush=True)
-            continue
-        jobs = [(s, out_dir / f"{step.notebook}_{s}.ipynb") for s in splits(params)] if step.per_split \
-            else [(None, out_dir / f"{step.notebook}.ipynb")]
-        for split, output in jobs:
-            if split is not None and (paths.fold_reports(split) / "done.json").exists():
-                print(f"[clarity] {step.notebook} [{split}]: already done, skipped "
-                      f"(delete {paths.fold_reports(split)} to redo)", flush=True)
-                continue
-            p = dict(base)
-            if split is not None:
-                p["SPLIT"] = split
-            label = f"{step.notebook}" + (f" [{split}]" if split else "")
-            t0 = time.perf_counter()
-            print(f"[clarity] {label} ...", flush=True)
-            try:
-                run_notebook(src, output, p, cwd=NOTEBOOK_DIR)
-            except pm.PapermillExecutionError as exc:
-                failures.append(label)
-                print(f"[clarity] {label} FAILED: {exc.ename}: {exc.evalue} -- see {output}", flush=True)
-                continue  # the other splits of a per-split step still run
-            timings.record(label, time.perf_counter() - t0)
-            print(f"[clarity] {label} done in {time.perf_counter() - t0:.0f} s -> {output}", flush=True)
-        if failures:
-            break  # later stages need this one
+    failures = run_jobs(jobs, after, _execute, n_jobs=n_jobs,
+                        on_done=lambda job, sec, start: _done(timings, job, sec, start),
+                        log=lambda line: print(line, flush=True))
     total = time.perf_counter() - t_start
     if (out_dir / "cv_metrics.csv").exists():
         # summary.md again, now that the notebooks have run (all, or those of --only): detection per brain

@@ -27,6 +27,7 @@ from scipy import ndimage as ndi
 from tqdm.auto import tqdm
 
 from .io import ClarityInputError, atomic_write, list_brains, read_volume
+from .resources import CPUS_ENV, cpus
 
 __all__ = [
     "N4Config", "BiasField", "shrink_factors", "downsample", "tissue_mask", "fit_bias_field",
@@ -210,7 +211,7 @@ def fit_bias_field(volume, *, config: N4Config | None = None, mask: np.ndarray |
     n4.SetMaximumNumberOfIterations([int(cfg.iterations)] * int(cfg.levels))
     n4.SetNumberOfControlPoints([int(cfg.control_points)] * 3)
     n4.SetConvergenceThreshold(float(cfg.convergence))
-    n4.SetNumberOfThreads(os.cpu_count() or 1)
+    n4.SetNumberOfThreads(cpus())
     n4.Execute(img, msk)
     log_field = sitk.GetArrayFromImage(n4.GetLogBiasFieldAsImage(img)).astype(np.float32)
     log_field -= np.median(log_field[mask]) if mask.any() else np.median(log_field)
@@ -366,25 +367,60 @@ def field_agreement(field: BiasField, true_field_small: np.ndarray, *, shrink: i
             "true_log_sd": float(t.std())}
 
 
+def _preprocess_one(name: str, volume, corrected, field, stats_path, true_field, config) -> dict:
+    """One brain of :func:`preprocess_dataset` (a worker process's job): correct, write, agree."""
+    stats = preprocess_brain(volume, corrected, field, config=config, progress=False)
+    if true_field is not None and Path(true_field).exists():
+        stats.update(field_agreement(load_bias_field(field), np.load(true_field)))
+    with atomic_write(Path(stats_path)) as tmp:
+        tmp.write_text(json.dumps(stats, indent=1))
+    return stats
+
+
+def _worker_share(share: int) -> None:
+    os.environ[CPUS_ENV] = str(share)  # each worker's N4 threads
+
+
 def preprocess_dataset(paths, *, brains=None, config: N4Config | None = None, force: bool = False,
-                       progress: bool = True):
+                       progress: bool = True, workers: int | None = None):
     """Preprocess every brain of a data root into ``data/interim`` (skipping finished ones unless
     ``force``). Returns a pandas DataFrame, one row per brain: seconds, background CV before and
     after, field fold and, on synthetic data (``truth/<brain>_field.npy``), the agreement of the
-    estimated field with the true one."""
-    rows = []
-    for b in tqdm(list_brains(paths.data_dir, names=brains), desc="N4", disable=not progress):
+    estimated field with the true one.
+
+    ``workers`` (keyword-only): brains corrected side by side in worker processes, the cores of
+    :func:`clarity.resources.cpus` shared between them; default as many as there are cores (at
+    most the brains to do). The results do not depend on it (N4 gives the same field on any
+    number of threads).
+    """
+    todo, stats_of = [], {}
+    chosen = list_brains(paths.data_dir, names=brains)
+    for b in chosen:
         stats_path = paths.interim / f"{b.name}_preprocess.json"
         done = paths.corrected(b.name).exists() and paths.field(b.name).exists() and stats_path.exists()
         if done and not force:
-            stats = json.loads(stats_path.read_text())
+            stats_of[b.name] = json.loads(stats_path.read_text())
         else:
-            stats = preprocess_brain(b.volume, paths.corrected(b.name), paths.field(b.name), config=config,
-                                     progress=False)
             true_field = paths.truth / f"{b.name}_field.npy"
-            if true_field.exists():
-                stats.update(field_agreement(load_bias_field(paths.field(b.name)), np.load(true_field)))
-            with atomic_write(stats_path) as tmp:
-                tmp.write_text(json.dumps(stats, indent=1))
-        rows.append({"brain": b.name, **{k: v for k, v in stats.items() if not isinstance(v, (dict, list))}})
+            todo.append((b.name, b.volume, paths.corrected(b.name), paths.field(b.name), stats_path,
+                         true_field if true_field.exists() else None, config))
+    n = max(1, min(len(todo), int(workers or cpus())))
+    bar = tqdm(total=len(chosen), initial=len(chosen) - len(todo), desc="N4", disable=not progress)
+    if n == 1:
+        for job in todo:
+            stats_of[job[0]] = _preprocess_one(*job)
+            bar.update()
+    else:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        with cf.ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_worker_share,
+                                    initargs=(max(1, cpus() // n),)) as pool:
+            futures = {pool.submit(_preprocess_one, *job): job[0] for job in todo}
+            for fut in cf.as_completed(futures):
+                stats_of[futures[fut]] = fut.result()
+                bar.update()
+    bar.close()
+    rows = [{"brain": b.name, **{k: v for k, v in stats_of[b.name].items() if not isinstance(v, (dict, list))}}
+            for b in chosen]
     return pd.DataFrame(rows)

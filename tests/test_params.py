@@ -58,7 +58,7 @@ def test_parameters_cell_agrees_with_the_registry(path):
 
 
 def test_every_registry_entry_is_consistent():
-    assert len(PARAMS) == 78  # 73 notebook parameters and 5 keys of the report itself
+    assert len(PARAMS) == 80  # 73 notebook parameters and 7 keys of the report itself
     for p in PARAMS.values():
         assert p.name.isupper() and p.stage in STAGES and p.help and "\n" not in p.help, p.name
         assert set(p.notebook_defaults) <= set(p.notebooks), p.name
@@ -70,7 +70,8 @@ def test_every_registry_entry_is_consistent():
     # "off" is one spelling: None, never 0.0, for optional numbers
     assert [n for n in ("MATCH_RADIUS_UM", "SCREEN_RECALL", "CELL_DIAMETER_UM") if PARAMS[n].default is not None] == []
     assert {n for n, p in PARAMS.items() if not p.notebooks} == {
-        "SKIP_NOTEBOOKS", "COARSE", "N_BRAINS", "SYNTH_SHAPE", "SYNTH_DENSITY"}
+        "SKIP_NOTEBOOKS", "REPORT_JOBS", "REPORT_THREADS", "COARSE", "N_BRAINS", "SYNTH_SHAPE",
+            "SYNTH_DENSITY"}
 
 
 def test_dataclass_defaults_agree_with_the_registry():

@@ -55,3 +55,32 @@ def test_preprocess_dataset_writes_interim_and_keeps_raw(data_root):
     assert f.info["normalisation"]["background"] > 0
     assert (data_root / "raw" / "b1.tif").read_bytes() == raw_bytes
     assert not list(paths.interim.glob(".*tmp*"))
+
+
+def test_preprocess_dataset_side_by_side_gives_the_same_files(data_root, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(data_root, other)
+    cfg = preprocess.N4Config(shrink=4, iterations=10)
+    one = preprocess.preprocess_dataset(Paths(data_dir=data_root, run="t"), config=cfg, progress=False, workers=1)
+    two = preprocess.preprocess_dataset(Paths(data_dir=other, run="t"), config=cfg, progress=False, workers=2)
+    assert list(two.brain) == list(one.brain) == ["b1", "b2"]  # the data root's order, not finishing order
+    np.testing.assert_array_equal(two.cv_after.to_numpy(), one.cv_after.to_numpy())
+    for b in ("b1", "b2"):
+        np.testing.assert_array_equal(np.load(Paths(data_dir=other).corrected(b)),
+                                      np.load(Paths(data_dir=data_root).corrected(b)))
+
+
+def test_cpus_reads_the_reports_share(monkeypatch):
+    import pytest
+
+    from clarity.resources import CPUS_ENV, cpus
+
+    monkeypatch.setenv(CPUS_ENV, "3")
+    assert cpus() == 3
+    monkeypatch.delenv(CPUS_ENV)
+    assert cpus() >= 1
+    monkeypatch.setenv(CPUS_ENV, "zero")
+    with pytest.raises(ValueError, match="CLARITY_CPUS"):
+        cpus()

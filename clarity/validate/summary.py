@@ -433,6 +433,11 @@ def _timings_section(reports_dir: Path) -> list[str]:
     lines = ["## Seconds per notebook", "", "| notebook | seconds |", "|---|---|"]
     lines += [f"| {r.step} | {r.seconds:.0f} |" for r in t.itertuples()]
     lines += [f"| **all** | **{t.seconds.sum():.0f}** |", ""]
+    if "started" in t and t.started.notna().all():
+        wall = float((t.started + t.seconds).max() - t.started.min())
+        if wall < t.seconds.sum() - 1:
+            lines += [f"Notebooks ran side by side where their order allows (`REPORT_JOBS`): {wall:.0f} s "
+                      "from the first notebook's start to the last one's end.", ""]
     return lines
 
 
