@@ -4,7 +4,10 @@ For every cross-validation fold, the fold's model (trained without the fold's te
 :func:`clarity.detect.detect_volume` on the raw test volumes, N4 included, and the detections are
 matched one-to-one (Hungarian, within ``radius`` voxels) against the complete truth (synthetic
 data) and against the partial annotations. The classical LoG detector, its threshold fitted on the
-fold's training brains, runs the same way as the baseline. Arrays are (z, y, x) voxels.
+fold's training brains, runs the same way as the baseline. Where the data root holds the human
+masks (``masks/<volume>_labels.tif``), every detection is also scored as DELiVR scores its own
+(:mod:`clarity.delivr_score`: a cell-sized blob at each detection that overlaps exactly one
+labelled component is a hit), columns ``delivr_*``. Arrays are (z, y, x) voxels.
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ from .detect import DetectionConfig, RunOptions, detect_volume, fit_log_threshol
 from .detect.block import resolve_rescorer
 from .detect.config import resolve_config
 from .detect.volume import estimated_count
+from .delivr_score import DelivrScore, delivr_score, mask_path, read_mask
 from .evaluate import count_calibration, match_points
-from .io import ClarityInputError, atomic_write, group_map, list_brains, read_volume
+from .io import ClarityInputError, atomic_write, group_map, list_brains, read_volume, volume_shape
+from .matching import safe_ratio
 from .model import load_model
 from .validate.splits import cv_folds
 
 __all__ = ["BrainCount", "score_counts", "match_rule", "heldout_detection", "calibration_table",
-           "per_brain_table", "write_heldout_candidates"]
+           "per_brain_table", "write_heldout_candidates", "delivr_scorer"]
 
 
 @dataclass
@@ -44,6 +49,7 @@ class BrainCount:
     annotation_match: object | None = None
     info: dict = field(default_factory=dict)
     candidates: "object | None" = None  # every scored candidate (NMS survivors from score 0), the CNN's row only
+    delivr: DelivrScore | None = None   # DELiVR's per-cell score against the human mask, where there is one
 
     def row(self) -> dict:
         r = {"brain": self.brain, "method": self.method, "n_detected": int(len(self.cells)),
@@ -58,6 +64,8 @@ class BrainCount:
         if t is not None:
             r.update({"n_true": t.n_true, "tp": t.tp, "fp": t.fp, "fn": t.fn, "precision": t.precision,
                       "recall": t.recall, "f1": t.f1, "count_error": t.count_error})
+        if self.delivr is not None:
+            r.update(self.delivr.as_row())
         est = self.info.get("estimated_count")
         if est is not None:
             r["estimated_count"] = float(est)
@@ -138,8 +146,34 @@ def heldout_detection(paths, *, variant: str = "cnn", n_folds: int = 4, mode: st
         for name in test:
             out += _detect_heldout(by_name[name], model, fold=k, variant=variant, config=config, run=run,
                                    match=match_rule(by_name[name], radius=radius, radius_um=radius_um),
-                                   log_threshold=log_thr, without_rescoring=compare_without_rescoring)
+                                   log_threshold=log_thr, without_rescoring=compare_without_rescoring,
+                                   delivr=delivr_scorer(paths.data_dir, by_name[name], config=config))
     return out
+
+
+def delivr_scorer(data_dir, brain, *, config: DetectionConfig | None = None):
+    """DELiVR's per-cell score (:func:`clarity.delivr_score.delivr_score`) of one volume's
+    detections against its human mask ``<data_dir>/masks/<volume>_labels.tif``, as a function of
+    the detections (a DataFrame with z, y, x voxels); ``None`` when the root has no mask for it.
+
+    The blob at each detection is the ellipsoid of the model's measured cell size
+    (``config.cell_diameter_um``, um, measured on the fold's training brains, the same for the
+    CNN and the LoG rows of a fold), on the volume's voxel size (``brains.csv``, else the
+    model's grid); without a measured size, the median extent of the mask's own components.
+    A mask of another shape than the volume raises :class:`~clarity.io.ClarityInputError`.
+    """
+    path = mask_path(data_dir, brain.name)
+    if path is None:
+        return None
+    labels = read_mask(path, shape=volume_shape(brain.volume))
+    voxel = brain.voxel_um or (config.voxel_um if config is not None else None)
+    diameter = config.cell_diameter_um if config is not None and voxel is not None else None
+
+    def score(cells) -> DelivrScore:
+        pts = cells[["z", "y", "x"]].to_numpy(float) if len(cells) else np.zeros((0, 3))
+        return delivr_score(pts, labels, voxel_um=voxel, cell_diameter_um=diameter)
+
+    return score
 
 
 def _log_config_of(config: DetectionConfig) -> DetectionConfig:
@@ -170,8 +204,10 @@ def _fit_log_baseline(paths, train_brains, *, radius: float, radius_um: float | 
 
 
 def _detect_heldout(b, model, *, fold: int, variant: str, config: DetectionConfig, run: RunOptions,
-                    match: tuple, log_threshold: float | None, without_rescoring: bool) -> list[BrainCount]:
-    """The CNN (with and without its rescorer) and the LoG baseline on one held-out brain."""
+                    match: tuple, log_threshold: float | None, without_rescoring: bool,
+                    delivr=None) -> list[BrainCount]:
+    """The CNN (with and without its rescorer) and the LoG baseline on one held-out brain;
+    ``delivr`` (:func:`delivr_scorer`) scores each method's cells against the human mask."""
     truth = b.truth_points() if b.truth is not None else None
     ann = b.points() if b.annotations is not None else None
     out = []
@@ -179,7 +215,7 @@ def _detect_heldout(b, model, *, fold: int, variant: str, config: DetectionConfi
     def record(method, cells, seconds, info, candidates=None):
         tm, am = score_counts(cells, truth=truth, annotations=ann, radius=match[0], scale=match[1])
         out.append(BrainCount(b.name, method, cells, seconds, tm, am, {"fold": fold, "group": b.group, **info},
-                              candidates))
+                              candidates, delivr(cells) if delivr is not None else None))
 
     def one(method, **kw):
         t0 = time.perf_counter()
@@ -247,7 +283,9 @@ def _cnn_once(b, model, *, variant: str, config: DetectionConfig, run: RunOption
 def calibration_table(counts: Sequence[BrainCount]):
     """Per-method summary: pooled precision/recall/F1 against truth, mean |count error|, the
     count calibration (slope, r of predicted vs true counts across brains), and the errors of the
-    estimated counts (``n_detected * count_factor``) where the model carries a count factor."""
+    estimated counts (``n_detected * count_factor``) where the model carries a count factor;
+    where every row was scored against a human mask, DELiVR's per-cell ``delivr_precision``,
+    ``delivr_recall``, ``delivr_f1`` from the summed counts (:mod:`clarity.delivr_score`)."""
     rows = []
     df = pd.DataFrame([c.row() for c in counts])
     for method, g in df.groupby("method", sort=False):
@@ -265,6 +303,10 @@ def calibration_table(counts: Sequence[BrainCount]):
             if "estimated_count" in g and g.estimated_count.notna().all():
                 r.update({"total_estimated_count_error": float(g.estimated_count.sum() / g.n_true.sum() - 1),
                           "mean_abs_estimated_count_error": float(np.abs(g.estimated_count_error).mean())})
+        if "delivr_tp" in g and g.delivr_tp.notna().all():  # DELiVR sums the counts, then scores
+            tp, fp, fn = (int(g[f"delivr_{k}"].sum()) for k in ("tp", "fp", "fn"))
+            r.update({"delivr_precision": safe_ratio(tp, tp + fp), "delivr_recall": safe_ratio(tp, tp + fn),
+                      "delivr_f1": safe_ratio(2 * tp, 2 * tp + fp + fn)})
         if "n_annotated" in g:
             r["recall_annotated"] = float(g.annotated_found.sum() / max(g.n_annotated.sum(), 1))
         r["seconds_per_brain"] = float(g.seconds.mean())
