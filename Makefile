@@ -16,6 +16,7 @@ SMOKE_DIR ?= /tmp/clarity-smoke
 REAL_DATA_DIR ?= data/delivr_cfos
 REAL_RUN ?= real
 REAL_PARAMS ?= notebooks/params/real.yaml
+MICROGLIA_DATA_DIR ?= data/delivr_microglia
 STAMP    := $(VENV)/.installed
 
 REPORT_ARGS := --data-dir $(DATA_DIR) --run $(RUN) --seed $(SEED) $(if $(PARAMS),--params $(PARAMS),)
@@ -46,6 +47,11 @@ report: $(STAMP) ## Main job: build data if DATA_DIR/raw is empty, run the noteb
 report-real: $(STAMP) ## The real report: the human-labelled light-sheet brains of datasets/delivr_cfos (copied to REAL_DATA_DIR), leave one brain out
 	@test -d $(REAL_DATA_DIR)/raw || (mkdir -p $(dir $(REAL_DATA_DIR)) && cp -r datasets/delivr_cfos $(REAL_DATA_DIR))
 	$(PY) -m clarity report --data-dir $(REAL_DATA_DIR) --run $(REAL_RUN) --seed $(SEED) --params $(REAL_PARAMS)
+
+.PHONY: report-microglia
+report-microglia: $(STAMP) ## The second marker: 64 volumes of 8 samples, microglia somata (datasets/delivr_microglia copied to MICROGLIA_DATA_DIR), 4 folds by sample (reports/microglia)
+	@test -d $(MICROGLIA_DATA_DIR)/raw || (mkdir -p $(dir $(MICROGLIA_DATA_DIR)) && cp -r datasets/delivr_microglia $(MICROGLIA_DATA_DIR))
+	$(PY) -m clarity report --data-dir $(MICROGLIA_DATA_DIR) --run microglia --seed $(SEED) --params $(REAL_PARAMS)
 
 .PHONY: report-real40
 report-real40: ## The real report in the seed's setting: trained on a seeded 40 % of the labels (reports/real40)
@@ -80,6 +86,12 @@ bench: $(STAMP) ## Print speed and memory figures (training, inference, whole-vo
 .PHONY: stress
 stress: $(STAMP) ## Same cells every time: repeated detection on threads, processes and a dask cluster
 	$(PY) bench/stress_detect.py
+
+BENCH_SCALE_ARGS ?=
+
+.PHONY: bench-scale
+bench-scale: $(STAMP) ## Peak memory and time against size: clarity detect on the bench volume and its 1.07 / 4.3 Gvox mirrors (OME-Zarr in DATA_DIR/bench, up to 11 GB); BENCH_SCALE_ARGS="--kill-at 0.5" adds the resume check
+	$(PY) bench/bench_scale.py --cache $(DATA_DIR)/bench $(BENCH_SCALE_ARGS)
 
 .PHONY: strip
 strip: $(STAMP) ## Strip outputs from the committed notebooks
