@@ -27,7 +27,7 @@ from scipy import ndimage as ndi
 from tqdm.auto import tqdm
 
 from .io import ClarityInputError, atomic_write, list_brains, read_volume
-from .resources import CPUS_ENV, cpus
+from .resources import CPUS_ENV, cpus, die_with_parent
 
 __all__ = [
     "N4Config", "BiasField", "shrink_factors", "downsample", "tissue_mask", "fit_bias_field",
@@ -80,12 +80,23 @@ def shrink_factors(shape: Sequence[int], shrink: int) -> tuple[int, int, int]:
 
 def downsample(volume, factors: Sequence[int], *, slab: int = 64) -> np.ndarray:
     """Block-mean downsample of a (z, y, x) volume by integer ``factors`` (trailing voxels that do
-    not fill a block are dropped), read slab by slab so a memory-mapped volume stays on disk."""
+    not fill a block are dropped), read at most ``slab`` raw planes at a time (also when one shrunk
+    plane spans more), so a memory-mapped or chunked volume stays on disk and memory stays flat."""
     fz, fy, fx = (int(f) for f in factors)
     nz, ny, nx = (s // f for s, f in zip(volume.shape, (fz, fy, fx)))
     if min(nz, ny, nx) < 1:
         raise ClarityInputError(f"volume of shape {volume.shape} is too small to shrink by {factors}")
     out = np.empty((nz, ny, nx), np.float32)
+    if fz > slab:  # one shrunk plane spans more raw planes than a read may hold: sum it in parts
+        part = max(1, int(slab))
+        for i in range(nz):
+            acc = np.zeros((ny, nx), np.float64)
+            for a in range(i * fz, (i + 1) * fz, part):
+                b = min((i + 1) * fz, a + part)
+                block = np.asarray(volume[a:b, : ny * fy, : nx * fx], dtype=np.float32)
+                acc += block.reshape(b - a, ny, fy, nx, fx).sum(axis=(0, 2, 4), dtype=np.float64)
+            out[i] = acc / (fz * fy * fx)
+        return out
     step = max(1, slab // fz)
     for i in range(0, nz, step):
         j = min(nz, i + step)
@@ -378,6 +389,7 @@ def _preprocess_one(name: str, volume, corrected, field, stats_path, true_field,
 
 
 def _worker_share(share: int) -> None:
+    die_with_parent()
     os.environ[CPUS_ENV] = str(share)  # each worker's N4 threads
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["CPUS_ENV", "cpus"]
+__all__ = ["CPUS_ENV", "cpus", "die_with_parent"]
 
 #: environment variable with the cores a process may use (set by the report for each kernel)
 CPUS_ENV = "CLARITY_CPUS"
@@ -38,3 +38,23 @@ def cpus() -> int:
     if n < 1:
         raise ValueError(f"{CPUS_ENV}={value!r}: the cores this process may use must be a positive integer")
     return n
+
+
+def die_with_parent() -> None:
+    """Make this process end when its parent does (Linux ``PR_SET_PDEATHSIG``; elsewhere nothing).
+
+    The initializer of every worker-process pool of clarity: a report or data build that is killed
+    (a preempted cluster job, Ctrl-C) leaves no worker running on, and a notebook kernel whose
+    worker ends exits too (ipykernel watches its parent).
+    """
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

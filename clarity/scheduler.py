@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
+from .resources import die_with_parent
+
 __all__ = ["Job", "run_jobs", "downstream"]
 
 
@@ -88,7 +90,8 @@ def run_jobs(jobs: Sequence[Job], after: Mapping[str, set[str]], fn: Callable, *
     pending, running, failures = list(jobs), {}, []
     left = {s: sum(j.step == s for j in jobs) for s in present}
     finished: set[str] = set()
-    pool = _Inline() if n_jobs <= 1 else cf.ProcessPoolExecutor(n_jobs, mp_context=mp.get_context("spawn"))
+    pool = _Inline() if n_jobs <= 1 else cf.ProcessPoolExecutor(n_jobs, mp_context=mp.get_context("spawn"),
+                                                              initializer=die_with_parent)
     t_start = time.perf_counter()
     try:
         while pending or running:

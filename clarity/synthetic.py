@@ -31,6 +31,7 @@ from scipy.spatial import cKDTree
 from tqdm.auto import tqdm
 
 from .io import BRAINS_CSV, DEFAULT_VOXEL_UM, atomic_write, save_npy, write_json, write_points_csv
+from .resources import die_with_parent
 
 __all__ = ["SyntheticConfig", "SyntheticBrain", "make_brain", "write_dataset", "brain_names", "untrained_model"]
 
@@ -389,7 +390,8 @@ def write_dataset(data_dir: str | os.PathLike, *, n_brains: int = 8, seed: int =
         import concurrent.futures as cf
         import multiprocessing as mp
 
-        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                    initializer=die_with_parent) as pool:
             for cfg_used in pool.map(_write_brain, *zip(*jobs)):
                 bar.update()
     bar.close()

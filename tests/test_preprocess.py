@@ -84,3 +84,20 @@ def test_cpus_reads_the_reports_share(monkeypatch):
     monkeypatch.setenv(CPUS_ENV, "zero")
     with pytest.raises(ValueError, match="CLARITY_CPUS"):
         cpus()
+
+
+def test_downsample_reads_few_planes_when_a_shrunk_plane_spans_many():
+    rng = np.random.default_rng(1)
+    vol = rng.integers(0, 4000, size=(40, 12, 12)).astype(np.uint16)
+
+    class Reader:  # records the planes of every read
+        shape, dtype, widest = vol.shape, vol.dtype, 0
+
+        def __getitem__(self, key):
+            Reader.widest = max(Reader.widest, key[0].stop - key[0].start)
+            return vol[key]
+
+    ref = vol[:40].astype(np.float64).reshape(2, 20, 6, 2, 6, 2).mean(axis=(1, 3, 5))
+    got = preprocess.downsample(Reader(), (20, 2, 2), slab=6)
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
+    assert Reader.widest <= 6

@@ -66,3 +66,45 @@ def test_a_failure_starts_nothing_new(tmp_path):
     ev = _events(log)
     assert ("start", "d") not in ev and ("start", "e") not in ev and ("start", "b") not in ev
     assert any("c FAILED: ValueError: boom" in x for x in lines)
+
+
+def test_workers_end_when_the_report_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    pids = tmp_path / "pids"
+    code = f"""
+import concurrent.futures as cf, multiprocessing as mp, os, time
+from clarity.resources import die_with_parent
+
+def work(path):
+    with open(path, "a") as f:
+        f.write(f"{{os.getpid()}}\\n")
+    time.sleep(60)
+
+if __name__ == "__main__":
+    with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=die_with_parent) as pool:
+        pool.submit(work, {str(pids)!r}).result()
+"""
+    script = tmp_path / "report.py"
+    script.write_text(code)
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=str(tmp_path),
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    deadline = time.time() + 60
+    while not (pids.exists() and pids.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.1)
+    worker = int(pids.read_text().split()[0])
+    proc.send_signal(signal.SIGKILL)  # no cleanup at all in the parent
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        raise AssertionError("the worker outlived its killed parent")
