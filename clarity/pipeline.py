@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import papermill as pm
 import yaml
 
 from .io import ClarityInputError, atomic_write, brain_groups, list_brains
@@ -163,6 +162,8 @@ def skipped(params: dict) -> set[str]:
 
 
 def _declared(notebook: Path) -> set[str]:
+    import papermill as pm  # here, not at the top: a notebook importing this module skips its 3 s
+
     return set(pm.inspect_notebook(str(notebook)).keys())
 
 
@@ -170,12 +171,16 @@ def run_notebook(notebook: Path, output: Path, parameters: dict, *, cwd: Path) -
     declared = _declared(notebook)
     params = {k: v for k, v in parameters.items() if k in declared}
     output.parent.mkdir(parents=True, exist_ok=True)
+    import papermill as pm
+
     pm.execute_notebook(str(notebook), str(output), parameters=params, cwd=str(cwd),
                         kernel_name="python3", progress_bar=False, log_output=False)
 
 
 def _execute(notebook: str, output: str, parameters: dict, cwd: str, env: dict) -> tuple[str, str] | None:
     """One notebook under ``env`` (the kernel inherits it); ``(ename, evalue)`` if a cell failed."""
+    import papermill as pm
+
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
