@@ -16,9 +16,10 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import yaml
 
@@ -181,19 +182,27 @@ def _execute(notebook: str, output: str, parameters: dict, cwd: str, env: dict) 
     """One notebook under ``env`` (the kernel inherits it); ``(ename, evalue)`` if a cell failed."""
     import papermill as pm
 
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    with _environ(env):
+        try:
+            run_notebook(Path(notebook), Path(output), parameters, cwd=Path(cwd))
+        except pm.PapermillExecutionError as exc:
+            return str(exc.ename), str(exc.evalue)
+    return None
+
+
+@contextmanager
+def _environ(values: dict) -> Iterator[None]:
+    """``os.environ`` updated with ``values`` inside the block, restored as it was after."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
-        run_notebook(Path(notebook), Path(output), parameters, cwd=Path(cwd))
-    except pm.PapermillExecutionError as exc:
-        return str(exc.ename), str(exc.evalue)
+        yield
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    return None
 
 
 def report_jobs(params: dict) -> tuple[int, int]:
@@ -226,17 +235,8 @@ def run_report(paths: Paths, *, seed: int = 0, params_file: str | os.PathLike | 
     params = load_params(params_file)
     ensure_dataset(paths, seed=seed, params=params, progress=progress)
     # roots reach the kernels through the environment (see clarity.paths.Paths); restored after
-    saved = {k: os.environ.get(k) for k in ("CLARITY_MODELS_ROOT", "CLARITY_REPORTS_ROOT")}
-    os.environ["CLARITY_MODELS_ROOT"] = str(paths.models_root)
-    os.environ["CLARITY_REPORTS_ROOT"] = str(paths.reports_root)
-    try:
+    with _environ({"CLARITY_MODELS_ROOT": str(paths.models_root), "CLARITY_REPORTS_ROOT": str(paths.reports_root)}):
         return _run_steps(paths, params, seed=seed, only=only)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class _Timings:

@@ -90,18 +90,18 @@ def run_jobs(jobs: Sequence[Job], after: Mapping[str, set[str]], fn: Callable, *
     pending, running, failures = list(jobs), {}, []
     left = {s: sum(j.step == s for j in jobs) for s in present}
     finished: set[str] = set()
+    begun: set[str] = set()  # steps with a job started
     pool = _Inline() if n_jobs <= 1 else cf.ProcessPoolExecutor(n_jobs, mp_context=mp.get_context("spawn"),
                                                               initializer=die_with_parent)
     t_start = time.perf_counter()
     try:
         while pending or running:
-            begun = {j.step for j, _ in running.values()} | {s for s in present if left[s] < sum(
-                j.step == s for j in jobs)}
             ready = [j for j in pending if waits[j.step] <= finished and (not failures or j.step in begun)]
             ready.sort(key=lambda j: (-rank[j.step], order[id(j)]))
             while ready and len(running) < max(1, n_jobs):
                 job = ready.pop(0)
                 pending.remove(job)
+                begun.add(job.step)
                 log(f"[clarity] {job.label} ...")
                 t0 = time.perf_counter()
                 running[pool.submit(fn, *job.args, job.env)] = (job, t0)
