@@ -44,6 +44,7 @@ from .detect.calibrate import calibration_points, cell_size_um
 from .detect.config import resolve_config
 from .detect.resume import STATE_FOLDER
 from .count import CountSettings, default_floor, VolumeSpec, count_from_review, draw_review_files
+from .count.design import DEFAULT_SCHEME, SCHEMES
 from .io import ClarityInputError, VolumeReader, is_zarr, list_brains, read_volume, volume_shape, voxel_size_of, zarr_stem
 from .model import calibration_path, load_model
 from .paths import Paths
@@ -261,7 +262,8 @@ def add_count_parser(subparsers) -> argparse.ArgumentParser:
         "count", help="count a brain from a review of its own candidates: its threshold, its count with a 95 %% interval",
         description="Without --decisions: detect the brain's volumes like clarity detect but keep every candidate "
                     "of the screen with its score (DIR/candidates/<name>.csv), write the model's own cells "
-                    "(DIR/<name>.csv) and draw N candidates over the whole score range, stratified by score with "
+                    "(DIR/<name>.csv) and draw N candidates over the whole score range, stratified by the higher of "
+                    "their score's and brightness's rank (or by score: --design score) with "
                     "known inclusion probabilities, into DIR/review.csv (volume,z,y,x,score,stratum,inclusion_p,"
                     "decision; review them in file order) and the design into DIR/review.json. With --decisions "
                     "(the same volumes; decisions cell, not a cell or unsure, some rows may stay empty): the "
@@ -277,6 +279,10 @@ def add_count_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, metavar="S",
                    help="seeds the draw and the review order (default 0); with --decisions the interval's "
                         "draws (default: the review's seed)")
+    p.add_argument("--design", choices=SCHEMES, default=DEFAULT_SCHEME,
+                   help="how the review is drawn: rank (default: strata of the higher of each candidate's score "
+                        "and brightness rank, finest at the top, equal draws per stratum) or score (strata of "
+                        "score, Neyman allocation with the score as prior); with --decisions the review's own")
     p.add_argument("--decisions", metavar="CSV", default=None,
                    help="the filled review file (DIR/review.csv): count the brain from its decisions")
     p.add_argument("--floor", type=_probability, default=None, metavar="F",
@@ -303,7 +309,7 @@ def cmd_count(args: argparse.Namespace) -> int:
     log = lambda line: print(line, flush=True)  # noqa: E731
     if args.decisions is None:
         draw_review_files(specs, model=model, settings=settings, out=out, n_review=args.review,
-                          seed=0 if args.seed is None else args.seed, log=log)
+                          seed=0 if args.seed is None else args.seed, scheme=args.design, log=log)
         return EXIT_OK
     rep = count_from_review(specs, model=model, settings=settings, out=out, decisions=args.decisions,
                             seed=args.seed, log=log)

@@ -116,7 +116,7 @@ def write_review(out: str | os.PathLike, pooled: pd.DataFrame, rows, design: Rev
     """
     out = Path(out)
     drawn = pooled.iloc[np.asarray(rows, np.int64)]
-    st = design.strata(drawn["score"].to_numpy(float))
+    st = design.strata_of(drawn)
     review = pd.DataFrame({"volume": drawn["volume"].to_numpy(), "z": drawn["z"].to_numpy(),
                            "y": drawn["y"].to_numpy(), "x": drawn["x"].to_numpy(),
                            "score": drawn["score"].to_numpy(float), "stratum": st,

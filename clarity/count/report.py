@@ -24,10 +24,11 @@ from ..io import ClarityInputError, list_brains
 from ..model import load_model
 from .files import read_candidates
 from .run import screen_info
+from .design import DEFAULT_SCHEME
 from .simulate import simulate_counting
 
-__all__ = ["heldout_candidates", "simulate_heldout", "simulation_summary", "simulation_figure", "summary_section",
-           "TARGETS"]
+__all__ = ["heldout_candidates", "simulate_heldout", "simulation_summary", "design_comparison", "simulation_figure",
+           "summary_section", "TARGETS"]
 
 #: Issue 19's bar at N = 200, per brain: median |count error|, coverage of the human count, F1 gap.
 TARGETS = {"median_abs_error": 0.10, "coverage": 0.90, "f1_gap": 0.03}
@@ -43,7 +44,8 @@ def heldout_candidates(paths) -> pd.DataFrame:
 
 
 def simulate_heldout(paths, *, sizes: Sequence[int] = (50, 100, 200), seeds: Sequence[int] = tuple(range(20)),
-                     radius: float = 6.0, radius_um: float | None = None, progress: bool = True) -> pd.DataFrame:
+                     radius: float = 6.0, radius_um: float | None = None, scheme: str = DEFAULT_SCHEME,
+                     progress: bool = True) -> pd.DataFrame:
     """Simulated reviews of every held-out brain (the volumes of one ``brains.csv`` brain pooled).
 
     Parameters
@@ -55,12 +57,14 @@ def simulate_heldout(paths, *, sizes: Sequence[int] = (50, 100, 200), seeds: Seq
         One simulated review per seed and size (>= 20 for a coverage).
     radius, radius_um : keyword-only
         Matching radius in voxels, or in um for volumes whose voxel size ``brains.csv`` states.
+    scheme : {"rank", "score"}, keyword-only
+        The review design (:func:`clarity.count.design.draw_review`).
     progress : bool, keyword-only
 
     Returns
     -------
     pandas.DataFrame: :func:`~clarity.count.simulate.simulate_counting`'s rows with ``brain``,
-    ``fold``, ``n_candidates`` and ``n_review_asked`` added.
+    ``fold``, ``n_candidates``, ``n_review_asked`` and ``design`` added.
 
     Raises
     ------
@@ -90,9 +94,10 @@ def simulate_heldout(paths, *, sizes: Sequence[int] = (50, 100, 200), seeds: Seq
             sim = simulate_counting(cand, labels, n_review=int(n), seeds=seeds,
                                     radius=None if use_um else float(radius),
                                     radius_um=float(radius_um) if use_um else None, voxel_um=voxel,
-                                    screen_recall=screen if screen.get("recall") else None, n_draws=5000)
+                                    screen_recall=screen if screen.get("recall") else None, n_draws=5000,
+                                    design={"scheme": scheme})
             frames.append(sim.assign(brain=group, fold=int(rows.fold.iloc[0]), n_candidates=len(cand),
-                                     n_review_asked=int(n)))
+                                     n_review_asked=int(n), design=scheme))
     if not frames:
         raise ClarityInputError(f"{paths.reports / '06_candidates'}: no held-out volumes")
     out = pd.concat(frames, ignore_index=True)
@@ -121,6 +126,26 @@ def simulation_summary(sim: pd.DataFrame) -> pd.DataFrame:
                                   and r["coverage"] >= TARGETS["coverage"] and gap <= TARGETS["f1_gap"])
         rows.append(r)
     return pd.DataFrame(rows)
+
+
+def design_comparison(sims: dict) -> pd.DataFrame:
+    """Review designs side by side: per brain and design, at the largest review size all of them
+    simulated, the median |count error|, the coverage of the human count, the median relative
+    interval width and the F1 gap (:func:`simulation_summary`'s columns).
+
+    Parameters
+    ----------
+    sims : dict
+        design name -> :func:`simulate_heldout`'s rows (same brains and seeds).
+    """
+    n = min(int(s.n_review_asked.max()) for s in sims.values())
+    parts = []
+    for name, s in sims.items():
+        t = simulation_summary(s[s.n_review_asked == n])
+        parts.append(t[["brain", "n_review", "seeds", "median_abs_error", "coverage", "median_relative_width",
+                        "f1_gap", "meets_targets"]].assign(design=name))
+    out = pd.concat(parts, ignore_index=True)
+    return out[["brain", "design", *[c for c in out.columns if c not in ("brain", "design")]]]
 
 
 def simulation_figure(sim: pd.DataFrame):
@@ -187,4 +212,16 @@ def summary_section(reports_dir) -> list[str]:
         lines.append(f"| {r.brain} | {r.n_review} | {r.human_count:,} | {r.median_estimate:,.0f} | "
                      f"{r.median_abs_error:.1%} | {r.coverage:.0%} | {r.median_relative_width:.0%} | "
                      f"{r.median_f1:.3f} | {r.oracle_f1:.3f} | {r.screen_recall_here:.3f} |")
-    return lines + ["", "See `08_count_simulation.csv` (one row per review) and `08_count_simulation.png`.", ""]
+    lines += ["", "See `08_count_simulation.csv` (one row per review) and `08_count_simulation.png`.", ""]
+    d = reports_dir / "08_count_designs.csv"
+    if d.exists():
+        t = pd.read_csv(d)
+        lines += [f"The review designs at N = {int(t.n_review.max())} (median abs. error / coverage; "
+                  f"`{m.get('design', DEFAULT_SCHEME)}` is the one `clarity count` draws by default):", "",
+                  "| brain | " + " | ".join(dict.fromkeys(t.design)) + " |",
+                  "|---|" + "---|" * t.design.nunique()]
+        for brain, g in t.groupby("brain", sort=False):
+            lines.append(f"| {brain} | " + " | ".join(f"{r.median_abs_error:.1%} / {r.coverage:.0%}"
+                                                      for r in g.itertuples()) + " |")
+        lines.append("")
+    return lines

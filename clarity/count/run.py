@@ -26,7 +26,7 @@ from ..detect.block import plan_for, resolve_rescorer
 from ..detect.volume import estimated_count
 from ..io import ClarityInputError, write_json
 from .decisions import read_decisions
-from .design import DEFAULT_MIN_PER_STRATUM, draw_review
+from .design import BRIGHTNESS_COLUMN, DEFAULT_MIN_PER_STRATUM, DEFAULT_SCHEME, draw_review
 from .estimate import CELL, NOT_CELL, UNSURE, recount, screen_correction
 from .figure import count_figure
 from .files import (candidates_frame, file_sha256, model_fingerprint, pool_candidates, read_candidates,
@@ -129,7 +129,7 @@ def default_floor(model, config: DetectionConfig) -> float:
 
 def draw_review_files(specs, *, model, settings: CountSettings, out, n_review: int = 200, seed: int = 0,
                       n_strata: int | None = None, min_per_stratum: int = DEFAULT_MIN_PER_STRATUM,
-                      log=print) -> dict:
+                      scheme: str = DEFAULT_SCHEME, log=print) -> dict:
     """Step 1: detect, write the candidates, the model's cells and the review (see the module note).
 
     Parameters
@@ -144,8 +144,9 @@ def draw_review_files(specs, *, model, settings: CountSettings, out, n_review: i
         Candidates to draw.
     seed : int, keyword-only
         Seeds the draw and the review order.
-    n_strata, min_per_stratum : keyword-only
-        See :func:`clarity.count.design.draw_review`.
+    n_strata, min_per_stratum, scheme : keyword-only
+        See :func:`clarity.count.design.draw_review` (the "rank" design stratifies on the score
+        and the candidates' brightness).
     log : callable, keyword-only
         Called with one line per volume.
 
@@ -175,13 +176,14 @@ def draw_review_files(specs, *, model, settings: CountSettings, out, n_review: i
     pooled = pool_candidates(frames)
     if not len(pooled):
         raise ClarityInputError(f"{', '.join(s.source for s in specs)}: no candidate in any volume; nothing to review")
+    bright = pooled[BRIGHTNESS_COLUMN].to_numpy(float) if BRIGHTNESS_COLUMN in pooled else None
     rows, design = draw_review(pooled["score"].to_numpy(float), n_review=n_review, seed=seed, n_strata=n_strata,
-                               min_per_stratum=min_per_stratum)
+                               min_per_stratum=min_per_stratum, brightness=bright, scheme=scheme)
     meta = {"model": model_fingerprint(model, threshold=thr), "floor": float(min(settings.floor, thr)),
             "detection_config": settings.config.to_dict(), "volumes": vols, "seed": int(seed),
             "screen": screen_info(model)}
     csv_path, json_path = write_review(out, pooled, rows, design, meta=meta)
-    log(f"review: {len(rows)} of {len(pooled)} candidates drawn over {design.n_strata} score strata "
+    log(f"review: {len(rows)} of {len(pooled)} candidates drawn over {design.n_strata} strata ({scheme} design) "
         f"(seed {seed}) -> {csv_path}, {json_path}")
     return {**meta, "design": design, "review_csv": csv_path, "review_json": json_path}
 
@@ -240,10 +242,13 @@ def _load_candidates(specs, info: dict, *, out: Path, model, settings: CountSett
 def _attach_decisions(pooled: pd.DataFrame, decided: pd.DataFrame, design, where: Path) -> pd.DataFrame:
     """``pooled`` with its stratum and the decisions of the drawn rows; checks that the candidates
     are those the review was drawn from (same N_h, every drawn row present)."""
-    pooled = pooled.assign(stratum=design.strata(pooled["score"].to_numpy(float)), decision=None)
+    try:
+        pooled = pooled.assign(stratum=design.strata_of(pooled), decision=None)
+    except ValueError as exc:
+        raise ClarityInputError(f"{where}: {exc}") from None
     N = np.bincount(pooled["stratum"], minlength=design.n_strata)
     if tuple(int(v) for v in N) != tuple(design.population):
-        raise ClarityInputError(f"{where}: the candidates per score stratum {N.tolist()} are not those the review "
+        raise ClarityInputError(f"{where}: the candidates per stratum {N.tolist()} are not those the review "
                                 f"was drawn from {list(design.population)}; draw the review again")
     key = pd.MultiIndex.from_frame(pooled[["volume", "z", "y", "x"]])
     pos = key.get_indexer(pd.MultiIndex.from_frame(decided[["volume", "z", "y", "x"]]))

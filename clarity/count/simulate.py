@@ -3,7 +3,7 @@
 :func:`simulate_counting` stands in for a person: for one brain's candidates (every candidate of
 the screen with its score, as ``DIR/candidates/<volume>.csv`` holds them) and its labelled cell
 centres, it draws the review with each seed exactly as ``clarity count`` does
-(:func:`clarity.count.design.draw_review`: only scores and the seed, never the labels), decides
+(:func:`clarity.count.design.draw_review`: only scores, brightness and the seed, never the labels), decides
 each drawn candidate from the labels, runs the same estimator (:func:`clarity.count.estimate.recount`)
 and scores the count and the cells written against the labels.
 
@@ -34,7 +34,7 @@ import pandas as pd
 
 from ..detect.calibrate import pooled_sweep
 from ..matching import match_points
-from .design import DEFAULT_MIN_PER_STRATUM, draw_review
+from .design import BRIGHTNESS_COLUMN, draw_review
 from .estimate import CELL, NOT_CELL, recount, screen_correction
 
 __all__ = ["simulate_counting", "candidate_truth", "oracle_f1"]
@@ -130,8 +130,7 @@ def oracle_f1(candidates: pd.DataFrame, labels, *, radius: float | None = None, 
 
 def simulate_counting(candidates: pd.DataFrame, labels, *, n_review: int, seeds, radius: float | None = None,
                       radius_um: float | None = None, voxel_um=None, screen_recall=None,
-                      n_strata: int | None = None, min_per_stratum: int = DEFAULT_MIN_PER_STRATUM,
-                      n_draws: int = 20000) -> pd.DataFrame:
+                      design: Mapping | None = None, n_draws: int = 20000) -> pd.DataFrame:
     """Count one brain from simulated reviews of ``n_review`` candidates, one per seed.
 
     Parameters
@@ -153,8 +152,10 @@ def simulate_counting(candidates: pd.DataFrame, labels, *, n_review: int, seeds,
         The screen's recall measured on *other* brains (a float, or :func:`clarity.count.run.screen_info`'s
         dict with ``recall`` and ``n_cells``): ``estimate``, ``ci_lo``, ``ci_hi`` and ``covered``
         are then corrected for it (see the module note). None: uncorrected.
-    n_strata, min_per_stratum : keyword-only
-        The design (:func:`clarity.count.design.draw_review`).
+    design : dict, keyword-only
+        Keywords of :func:`clarity.count.design.draw_review` (``scheme``, ``n_strata``,
+        ``min_per_stratum``, ``top_share``...; default: ``clarity count``'s design). The "rank"
+        design reads the candidates' ``response`` as brightness where they have one.
     n_draws : int, keyword-only
         Draws of the interval.
 
@@ -177,15 +178,15 @@ def simulate_counting(candidates: pd.DataFrame, labels, *, n_review: int, seeds,
     sr = screen_recall.get("recall") if isinstance(screen_recall, Mapping) else screen_recall
     sr_n = screen_recall.get("n_cells") if isinstance(screen_recall, Mapping) else None
     human = summary["human_count"]
+    bright = cand[BRIGHTNESS_COLUMN].to_numpy(float) if BRIGHTNESS_COLUMN in cand else None
     rows = []
     for seed in seeds:
         t0 = time.perf_counter()
-        drawn, design = draw_review(s, n_review=n_review, seed=int(seed), n_strata=n_strata,
-                                    min_per_stratum=min_per_stratum)
+        drawn, d = draw_review(s, n_review=n_review, seed=int(seed), brightness=bright, **dict(design or {}))
         dec = np.full(len(cand), None, dtype=object)
         dec[drawn] = np.where(truth[drawn], CELL, NOT_CELL)
-        frame = cand.assign(stratum=design.strata(s), decision=dec)
-        rc = recount(frame, model_threshold=0.5, n_strata=design.n_strata, n_draws=n_draws, seed=int(seed))
+        frame = cand.assign(stratum=d.strata(s, bright), decision=dec)
+        rc = recount(frame, model_threshold=0.5, n_strata=d.n_strata, n_draws=n_draws, seed=int(seed))
         est, (lo, hi) = rc.count.estimate, rc.count.ci
         e_h, lo_h, hi_h = est, lo, hi
         if sr:
