@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["CPUS_ENV", "cpus", "die_with_parent"]
+__all__ = ["CPUS_ENV", "cpus", "die_with_parent", "limit_heap_arenas", "release_memory"]
 
 #: environment variable with the cores a process may use (set by the report for each kernel)
 CPUS_ENV = "CLARITY_CPUS"
@@ -58,3 +58,38 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def _libc():
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def limit_heap_arenas(n: int) -> bool:
+    """Let glibc's malloc keep at most ``n`` heap arenas (``mallopt(M_ARENA_MAX, n)``).
+
+    Worker threads that each allocate and free large arrays (a chunk's blocks) otherwise get an
+    arena each, up to 8 per core, and every arena keeps the pages it freed: the process's memory
+    then grows with the chunks processed, not with the chunks in flight. Only arenas created after
+    the call are limited. Returns False where it is not glibc (nothing done).
+    """
+    libc = _libc()
+    if libc is None:
+        return False
+    return bool(libc.mallopt(-8, max(1, int(n))))  # -8 = M_ARENA_MAX
+
+
+def release_memory() -> bool:
+    """Hand the heap pages malloc holds free back to the operating system (glibc ``malloc_trim``;
+    elsewhere nothing). Returns whether any memory was released."""
+    libc = _libc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False

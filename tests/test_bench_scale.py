@@ -82,3 +82,22 @@ def test_parse_sizes(bench_scale):
     assert bench_scale.parse_sizes("1x1x1,3x1x2") == [("base", (1, 1, 1)), ("3x1x2", (3, 1, 2))]
     with pytest.raises(Exception):
         bench_scale.parse_sizes("huge")
+
+
+def test_time_ratio_uses_both_runs_of_the_bracketing_size(bench_scale):
+    def row(vox, detect_s, seconds, peak, **kw):
+        return {"shape": [1, 1, vox], "voxels": vox, "seconds": seconds, "detect_s": detect_s, "peak_rss": peak,
+                "cells": 1, "cpu_s": 1.0, "returncode": 0, **kw}
+
+    rows = {"base": row(1, 1.0, 1.0, 100), "2x2x2": row(8, 8.0, 9.0, 110),
+            "4x2x4": row(32, 40.0, 41.0, 120)}
+    _, rec = bench_scale.summary(rows, None)
+    value = {r["name"]: r["value"] for r in rec if r["kind"] == "ratio"}
+    assert value["detect_s_per_voxel 4x2x4/2x2x2"] == pytest.approx((40 / 32) / (8 / 8), abs=1e-4)
+    assert value["peak_rss 4x2x4/base"] == pytest.approx(1.2, abs=1e-4)
+    rows["2x2x2"].update(detect_s_runs=[8.0, 12.0], seconds_runs=[9.0, 13.0])  # slower the second time
+    lines, rec = bench_scale.summary(rows, None)
+    value = {r["name"]: r["value"] for r in rec if r["kind"] == "ratio"}
+    assert value["detect_s_per_voxel 4x2x4/2x2x2"] == pytest.approx((40 / 32) / (10 / 8), abs=1e-4)
+    assert value["wall_s_per_voxel 4x2x4/2x2x2"] == pytest.approx((41 / 32) / (11 / 8), abs=1e-4)
+    assert any("before and after" in line for line in lines)

@@ -31,7 +31,7 @@ from ..io import ArrayReader, ClarityInputError, MemmapReader
 from ..model import CellCNN, ModelConfig, pick_device
 from ..preprocess import correct_volume
 from ..rescore import shape_features
-from ..resources import cpus
+from ..resources import cpus, release_memory
 from .block import BlockPlan, search_block
 from .filters import BufferPool, ScratchBuffers, local_snr
 from .grid import model_range, model_shape, resample_block
@@ -80,13 +80,40 @@ def worker_model(blob: ModelBlob, device: str | None):
     return net
 
 
-def chunk_boxes(shape: Sequence[int], chunk: Sequence[int]) -> list[tuple[slice, slice, slice]]:
-    """The chunk cores: boxes of at most ``chunk`` voxels (z, y, x) that partition ``shape``."""
+def _axis_cores(n: int, c: int, h: int) -> list[slice]:
+    """Cores along one axis, each at most ``c`` long and, read with its halo ``h`` on either side,
+    at most ``c + h`` voxels: as few as that allows, evenly sized (the two end cores ``h`` longer
+    than the ones between, whose halo is on both sides). Without a halo (or when the cores between
+    would be under ``c / 2``): ``c`` each, the last one shorter."""
+    if n <= c:
+        return [slice(0, n)]
+    if not (0 < h and 2 * (c - h) >= c):
+        return [slice(a, min(a + c, n)) for a in range(0, n, c)]
+    k = max(0, math.ceil((n - 2 * c) / (c - h)))  # cores between the two end cores
+    e = (n + k * h) / (k + 2)                     # end core length; the others e - h
+    sizes = [e] + [e - h] * k + [e]
+    cuts = [0] + [int(round(v)) for v in np.cumsum(sizes)[:-1]] + [n]
+    return [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+def chunk_boxes(shape: Sequence[int], chunk: Sequence[int], halo: Sequence[int] = (0, 0, 0)) -> list[tuple[slice, slice, slice]]:
+    """The chunk cores: boxes (z, y, x) that partition ``shape``.
+
+    With ``halo`` (the voxels a core is read with on each side), cores at the volume's faces are
+    ``chunk`` long along that axis and the ones between ``chunk - halo``, so that every core *with
+    its halo* spans at most ``chunk + halo`` voxels per axis wherever it lies: the memory a chunk
+    needs does not grow with the volume (a small volume's chunks all touch its faces, a large
+    one's mostly lie inside). Without a halo: boxes of ``chunk`` voxels. Results do not depend on
+    the cores.
+    """
     shape = tuple(int(s) for s in shape)
     chunk = tuple(int(c) for c in chunk)
+    halo = tuple(max(0, int(h)) for h in halo)
     if len(chunk) != 3 or min(chunk) < 1:
         raise ValueError(f"chunk must be three positive sizes (z, y, x), not {chunk}")
-    grids = [[slice(a, min(a + c, n)) for a in range(0, n, c)] for n, c in zip(shape, chunk)]
+    if len(halo) != 3:
+        raise ValueError(f"halo must be three sizes (z, y, x), not {halo}")
+    grids = [_axis_cores(n, c, h) for n, c, h in zip(shape, chunk, halo)]
     return [(z, y, x) for z in grids[0] for y in grids[1] for x in grids[2]]
 
 
@@ -183,7 +210,7 @@ def balanced_chunk(shape, chunk, workers: int, halo) -> tuple[int, int, int]:
     chunk = [min(int(c), int(n)) for c, n in zip(chunk, shape)]
 
     def count(c):
-        return int(np.prod([math.ceil(n / k) for n, k in zip(shape, c)]))
+        return len(chunk_boxes(shape, c, halo))
 
     while count(chunk) < workers:
         a = int(np.argmax([c / max(1, 2 * h) for c, h in zip(chunk, halo)]))
@@ -268,6 +295,7 @@ def compute_chunks(cores, shared: ChunkJob, *, scheduler, num_workers, progress,
         out[i] = result
         if state is not None:
             state.record(cores[i], result)
+        release_memory()  # the finished chunk's blocks: back to the OS, not kept by malloc
 
     prog = ChunkProgress(prefix, sizes, initial=sum(sizes) - sum(sizes[i] for i in todo), enabled=progress,
                          desc=desc, on_done=record)

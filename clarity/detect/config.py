@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .. import scale as _scale
+
 __all__ = [
     "DEFAULT_SIGMAS", "DEFAULT_CANDIDATE_THRESHOLD", "DEFAULT_NMS_RADIUS", "LOG_NMS_RADIUS",
     "DEFAULT_TISSUE_LEVEL", "REFINE_METHODS", "MODES", "DEFAULT_REFINE", "DEFAULT_REFINE_STEPS",
@@ -76,14 +78,11 @@ SNAP_SIGMA = (1.5, 2.0, 2.0)
 SNAP_RADIUS = (2, 2, 2)
 #: Gaussian kernels are cut at this many sigmas (scipy's ``truncate``).
 TRUNCATE = 3.0
-#: The grid and cell size the voxel defaults above were tuned on: the synthetic brains, (z, y, x)
-#: um per voxel, and the apparent size of their cells, (z, y, x) um: the full width at half maximum
-#: of the median intensity profile through the cell centres
-#: (:func:`clarity.detect.calibrate.cell_size_um` on two default synthetic brains, seeds 1 and 2:
-#: 13.5 / 12.7 / 12.7 and 13.5 / 12.9 / 12.8). :func:`physical_config` rescales the voxel
-#: lengths to cells of another apparent size on another grid.
-REFERENCE_VOXEL_UM = (2.0, 1.6, 1.6)
-REFERENCE_CELL_SIZE_UM = (13.3, 12.7, 12.6)
+#: The grid and cell size the voxel defaults above were tuned on (the synthetic brains; owned by
+#: :mod:`clarity.scale`). :func:`physical_config` rescales the voxel lengths to cells of another
+#: apparent size on another grid.
+REFERENCE_VOXEL_UM = _scale.REFERENCE_VOXEL_UM
+REFERENCE_CELL_SIZE_UM = _scale.REFERENCE_CELL_SIZE_UM
 #: Smallest screen scale (voxels) :func:`physical_config` gives an axis: below ~0.6 voxels a
 #: Gaussian no longer smooths (the 3-point second difference then sees single-voxel noise).
 MIN_SIGMA_VOXELS = 0.6

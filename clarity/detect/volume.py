@@ -25,7 +25,7 @@ from ..io import open_source, write_cellcounter_xml, write_points_csv
 from ..model import pick_device
 from ..preprocess import N4Config, estimate_normalisation, fit_bias_field, shrink_factors
 from ..rescore import SHAPE_FEATURES
-from ..resources import cpus
+from ..resources import cpus, limit_heap_arenas
 from .block import finish_detections, block_halo, plan_for
 from .chunks import ChunkJob, ModelBlob, balanced_chunk, chunk_boxes, compute_chunks
 from .config import DetectionConfig, RunOptions, resolve_config
@@ -193,9 +193,9 @@ def _run_chunks(reader, shape, *, net, blob, plan, field, norm, preprocessed, ru
     chunk = (state.chunk if state is not None else None) or balanced_chunk(shape, run.chunk, workers, halo)
     if state is not None:
         state.set_chunk(chunk)
-        info["chunks_resumed"] = sum(state.chunk_path(c).exists() for c in chunk_boxes(shape, chunk))
+        info["chunks_resumed"] = sum(state.chunk_path(c).exists() for c in chunk_boxes(shape, chunk, halo))
     info["chunk"] = list(chunk)  # the core size used (requested: info["chunk_requested"])
-    cores = chunk_boxes(shape, chunk)
+    cores = chunk_boxes(shape, chunk, halo)
     job = ChunkJob(reader=reader, field=field, norm=norm, preprocessed=bool(preprocessed), plan=plan,
                    blob=blob, halo=halo, shape=shape, factors=tuple(factors))
     info.update({"halo": list(halo), "chunks": len(cores),
@@ -272,6 +272,9 @@ def detect_volume(source, *, model=None, config: DetectionConfig | None = None,
     """
     t_start = time.perf_counter()
     run = run or RunOptions()
+    # worker threads share two malloc arenas (each keeps the pages it freed): the memory follows
+    # the chunks in flight, not the chunks done (tested by make bench-scale)
+    limit_heap_arenas(2)
     cfg = resolve_config(model, config)
     net, plan, rescorer, thr = plan_for(model, cfg, threshold, features=run.features, run=run)
     reader, vol_name, path = open_source(source, name)

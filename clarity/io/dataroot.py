@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..scale import REFERENCE_VOXEL_UM
 from .files import ClarityInputError
 from .labels import LABEL_SUFFIXES, is_label_image
 from .omezarr import is_zarr, open_ome_zarr, zarr_stem
@@ -29,8 +30,9 @@ __all__ = ["Brain", "VolumeMeta", "BRAINS_CSV", "DEFAULT_VOXEL_UM", "read_brains
 #: Name of the grouping / voxel-size file at the data root.
 BRAINS_CSV = "brains.csv"
 #: Voxel size (z, y, x) in um assumed when neither brains.csv nor the caller gives one: the grid of
-#: the built-in synthetic brains (somata of 6-12 voxels across at ~1.6 um, flatter in z).
-DEFAULT_VOXEL_UM = (2.0, 1.6, 1.6)
+#: the built-in synthetic brains (somata of 6-12 voxels across at ~1.6 um, flatter in z), the
+#: reference grid of :mod:`clarity.scale`.
+DEFAULT_VOXEL_UM = REFERENCE_VOXEL_UM
 
 
 @dataclass(frozen=True)

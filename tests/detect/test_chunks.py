@@ -20,6 +20,29 @@ def test_chunk_boxes_partition():
     assert (cover == 1).all() and len(boxes) == 3 * 3 * 1
 
 
+def test_chunk_boxes_with_a_halo_keep_every_block_the_same_size():
+    """End cores span the chunk, the cores between it less the halo: every core read with its halo
+    spans at most chunk + halo voxels, in a small volume as in a large one (memory flat)."""
+    chunk, halo = (64, 512, 512), (10, 10, 10)
+    for shape in [(128, 1024, 1024), (512, 2048, 4096), (300, 700, 1500)]:
+        boxes = chunk_boxes(shape, chunk, halo)
+        starts = [sorted({b[a].start for b in boxes}) for a in range(3)]
+        for a in range(3):  # a partition along every axis
+            stops = sorted({b[a].stop for b in boxes})
+            assert starts[a][0] == 0 and stops[-1] == shape[a] and starts[a][1:] == stops[:-1]
+        spans = [{(b[a].start, b[a].stop) for b in boxes} for a in range(3)]
+        ext = [max(min(e + h, n) - max(s - h, 0) for s, e in spans[a]) for a, (n, h) in enumerate(zip(shape, halo))]
+        assert all(e <= c + h for e, c, h in zip(ext, chunk, halo)), (shape, ext)
+        for a in range(3):  # evenly sized: the cores between the ends differ by at most a voxel
+            inner = sorted({e - s for s, e in spans[a] if 0 < s and e < shape[a]})
+            assert not inner or inner[-1] - inner[0] <= 1
+    assert len(chunk_boxes((128, 1024, 1024), chunk, halo)) == 8  # 2 x 2 x 2 blocks of 74 x 522 x 522
+    # 4.3 Gvox: 10 x 5 x 9 cores, none longer than 64 x 512 x 512, blocks at most 74 x 522 x 522
+    assert len(chunk_boxes((512, 2048, 4096), chunk, halo)) == 10 * 5 * 9
+    # a halo of more than half the chunk: plain chunk-sized cores (they would be mostly halo)
+    assert chunk_boxes((100, 10, 10), (10, 10, 10), (6, 0, 0)) == chunk_boxes((100, 10, 10), (10, 10, 10))
+
+
 def test_balanced_chunk_keeps_every_worker_busy():
     from clarity.detect.chunks import balanced_chunk
 
