@@ -148,9 +148,11 @@ def design_comparison(sims: dict) -> pd.DataFrame:
     return out[["brain", "design", *[c for c in out.columns if c not in ("brain", "design")]]]
 
 
-def simulation_figure(sim: pd.DataFrame):
+def simulation_figure(sim: pd.DataFrame, *, max_seeds: int = 40):
     """One panel per brain: each seed's count with its 95 % interval, grouped by review size,
-    against the human count (black line); the title gives the coverage at the largest size."""
+    against the human count (black line); the title gives the coverage at the largest size (over
+    every seed). At most ``max_seeds`` seeds per size are drawn (the first ones), so that the
+    intervals stay apart; a box per size spans the middle 80 % of all the seeds' estimates."""
     import matplotlib.pyplot as plt
 
     brains = list(dict.fromkeys(sim.brain))
@@ -161,7 +163,10 @@ def simulation_figure(sim: pd.DataFrame):
         g = sim[sim.brain == brain]
         human = float(g.human_count.iloc[0])
         for k, n in enumerate(sizes):
-            h = g[g.n_review_asked == n].reset_index(drop=True)
+            every = g[g.n_review_asked == n]
+            lo, hi = np.quantile(every.estimate, [0.1, 0.9]) if len(every) else (np.nan, np.nan)
+            ax.add_patch(plt.Rectangle((k - 0.36, lo), 0.72, hi - lo, color="0.85", zorder=0))
+            h = every.sort_values("seed").head(int(max_seeds)).reset_index(drop=True)
             x = k + np.linspace(-0.3, 0.3, max(len(h), 1))[:len(h)]
             colour = np.where(h.covered, "C0", "C3")
             ax.vlines(x, h.ci_lo, h.ci_hi, colors=colour, lw=1, alpha=0.7)
@@ -175,8 +180,10 @@ def simulation_figure(sim: pd.DataFrame):
                title=f"{brain}: covered {big.covered.mean():.0%} at N={sizes[-1]}")
         ax.title.set_fontsize(9)
     axes[0][0].legend(fontsize=7, loc="best")
-    fig.suptitle("count of each held-out brain from a review of its own candidates (blue: interval covers "
-                 "the human count; red: misses)", fontsize=9)
+    shown = min(int(max_seeds), int(sim.groupby(["brain", "n_review_asked"]).size().max()))
+    fig.suptitle(f"count of each held-out brain from a review of its own candidates ({shown} seeds drawn per size; "
+                 "blue: interval covers the human count, red: misses; grey: middle 80 % of all seeds' counts)",
+                 fontsize=9)
     return fig
 
 
