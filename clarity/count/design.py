@@ -7,8 +7,8 @@ estimate is unbiased whatever the strata; the strata only decide how wide its in
 Two schemes (``scheme=``):
 
 - **"rank"** (the default, :func:`rank_strata`): each candidate's *design rank* is the higher of
-  its score's and its brightness's rank among the brain's candidates (``u = max(F_score(s),
-  F_brightness(b))``, ``F`` the empirical distribution; brightness = the screen's filter response,
+  its score's and its brightness's rank among the brain's candidates (``u = max(G_score(s),
+  G_brightness(b))``, ``G`` the share of the brain's candidates strictly below; brightness = the screen's filter response,
   the ``response`` column). Annotators of different brains draw the line at different
   brightness, so the cells a model trained on other brains scores low are often bright: a
   candidate low on *both* is almost never a cell. The strata cut ``u`` into ``H`` geometric
@@ -198,26 +198,30 @@ def geometric_levels(n_strata: int, *, top_share: float = DEFAULT_TOP_SHARE) -> 
 
 
 def _value_cuts(values: np.ndarray, levels) -> list[float]:
-    """Per level ``c``: a cut with exactly the values of empirical distribution <= ``c`` at or below it."""
+    """Per level ``c``: a cut with exactly the values whose rank share ``G`` (the share of values
+    strictly below them: tied values share the lowest rank, so a constant brightness ranks every
+    candidate at 0 and leaves the design to the score) is at most ``c`` at or below it."""
     u, counts = np.unique(values, return_counts=True)
-    F = np.cumsum(counts) / len(values)
+    G = np.concatenate([[0.0], np.cumsum(counts)[:-1]]) / len(values)
     out = []
     for c in levels:
-        j = int(np.searchsorted(F, c + 1e-12, side="right")) - 1  # the largest distinct value with F <= c
-        out.append(float(u[0] - 1.0) if j < 0 else float(u[-1]) if j >= len(u) - 1 else float((u[j] + u[j + 1]) / 2))
+        j = int(np.searchsorted(G, c + 1e-12, side="right")) - 1  # the largest distinct value with G <= c
+        # every value at or below: a cut above the largest (assign_strata counts cuts <= a value)
+        out.append(float(u[-1] + max(1.0, abs(u[-1]))) if j >= len(u) - 1 else float((u[j] + u[j + 1]) / 2))
     return out
 
 
 def rank_strata(scores, brightness=None, *, n_strata: int,
                 top_share: float = DEFAULT_TOP_SHARE) -> tuple[tuple, tuple | None]:
-    """Cuts of the "rank" design: geometric strata of ``u = max(F_score(s), F_brightness(b))``.
+    """Cuts of the "rank" design: geometric strata of ``u = max(G_score(s), G_brightness(b))``
+    (``G``: the share of candidates strictly below).
 
     Parameters
     ----------
     scores : (N,) float
         Pooled candidate scores.
     brightness : (N,) float, optional
-        Their brightness (the screen's filter response); None: ``u = F_score(s)``.
+        Their brightness (the screen's filter response); None: ``u = G_score(s)``.
     n_strata : int, keyword-only
         Strata wanted (:func:`geometric_levels`); fewer come back where ties leave a stratum empty.
     top_share : float, keyword-only

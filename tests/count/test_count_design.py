@@ -79,11 +79,11 @@ def test_review_order_keeps_every_prefix_balanced():
 
 def _ranks(v):
     v = np.asarray(v, float)
-    return np.searchsorted(np.sort(v), v, side="right") / len(v)  # F(v): share of values <= v
+    return np.searchsorted(np.sort(v), v, side="left") / len(v)  # G(v): share of values below v
 
 
 def test_rank_strata_are_the_strata_of_the_higher_rank(make_population):
-    """The two cut lists assign every candidate the stratum of u = max(F_score, F_brightness)."""
+    """The two cut lists assign every candidate the stratum of u = max(G_score, G_brightness)."""
     s, _ = make_population(0)
     b = np.round(np.random.default_rng(3).gamma(2.0, size=len(s)), 3)  # ties on purpose
     levels = geometric_levels(8)
@@ -97,6 +97,14 @@ def test_rank_strata_are_the_strata_of_the_higher_rank(make_population):
     assert N[-1] == N.min() and N[0] > 3 * N[-1]
     lowest = np.argmin(np.maximum(_ranks(s), _ranks(b)))
     assert st[lowest] == 0
+
+
+def test_a_constant_brightness_leaves_the_design_to_the_score(make_population):
+    s, _ = make_population(0)
+    sc, bc = rank_strata(s, np.full(len(s), 3.0), n_strata=8)
+    assert sc == rank_strata(s, None, n_strata=8)[0] and len(sc) == 7
+    st = np.maximum(assign_strata(s, sc), assign_strata(np.full(len(s), 3.0), bc))
+    np.testing.assert_array_equal(st, assign_strata(s, sc))
 
 
 def test_geometric_levels_top_share():
