@@ -57,10 +57,9 @@ cellfinder lives in a virtualenv of its own (it pins its own keras and dependenc
     .cellfinder-venv/bin/pip install cellfinder tifffile
 
 Measured on this 2-core machine (cellfinder 1.10.1, the default report's final model, 134 Mvox,
-the machine shared with another job, so seconds are loose): clarity 16.0 s (9.8 and 22.2 s
-before and after), F1 0.886 (precision 0.918, recall 0.857); cellfinder's detection 40.8 s,
-F1 0.248 (its defaults find 899 candidates for 5,417 cells); 2.55x (4.2x against clarity's
-faster run; the issue's target is >= 8x).
+66 s in all): clarity 11.1 s (mean of its runs before and after), F1 0.886 (precision 0.918,
+recall 0.857); cellfinder's detection 32.8 s, F1 0.248 (its defaults find 899 candidates for
+5,417 cells): 2.97x (the issue's target is >= 8x).
 
 Check it at tiny scale first, e.g. ``--shape 64 256 256 --cache /tmp/bcf
 --results /tmp/bcf/bench_cellfinder.csv``.

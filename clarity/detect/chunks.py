@@ -100,8 +100,9 @@ def chunk_boxes(shape: Sequence[int], chunk: Sequence[int], halo: Sequence[int] 
     """The chunk cores: boxes (z, y, x) that partition ``shape``.
 
     With ``halo`` (the voxels a core is read with on each side), cores at the volume's faces are
-    ``chunk`` long along that axis and the ones between ``chunk - halo``, so that every core *with
-    its halo* spans at most ``chunk + halo`` voxels per axis wherever it lies: the memory a chunk
+    at most ``chunk`` long along that axis and the ones between ``halo`` shorter (as few cores as
+    that allows, evenly sized), so that every core *with its halo* spans at most ``chunk + halo``
+    voxels per axis wherever it lies: the memory a chunk
     needs does not grow with the volume (a small volume's chunks all touch its faces, a large
     one's mostly lie inside). Without a halo: boxes of ``chunk`` voxels. Results do not depend on
     the cores.
