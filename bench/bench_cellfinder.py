@@ -80,6 +80,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_scale import write_results  # noqa: E402  (bench/ is the script's folder: on sys.path)
+
 # Standard library only at module level: cellfinder's child runs this file with another Python
 # (and spawns sub-processes that import it again), which has no clarity.
 
@@ -254,22 +256,6 @@ CSV_FIELDS = ["tool", "detect_s", "mvox_s", "wall_s", "cells", "n_true", "tp", "
               "speed_ratio", "loadavg", "note", "shape", "voxels", "cpus", "model", "cellfinder", "date"]
 
 
-def write_results(path: Path, records: list[dict], *, common: dict) -> Path:
-    """The records as a CSV at ``path``, atomically (a temporary file renamed into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
-            w.writeheader()
-            for r in records:
-                w.writerow({**common, **{k: v for k, v in r.items() if v is not None}})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def _r(v, n=4):
     return None if v is None else round(v, n)
 
@@ -399,7 +385,7 @@ def main(argv=None) -> int:
         common = {"shape": "x".join(map(str, shape)), "voxels": nvox, "cpus": os.cpu_count(), "model": model,
                   "cellfinder": f"{cf['version']} {json.dumps(cf['params'])}",
                   "date": datetime.datetime.now().isoformat(timespec="seconds")}
-        path = write_results(Path(args.results), records, common=common)
+        path = write_results(Path(args.results), records, common=common, fields=CSV_FIELDS)
         print("\n" + "\n".join(lines))
         print(f"cellfinder {cf['version']} (torch {cf['torch']}) detect.main({json.dumps(cf['params'])}; "
               f"other parameters at their defaults: {json.dumps(cf['defaults'])})")

@@ -638,13 +638,14 @@ CSV_FIELDS = ["kind", "name", "shape", "voxels", "wall_s", "detect_s", "mvox_s",
               "returncode", "value", "target", "met", "note", "cpus", "model", "date"]
 
 
-def write_results(path: Path, records: list[dict], *, common: dict) -> Path:
-    """The records as a CSV at ``path``, atomically (a temporary file renamed into place)."""
+def write_results(path: Path, records: list[dict], *, common: dict, fields=None) -> Path:
+    """The records as a CSV at ``path`` (columns ``fields``, default :data:`CSV_FIELDS`),
+    atomically (a temporary file renamed into place)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            w = csv.DictWriter(fh, fieldnames=list(fields or CSV_FIELDS), extrasaction="ignore")
             w.writeheader()
             for r in records:
                 w.writerow({**common, **{k: v for k, v in r.items() if v is not None}})
