@@ -80,7 +80,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_scale import write_results  # noqa: E402  (bench/ is the script's folder: on sys.path)
+from bench_scale import parse_detect_line, write_results  # noqa: E402  (bench/ is the script's folder: on sys.path)
 
 # Standard library only at module level: cellfinder's child runs this file with another Python
 # (and spawns sub-processes that import it again), which has no clarity.
@@ -165,18 +165,6 @@ def run_timed(cmd: list[str], *, log: Path, env: dict | None = None) -> dict:
     proc.returncode = os.waitstatus_to_exitcode(status)
     return {"wall_s": seconds, "cpu_s": ru.ru_utime + ru.ru_stime, "returncode": proc.returncode,
             "stdout": log.read_text(errors="replace")}
-
-
-def parse_detect_line(stdout: str) -> tuple[int | None, float | None]:
-    """(cells, seconds) from ``clarity detect``'s line ``name: N cells, S s -> ...``."""
-    for line in stdout.splitlines():
-        head, sep, rest = line.partition(" cells, ")
-        if sep and " s -> " in rest:
-            try:
-                return int(head.rsplit(": ", 1)[1]), float(rest.split(" s -> ", 1)[0])
-            except (IndexError, ValueError):
-                continue
-    return None, None
 
 
 def run_clarity(tif: Path, model: str, out: Path, voxel: tuple, log: Path) -> dict:
