@@ -12,6 +12,7 @@ on ``REPORT_THREADS`` (torch's floating-point reductions), never on how many not
 
 from __future__ import annotations
 
+import functools
 import os
 
 __all__ = ["CPUS_ENV", "cpus", "die_with_parent", "limit_heap_arenas", "release_memory"]
@@ -60,7 +61,9 @@ def die_with_parent() -> None:
         pass
 
 
+@functools.lru_cache(maxsize=1)
 def _libc():
+    """glibc's ``libc.so.6`` (loaded once), or None off Linux or where it cannot be loaded."""
     import sys
 
     if not sys.platform.startswith("linux"):
@@ -68,8 +71,7 @@ def _libc():
     try:
         import ctypes
 
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+        return ctypes.CDLL("libc.so.6")
     except OSError:
         return None
 
@@ -83,7 +85,7 @@ def limit_heap_arenas(n: int) -> bool:
     the call are limited. Returns False where it is not glibc (nothing done).
     """
     libc = _libc()
-    if libc is None:
+    if libc is None or not hasattr(libc, "mallopt"):
         return False
     return bool(libc.mallopt(-8, max(1, int(n))))  # -8 = M_ARENA_MAX
 
@@ -92,4 +94,4 @@ def release_memory() -> bool:
     """Hand the heap pages malloc holds free back to the operating system (glibc ``malloc_trim``;
     elsewhere nothing). Returns whether any memory was released."""
     libc = _libc()
-    return bool(libc.malloc_trim(0)) if libc is not None else False
+    return bool(libc.malloc_trim(0)) if libc is not None and hasattr(libc, "malloc_trim") else False

@@ -40,13 +40,13 @@ detection's probability in [0, 1] (the rescored one when the model rescores).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 
 __all__ = ["DEFAULT_MIN_PER_STRATUM", "DEFAULT_PRIOR_FLOOR", "DEFAULT_SCHEME", "DEFAULT_TOP_SHARE", "SCHEMES",
-           "BRIGHTNESS_COLUMN", "ReviewDesign", "default_strata", "score_strata", "rank_strata", "geometric_levels",
+           "BRIGHTNESS_COLUMN", "brightness_of", "ReviewDesign", "default_strata", "score_strata", "rank_strata", "geometric_levels",
            "assign_strata", "allocate", "draw_review", "review_order"]
 
 #: Fewest candidates drawn from a stratum (all of it when it holds fewer).
@@ -118,21 +118,17 @@ class ReviewDesign:
     def strata(self, scores, brightness=None) -> np.ndarray:
         """The stratum of each candidate (int64, 0 = lowest) from its score and, when the design
         has brightness cuts, its brightness: the higher of the two cut lists' strata."""
-        st = assign_strata(scores, self.cuts)
-        if self.brightness_cuts is None:
-            return st
-        if brightness is None:
+        if self.brightness_cuts is not None and brightness is None:
             raise ValueError(f"this review design's strata need each candidate's brightness "
                              f"(the '{BRIGHTNESS_COLUMN}' column)")
-        return np.maximum(st, assign_strata(brightness, self.brightness_cuts))
+        return assign_strata(scores, self.cuts, brightness, self.brightness_cuts)
 
     def strata_of(self, frame: pd.DataFrame) -> np.ndarray:
         """:meth:`strata` of a candidate table (``score`` [, ``response``])."""
         if self.brightness_cuts is not None and BRIGHTNESS_COLUMN not in frame:
             raise ValueError(f"the candidates have no '{BRIGHTNESS_COLUMN}' column, which this review design "
                              "stratifies on; detect them again with this version of clarity")
-        b = frame[BRIGHTNESS_COLUMN].to_numpy(float) if self.brightness_cuts is not None else None
-        return self.strata(frame["score"].to_numpy(float), b)
+        return self.strata(frame["score"].to_numpy(float), brightness_of(frame))
 
     def table(self) -> pd.DataFrame:
         """One row per stratum: stratum, score_above, brightness_above (the stratum holds the
@@ -238,9 +234,7 @@ def rank_strata(scores, brightness=None, *, n_strata: int,
     levels = geometric_levels(n_strata, top_share=top_share)
     sc, bc = _value_cuts(s, levels), (None if b is None else _value_cuts(b, levels))
     while sc:  # drop a cut that leaves a stratum empty (ties)
-        st = assign_strata(s, sc)
-        if bc is not None:
-            st = np.maximum(st, assign_strata(b, bc))
+        st = assign_strata(s, sc, b, bc)
         empty = np.flatnonzero(np.bincount(st, minlength=len(sc) + 1) == 0)
         if not len(empty):
             break
@@ -255,9 +249,18 @@ def _prior(scores, prior_floor: float) -> np.ndarray:
     return np.clip(np.asarray(scores, float), prior_floor, 1.0 - prior_floor)
 
 
-def assign_strata(scores, cuts) -> np.ndarray:
-    """Stratum (int64, 0 = lowest scores) of each score: ``searchsorted(cuts, s, side="right")``."""
-    return np.searchsorted(np.asarray(cuts, float), np.asarray(scores, float).reshape(-1), side="right").astype(np.int64)
+def assign_strata(scores, cuts, brightness=None, brightness_cuts=None) -> np.ndarray:
+    """Stratum (int64, 0 = lowest scores) of each score: ``searchsorted(cuts, s, side="right")``;
+    with ``brightness_cuts``, the higher of that and ``searchsorted(brightness_cuts, b, side="right")``."""
+    st = np.searchsorted(np.asarray(cuts, float), np.asarray(scores, float).reshape(-1), side="right").astype(np.int64)
+    if brightness_cuts is None:
+        return st
+    return np.maximum(st, assign_strata(brightness, brightness_cuts))
+
+
+def brightness_of(frame: pd.DataFrame):
+    """The candidates' brightness (the ``response`` column) as float, or None without one."""
+    return frame[BRIGHTNESS_COLUMN].to_numpy(float) if BRIGHTNESS_COLUMN in frame else None
 
 
 def score_strata(scores, *, n_strata: int, prior_floor: float = DEFAULT_PRIOR_FLOOR,
@@ -442,10 +445,7 @@ def draw_review(scores, *, n_review: int, seed: int, n_strata: int | None = None
         cuts, bcuts = rank_strata(s, b, n_strata=H, top_share=top_share)
     else:
         cuts, bcuts = score_strata(s, n_strata=H, prior_floor=prior_floor, min_size=min(int(min_per_stratum), len(s))), None
-    design = ReviewDesign(cuts=tuple(cuts), population=(), sample=(), prior=(), score_range=(), seed=int(seed),
-                          n_review=int(n_review), min_per_stratum=int(min_per_stratum),
-                          prior_floor=float(prior_floor), brightness_cuts=bcuts, scheme=scheme)
-    st = design.strata(s, b)
+    st = assign_strata(s, cuts, b, bcuts)
     H = len(cuts) + 1
     N = np.bincount(st, minlength=H)
     q = _prior(s, prior_floor)
@@ -456,7 +456,9 @@ def draw_review(scores, *, n_review: int, seed: int, n_strata: int | None = None
     drawn = np.concatenate([rng.choice(np.flatnonzero(st == h), size=int(n_h[h]), replace=False)
                             for h in range(H)]).astype(np.int64)
     rows = drawn[review_order(st[drawn], seed=seed)]
-    design = replace(design, population=tuple(int(v) for v in N), sample=tuple(int(v) for v in n_h),
-                     prior=tuple(float(v) for v in prior),
-                     score_range=tuple((float(s[st == h].min()), float(s[st == h].max())) for h in range(H)))
+    design = ReviewDesign(cuts=tuple(cuts), population=tuple(int(v) for v in N), sample=tuple(int(v) for v in n_h),
+                          prior=tuple(float(v) for v in prior),
+                          score_range=tuple((float(s[st == h].min()), float(s[st == h].max())) for h in range(H)),
+                          seed=int(seed), n_review=int(n_review), min_per_stratum=int(min_per_stratum),
+                          prior_floor=float(prior_floor), brightness_cuts=bcuts, scheme=scheme)
     return rows, design

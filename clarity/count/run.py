@@ -26,7 +26,7 @@ from ..detect.block import plan_for, resolve_rescorer
 from ..detect.volume import estimated_count
 from ..io import ClarityInputError, write_json
 from .decisions import read_decisions
-from .design import BRIGHTNESS_COLUMN, DEFAULT_MIN_PER_STRATUM, DEFAULT_SCHEME, draw_review
+from .design import DEFAULT_MIN_PER_STRATUM, DEFAULT_SCHEME, brightness_of, draw_review
 from .estimate import CELL, NOT_CELL, UNSURE, recount, screen_correction
 from .figure import count_figure
 from .files import (candidates_frame, file_sha256, model_fingerprint, pool_candidates, read_candidates,
@@ -176,9 +176,8 @@ def draw_review_files(specs, *, model, settings: CountSettings, out, n_review: i
     pooled = pool_candidates(frames)
     if not len(pooled):
         raise ClarityInputError(f"{', '.join(s.source for s in specs)}: no candidate in any volume; nothing to review")
-    bright = pooled[BRIGHTNESS_COLUMN].to_numpy(float) if BRIGHTNESS_COLUMN in pooled else None
     rows, design = draw_review(pooled["score"].to_numpy(float), n_review=n_review, seed=seed, n_strata=n_strata,
-                               min_per_stratum=min_per_stratum, brightness=bright, scheme=scheme)
+                               min_per_stratum=min_per_stratum, brightness=brightness_of(pooled), scheme=scheme)
     meta = {"model": model_fingerprint(model, threshold=thr), "floor": float(min(settings.floor, thr)),
             "detection_config": settings.config.to_dict(), "volumes": vols, "seed": int(seed),
             "screen": screen_info(model)}

@@ -34,7 +34,7 @@ import pandas as pd
 
 from ..detect.calibrate import pooled_sweep
 from ..matching import match_points
-from .design import BRIGHTNESS_COLUMN, draw_review
+from .design import brightness_of, draw_review
 from .estimate import CELL, NOT_CELL, recount, screen_correction
 
 __all__ = ["simulate_counting", "candidate_truth", "oracle_f1"]
@@ -178,7 +178,7 @@ def simulate_counting(candidates: pd.DataFrame, labels, *, n_review: int, seeds,
     sr = screen_recall.get("recall") if isinstance(screen_recall, Mapping) else screen_recall
     sr_n = screen_recall.get("n_cells") if isinstance(screen_recall, Mapping) else None
     human = summary["human_count"]
-    bright = cand[BRIGHTNESS_COLUMN].to_numpy(float) if BRIGHTNESS_COLUMN in cand else None
+    bright = brightness_of(cand)
     rows = []
     for seed in seeds:
         t0 = time.perf_counter()

@@ -261,9 +261,9 @@ class RunOptions:
     Attributes
     ----------
     chunk : 3 ints
-        Largest chunk core (z, y, x), voxels: the cores at the volume's faces are this long, the
-        ones between it less the halo, so that every core with its halo spans at most ``chunk +
-        halo`` (:func:`clarity.detect.chunk_boxes`). Peak memory is about 20 bytes per voxel of a
+        Largest chunk core (z, y, x), voxels: the cores at the volume's faces are at most this
+        long, the ones between the halo shorter, so that every core with its halo spans at most
+        ``chunk + halo`` (:func:`clarity.detect.chunk_boxes`). Peak memory is about 20 bytes per voxel of a
         chunk with its halo, times the chunks in flight, plus ~300 MB, whatever the volume's size.
     scheduler : str, distributed.Client or None
         None or ``"threads"``: local threads; ``"sync"``: one chunk at a time in this thread;
