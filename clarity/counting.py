@@ -2,7 +2,7 @@
 
 For every cross-validation fold, the fold's model (trained without the fold's test brains) runs
 :func:`clarity.detect.detect_volume` on the raw test volumes, N4 included, and the detections are
-matched one-to-one (Hungarian, within ``radius`` voxels) against the complete truth (synthetic
+matched one-to-one (Hungarian, within a radius in reference voxels, :class:`clarity.scale.Matching`) against the complete truth (synthetic
 data) and against the partial annotations. The classical LoG detector, its threshold fitted on the
 fold's training brains, runs the same way as the baseline. Where the data root holds the human
 masks (``masks/<volume>_labels.tif``), every detection is also scored as DELiVR scores its own
@@ -31,6 +31,7 @@ from .evaluate import count_calibration, match_points
 from .io import ClarityInputError, atomic_write, group_map, list_brains, read_volume, volume_shape
 from .matching import safe_ratio
 from .model import load_model
+from .scale import Matching, match_rule as scale_match_rule
 from .validate.splits import cv_folds
 
 __all__ = ["BrainCount", "score_counts", "match_rule", "heldout_detection", "calibration_table",
@@ -84,18 +85,18 @@ def score_counts(cells, *, truth=None, annotations=None, radius: float = 6.0,
     return tm, am
 
 
-def match_rule(brain, *, radius: float, radius_um: float | None) -> tuple[float, tuple]:
-    """(radius, scale) of the matching of one volume: ``radius_um`` in um when given and the volume
-    states its voxel size (distances scaled by it), else ``radius`` voxels."""
-    if radius_um is not None and brain.voxel_um is not None:
-        return float(radius_um), tuple(brain.voxel_um)
-    return float(radius), (1.0, 1.0, 1.0)
+def match_rule(brain, *, radius: float, radius_um: float | None, cell_um=None) -> tuple[float, tuple]:
+    """(radius, scale) of the matching of one volume (:func:`clarity.scale.match_rule`):
+    ``radius_um`` in um when given and the volume states its voxel size, else ``radius`` reference
+    voxels scaled by the volume's voxel size and the cell size ``cell_um`` (z, y, x um; None: the
+    reference cells)."""
+    r, scale, _ = scale_match_rule(radius=radius, radius_um=radius_um, voxel_um=brain.voxel_um, cell_um=cell_um)
+    return r, scale
 
 
 def heldout_detection(paths, *, variant: str = "cnn", n_folds: int = 4, mode: str = "candidates",
-                      chunk: Sequence[int] = (64, 256, 256), radius: float = 6.0,
-                      radius_um: float | None = None, log_baseline: bool = True,
-                      brains: Sequence[str] | None = None, progress: bool = True,
+                      chunk: Sequence[int] = (64, 256, 256), matching: Matching | None = None,
+                      log_baseline: bool = True, brains: Sequence[str] | None = None, progress: bool = True,
                       compare_without_rescoring: bool = True) -> list[BrainCount]:
     """Detect every brain with the model of the fold that held it out; LoG baseline beside it.
 
@@ -108,12 +109,13 @@ def heldout_detection(paths, *, variant: str = "cnn", n_folds: int = 4, mode: st
         Detection mode of :func:`clarity.detect.detect_volume`.
     chunk : (z, y, x)
         Chunk core size in voxels.
-    radius : float
-        Matching radius in voxels.
-    radius_um : float, optional
-        Matching radius in um for the volumes that state their voxel size (``brains.csv``): z is
-        often several times coarser than y and x, and a radius in voxels then means very
-        different distances along the axes. Default: ``radius`` voxels everywhere.
+    matching : clarity.scale.Matching
+        The held-out matching: ``radius`` in reference voxels (:mod:`clarity.scale`: the same
+        fraction of a cell on every grid, scaled by ``cell_um``, e.g.
+        :func:`clarity.validate.calibrate.root_cell_size`), or ``radius_um`` in um for volumes
+        that state their voxel size. Default: 6 reference voxels, reference cells. The LoG
+        baseline's threshold is fitted with the fold model's own measured cell size, as its CNN
+        threshold was.
     log_baseline : bool
         Also run the LoG detector, threshold fitted (max F1 against truth, or against annotations
         where no truth exists) on the fold's training brains.
@@ -126,6 +128,7 @@ def heldout_detection(paths, *, variant: str = "cnn", n_folds: int = 4, mode: st
     -------
     list of BrainCount, one per brain and method.
     """
+    m = matching if matching is not None else Matching()
     all_brains = list_brains(paths.data_dir)
     by_name = {b.name: b for b in all_brains}
     out: list[BrainCount] = []
@@ -141,11 +144,12 @@ def heldout_detection(paths, *, variant: str = "cnn", n_folds: int = 4, mode: st
             raise ClarityInputError(f"{model_path}: no fold model; run notebook 04a_validate_fold for fold{k}")
         model = load_model(model_path)
         config = resolve_config(model, None, mode=mode)
-        log_thr = (_fit_log_baseline(paths, [by_name[n] for n in train], radius=radius, radius_um=radius_um,
-                                     config=_log_config_of(config), cache=log_cache) if log_baseline else None)
+        log_thr = (_fit_log_baseline(paths, [by_name[n] for n in train], radius=m.radius, radius_um=m.radius_um,
+                                     config=_log_config_of(config), cache=log_cache,
+                                     cell_um=config.cell_diameter_um) if log_baseline else None)
         for name in test:
             out += _detect_heldout(by_name[name], model, fold=k, variant=variant, config=config, run=run,
-                                   match=match_rule(by_name[name], radius=radius, radius_um=radius_um),
+                                   match=m.rule(by_name[name].voxel_um)[:2],
                                    log_threshold=log_thr, without_rescoring=compare_without_rescoring,
                                    delivr=delivr_scorer(paths.data_dir, by_name[name], config=config))
     return out
@@ -186,7 +190,7 @@ def _log_config_of(config: DetectionConfig) -> DetectionConfig:
 
 
 def _fit_log_baseline(paths, train_brains, *, radius: float, radius_um: float | None,
-                      config: DetectionConfig | None = None, cache: dict | None = None) -> float:
+                      config: DetectionConfig | None = None, cache: dict | None = None, cell_um=None) -> float:
     """The LoG threshold of max F1 on the training brains (truth, or annotations without it).
     ``cache`` keeps each brain's LoG maxima (keyed by brain and settings) for the next fold."""
     cache = {} if cache is None else cache
@@ -198,7 +202,7 @@ def _fit_log_baseline(paths, train_brains, *, radius: float, radius_um: float | 
             cache[key] = log_detect(block, threshold=0.0, config=config, snr=False)
         dets.append(cache[key])
         targets.append(b.truth_points() if b.truth is not None else b.points())
-    r, scale = match_rule(train_brains[0], radius=radius, radius_um=radius_um)
+    r, scale = match_rule(train_brains[0], radius=radius, radius_um=radius_um, cell_um=cell_um)
     thr, _ = fit_log_threshold(None, targets, radius=r, scale=scale, config=config, detections=dets)
     return thr
 

@@ -195,16 +195,16 @@ _DECLARED = [
     _p("PATCH_SIZE", int, 12, "sampling", "patch edge, at least 12", "02", unit="voxels"),
     _p("NEG_PER_POS", float, 10.0, "sampling", "near negatives per positive (the seed: 10)", "02"),
     _p("NEAR_MIN", float, 6.0, "sampling", "near negatives: nearest annotation at least this far", "02",
-       unit="voxels"),
+       unit="reference voxels"),
     _p("NEAR_MAX", float, 20.0, "sampling", "near negatives: nearest annotation at most this far", "02",
-       unit="voxels"),
+       unit="reference voxels"),
     _p("BACKGROUND_PER_POS", float, 1.0, "sampling",
        "extra random tissue negatives per positive (0: the seed's protocol)", "02"),
     _p("CANDIDATE_PER_POS", float, 2.0, "sampling",
        "negatives at random candidate-screen maxima at least NEAR_MAX from annotations, per positive (0: none)",
        "02"),
     _p("TRUTH_RADIUS", float, 4.0, "sampling", "a patch contains a true cell if a true centre is this close", "02",
-       unit="voxels"),
+       unit="reference voxels"),
     _p("USE_REVIEW", bool, True, "sampling", "use the decisions of <DATA_DIR>/labels/review.csv if present", "02"),
     _p("ANNOTATION_FRACTION", float, 1.0, "sampling",
        "< 1: train on a seeded fraction of each volume's labels (0.4: the seed's partial annotations)", "02"),
@@ -247,7 +247,8 @@ _DECLARED = [
     _p("TARGET_PRECISION", float, 0.95, "validation",
        "patch thresholds: the lowest reaching this precision on inner validation", "04a"),
     _p("CELL_DIAMETER_UM", str, None, "validation", 'apparent cell size ("z,y,x", one number, or "auto": '
-       "measured per fold); the screen and NMS follow it; None: the voxel defaults", "04a", unit="um",
+       "measured per fold in 04a, on every labelled brain of the root in 02 06 07 08); every length in reference "
+       "voxels (sampling, screen, NMS, matching) follows it; None: the reference cells", "02 04a 06 07 08", unit="um",
        accepts=(int, float, list), check=_cell_size),
     _p("SCREEN_RECALL", float, None, "validation", "widen the candidate screen until it keeps this share of the "
        "calibration brains' labelled cells; None: the default screen", "04a"),
@@ -262,9 +263,9 @@ _DECLARED = [
     _p("CHUNK", str, "64,256,256", "detection", "chunk core (z, y, x) of whole-volume detection", "06",
        unit="voxels", check=_zyx_int),
     _p("MATCH_RADIUS", float, 6.0, "detection", "a detection within this distance of a labelled cell matches it",
-       "06 07 08", unit="voxels"),
+       "06 07 08", unit="reference voxels"),
     _p("MATCH_RADIUS_UM", float, None, "detection", "match within this distance instead, on volumes whose voxel "
-       "size brains.csv states; None: MATCH_RADIUS voxels (04a: 6)", "04a 06 07 08", unit="um"),
+       "size brains.csv states; None: MATCH_RADIUS reference voxels (04a: 6)", "04a 06 07 08", unit="um"),
     _p("LOG_BASELINE", bool, True, "detection", "also run the classical LoG detector", "06"),
     _p("REAL_COUNT", bool, False, "detection", "count the real planes with the final model and a decoy "
        "FDR gate (about 40 s: two passes over 71 Mvox on the model's grid; a model trained on synthetic "

@@ -3,6 +3,11 @@
 A patch of edge ``P`` centred on voxel ``c`` covers ``[c - P//2, c - P//2 + P)`` on each axis
 (z, y, x). Patches near the border are padded by edge replication, so every annotation yields
 one patch.
+
+Distances (near negatives, the distance of other negatives from annotations, the truth radius)
+are in reference voxels (:mod:`clarity.scale`): a brain's voxel offsets times its
+:attr:`clarity.scale.CellScale.factors`, so the same numbers mean the same fraction of a cell on
+any grid and cell size. On the reference (the synthetic brains) they are voxels.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from .io import ClarityInputError, atomic_write, list_brains, read_volume
 from .labels import ReviewStore, review_labels
 from .patches import cut_patches
 from .preprocess import load_bias_field
+from .scale import CellScale
 
 #: How a patch was drawn.
 ORIGINS = (
@@ -136,24 +142,30 @@ class PatchSet:
 # ----------------------------------------------------------------------------------------------
 # geometry
 # ----------------------------------------------------------------------------------------------
-def nearest_distance(points, reference) -> np.ndarray:
-    """Distance (voxels) from each of ``points`` (N, 3) to the nearest of ``reference`` (M, 3);
-    inf where ``reference`` is empty."""
-    points = np.asarray(points, float).reshape(-1, 3)
-    reference = np.asarray(reference, float).reshape(-1, 3)
+def nearest_distance(points, reference, *, scale: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """Distance from each of ``points`` (N, 3, voxels) to the nearest of ``reference`` (M, 3), in
+    voxels times ``scale`` (z, y, x; :attr:`clarity.scale.CellScale.factors` for reference
+    voxels); inf where ``reference`` is empty."""
+    sc = np.asarray(scale, float).reshape(3)
+    points = np.asarray(points, float).reshape(-1, 3) * sc
+    reference = np.asarray(reference, float).reshape(-1, 3) * sc
     if len(reference) == 0 or len(points) == 0:
         return np.full(len(points), np.inf)
     return cKDTree(reference).query(points)[0]
 
 
 def near_negative_centres(annotations, shape, *, n: int, dmin: float = 6.0, dmax: float = 20.0,
-                          rng: np.random.Generator, exclude=None, max_tries: int = 50) -> np.ndarray:
+                          rng: np.random.Generator, exclude=None, max_tries: int = 50,
+                          scale: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
     """The seed's negatives: ``n`` integer centres whose nearest annotation is ``dmin``-``dmax``
-    voxels away, drawn at a uniform random distance and direction from a random annotated cell.
+    away (voxels times ``scale``, z, y, x: reference voxels with
+    :attr:`clarity.scale.CellScale.factors`), drawn at a uniform random distance and direction
+    (in the scaled space) from a random annotated cell.
 
     ``exclude`` (K, 3): further points (e.g. reviewed cells) that must also be >= ``dmin`` away.
     May return fewer than ``n`` if the volume is too crowded.
     """
+    sc = np.asarray(scale, float).reshape(3)
     ann = np.asarray(annotations, float).reshape(-1, 3)
     if len(ann) == 0 or n <= 0:
         return np.zeros((0, 3), np.int64)
@@ -167,10 +179,10 @@ def near_negative_centres(annotations, shape, *, n: int, dmin: float = 6.0, dmax
         v = rng.standard_normal((k, 3))
         v /= np.linalg.norm(v, axis=1, keepdims=True)
         d = rng.uniform(dmin, dmax, size=(k, 1))
-        c = np.rint(base + v * d)
+        c = np.rint(base + v * d / sc)
         c = c[np.all((c >= 0) & (c <= hi), axis=1)]
-        dist = nearest_distance(c, avoid)
-        c = c[(dist >= dmin) & (nearest_distance(c, ann) <= dmax)]
+        dist = nearest_distance(c, avoid, scale=sc)
+        c = c[(dist >= dmin) & (nearest_distance(c, ann, scale=sc) <= dmax)]
         got.append(c[:need])
         need -= len(got[-1])
         if need <= 0:
@@ -179,9 +191,10 @@ def near_negative_centres(annotations, shape, *, n: int, dmin: float = 6.0, dmax
 
 
 def background_centres(volume, annotations, *, n: int, dmin: float = 20.0, rng: np.random.Generator,
-                       min_value: float = -0.5, exclude=None, max_tries: int = 50) -> np.ndarray:
-    """``n`` random tissue voxels (normalised value > ``min_value``) at least ``dmin`` voxels from
-    every annotation (and from ``exclude``)."""
+                       min_value: float = -0.5, exclude=None, max_tries: int = 50,
+                       scale: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """``n`` random tissue voxels (normalised value > ``min_value``) at least ``dmin`` (voxels
+    times ``scale``) from every annotation (and from ``exclude``)."""
     if n <= 0:
         return np.zeros((0, 3), np.int64)
     ann = np.asarray(annotations, float).reshape(-1, 3)
@@ -191,7 +204,7 @@ def background_centres(volume, annotations, *, n: int, dmin: float = 20.0, rng: 
     for _ in range(max_tries):
         c = rng.integers(0, shape, size=(max(need * 2, 64), 3))
         vals = np.asarray([volume[tuple(p)] for p in c])
-        c = c[(vals > min_value) & (nearest_distance(c, avoid) >= dmin)]
+        c = c[(vals > min_value) & (nearest_distance(c, avoid, scale=scale) >= dmin)]
         got.append(c[:need])
         need -= len(got[-1])
         if need <= 0:
@@ -200,9 +213,9 @@ def background_centres(volume, annotations, *, n: int, dmin: float = 20.0, rng: 
 
 
 def candidate_centres(volume, annotations, *, n: int, dmin: float = 20.0, rng: np.random.Generator,
-                      exclude=None) -> np.ndarray:
+                      exclude=None, scale: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
     """``n`` random maxima of the whole-volume candidate screen (:func:`clarity.detect.find_candidates`)
-    at least ``dmin`` voxels from every annotation (and from ``exclude``).
+    at least ``dmin`` (voxels times ``scale``) from every annotation (and from ``exclude``).
 
     These are the negatives detection meets (vessel and neurite fragments, debris, textured
     background), drawn *at random*, not by a model's score: with partial annotations a few are
@@ -214,7 +227,7 @@ def candidate_centres(volume, annotations, *, n: int, dmin: float = 20.0, rng: n
     cand, _ = find_candidates(np.asarray(volume, np.float32))
     ann = np.asarray(annotations, float).reshape(-1, 3)
     avoid = ann if exclude is None or len(exclude) == 0 else np.vstack([ann, np.asarray(exclude, float)])
-    cand = cand[nearest_distance(cand, avoid) >= dmin]
+    cand = cand[nearest_distance(cand, avoid, scale=scale) >= dmin]
     if len(cand) > n:
         cand = cand[np.sort(rng.choice(len(cand), size=n, replace=False))]
     return cand.astype(np.int64)
@@ -225,7 +238,8 @@ def candidate_centres(volume, annotations, *, n: int, dmin: float = 20.0, rng: n
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class SamplingConfig:
-    """How patches are drawn (lengths in voxels)."""
+    """How patches are drawn (``patch_size`` in voxels; ``near_min``, ``near_max`` and
+    ``truth_radius`` in reference voxels, :mod:`clarity.scale`)."""
 
     patch_size: int = 12
     neg_per_pos: float = 10.0          # the seed: ten times as many negatives as positives
@@ -255,15 +269,15 @@ def keep_fraction(points, fraction: float, *, seed: int, name: str) -> np.ndarra
     return p[keep]
 
 
-def _truth_flags(centres, truth, radius) -> np.ndarray:
+def _truth_flags(centres, truth, radius, scale) -> np.ndarray:
     if truth is None:
         return np.full(len(centres), -1, np.int8)
-    return (nearest_distance(centres, truth) <= radius).astype(np.int8)
+    return (nearest_distance(centres, truth, scale=scale) <= radius).astype(np.int8)
 
 
 def sample_brain(volume, annotations, *, brain: str, config: SamplingConfig | None = None,
                  truth=None, hard_negatives=None, hard_positives=None, review: dict | None = None,
-                 seed: int | None = None) -> PatchSet:
+                 seed: int | None = None, cell_scale: CellScale | None = None) -> PatchSet:
     """Draw the patches of one brain.
 
     Parameters
@@ -284,8 +298,13 @@ def sample_brain(volume, annotations, *, brain: str, config: SamplingConfig | No
         (``review_noncell``); no random negative is drawn within ``near_min`` of a reviewed cell.
     seed : int, optional
         Overrides ``config.seed``; the brain name is mixed in so brains differ.
+    cell_scale : clarity.scale.CellScale, optional
+        The brain's grid and cell size: the distances of ``config`` are reference voxels scaled
+        by it (default: the reference, i.e. voxels).
     """
     cfg = config or SamplingConfig()
+    cs = cell_scale if cell_scale is not None else CellScale()
+    sc = cs.factors
     base_seed = cfg.seed if seed is None else seed
     rng = np.random.default_rng([base_seed, *[ord(ch) for ch in brain]])
     ann = np.rint(np.asarray(annotations, float).reshape(-1, 3)).astype(np.int64)
@@ -295,15 +314,15 @@ def sample_brain(volume, annotations, *, brain: str, config: SamplingConfig | No
     groups: list[tuple[np.ndarray, int, str]] = [(ann, 1, "annotated")]
     n_neg = int(round(cfg.neg_per_pos * len(ann)))
     groups.append((near_negative_centres(ann, volume.shape, n=n_neg, dmin=cfg.near_min,
-                                         dmax=cfg.near_max, rng=rng, exclude=rev_cell), 0, "near"))
+                                         dmax=cfg.near_max, rng=rng, exclude=rev_cell, scale=sc), 0, "near"))
     n_bg = int(round(cfg.background_per_pos * len(ann)))
     if n_bg:
         groups.append((background_centres(volume, ann, n=n_bg, dmin=cfg.near_max, rng=rng,
-                                          exclude=rev_cell), 0, "background"))
+                                          exclude=rev_cell, scale=sc), 0, "background"))
     n_cand = int(round(cfg.candidate_per_pos * len(ann)))
     if n_cand:
         groups.append((candidate_centres(volume, ann, n=n_cand, dmin=cfg.near_max, rng=rng,
-                                         exclude=rev_cell), 0, "candidate"))
+                                         exclude=rev_cell, scale=sc), 0, "candidate"))
     if hard_negatives is not None and len(hard_negatives):
         groups.append((np.asarray(hard_negatives, float).reshape(-1, 3), 0, "hard_fp"))
     if hard_positives is not None and len(hard_positives):
@@ -318,18 +337,21 @@ def sample_brain(volume, annotations, *, brain: str, config: SamplingConfig | No
     origin = np.concatenate([np.full(len(g[0]), g[2], dtype=object) for g in groups]).astype(str)
     patches = cut_patches(volume, centres, size=cfg.patch_size)
     return PatchSet(patches, np.full(len(centres), brain), centres, label, origin,
-                    _truth_flags(centres, truth, cfg.truth_radius),
-                    {"patch_size": cfg.patch_size, "sampling": cfg.to_dict()})
+                    _truth_flags(centres, truth, cfg.truth_radius, sc),
+                    {"patch_size": cfg.patch_size, "sampling": cfg.to_dict(), "cell_scale": cs.to_dict()})
 
 
 def sample_dataset(paths, *, brains: Sequence[str] | None = None, config: SamplingConfig | None = None,
-                   hard_examples: dict | None = None, progress: bool = True) -> PatchSet:
+                   hard_examples: dict | None = None, progress: bool = True, cell_um=None) -> PatchSet:
     """Draw the patch set of a data root from its corrected volumes.
 
     Reads ``data/interim/<brain>_corrected.npy`` (run preprocessing first), annotations from
     ``data/raw``, truth from ``data/truth`` where present and, if ``config.use_review``, the review
     decisions in ``data/labels/review.csv``. ``hard_examples`` maps brain ->
     ``{"fp": (K, 3), "fn": (L, 3)}``. The normalisation of each brain is recorded in ``meta``.
+    ``cell_um`` (z, y, x um, e.g. :func:`clarity.validate.calibrate.root_cell_size`): the cells'
+    apparent size; with each brain's voxel size it scales the sampling distances
+    (:class:`clarity.scale.CellScale`; None: the reference cells). Recorded in ``meta``.
     """
     cfg = config or SamplingConfig()
     review = {}
@@ -349,13 +371,16 @@ def sample_dataset(paths, *, brains: Sequence[str] | None = None, config: Sampli
         hx = (hard_examples or {}).get(b.name, {})
         sets.append(sample_brain(vol, ann, brain=b.name, config=cfg, truth=truth,
                                  hard_negatives=hx.get("fp"), hard_positives=hx.get("fn"),
-                                 review=review.get(b.name)))
+                                 review=review.get(b.name),
+                                 cell_scale=CellScale(voxel_um=b.voxel_um, cell_um=cell_um)))
         if paths.field(b.name).exists():
             norms[b.name] = load_bias_field(paths.field(b.name)).info.get("normalisation", {})
     out = PatchSet.concat(sets)
     # the method travels with the model; the background level is measured anew on every volume
     first = next(iter(norms.values()), {})
     method = {k: v for k, v in first.items() if k != "background"}
+    out.meta.pop("cell_scale", None)
+    out.meta["cell_scale_per_brain"] = {str(x.brain[0]): x.meta.get("cell_scale") for x in sets if len(x)}
     out.meta.update({"normalisation": method, "normalisation_per_brain": norms,
                      "brains": [str(s.brain[0]) for s in sets if len(s)],
                      "review_labels_used": bool(review), "data_dir": str(paths.data_dir)})

@@ -70,7 +70,11 @@ def test_match_rule_radius_in_um_when_voxel_sizes_are_known():
 
     real = Brain("v", Path("v.tif"), voxel_um=(6.0, 1.62, 1.62))
     assert match_rule(real, radius=6, radius_um=8) == (8.0, (6.0, 1.62, 1.62))
-    assert match_rule(real, radius=6, radius_um=None) == (6.0, (1.0, 1.0, 1.0))
+    # no um radius: 6 reference voxels, scaled by the grid (and the cells, when measured)
+    r, sc = match_rule(real, radius=6, radius_um=None)
+    assert r == 6.0 and sc == pytest.approx((3.0, 1.0125, 1.0125))
+    r, sc = match_rule(real, radius=6, radius_um=None, cell_um=(26.6, 12.7, 12.6))  # cells twice as long in z
+    assert sc == pytest.approx((1.5, 1.0125, 1.0125))
     assert match_rule(Brain("s", Path("s.tif")), radius=6, radius_um=8) == (6.0, (1.0, 1.0, 1.0))
     # 8 um: a cell one plane (6 um) away matches, two planes (12 um) away does not
     t = np.array([[10, 10, 10]], float)

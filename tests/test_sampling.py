@@ -124,3 +124,31 @@ def test_keep_fraction_is_seeded_and_per_volume():
     assert np.array_equal(keep_fraction(pts, 1.0, seed=0, name="x"), pts)
     with pytest.raises(ValueError, match="annotation_fraction"):
         keep_fraction(pts, 0.0, seed=0, name="x")
+
+
+def test_distances_follow_the_cell_scale():
+    """On a grid 3x coarser in z for cells of the reference size, near negatives keep 6-20
+    reference voxels (z offsets a third as many voxels) and the truth radius shrinks in z alike."""
+    from clarity.scale import CellScale
+
+    vol = np.zeros((40, 120, 120), np.float32)
+    ann = np.array([[20, 30, 30], [20, 90, 90], [12, 60, 40]])
+    cs = CellScale(voxel_um=(6.0, 1.6, 1.6))
+    assert cs.factors == pytest.approx((3.0, 1.0, 1.0))
+    truth = np.vstack([ann, [[29, 60, 100], [31, 60, 100]]])  # two cells 9 and 11 planes off z
+    ps = sampling.sample_brain(vol, ann, brain="b", truth=truth, config=SamplingConfig(seed=1), cell_scale=cs)
+    neg = ps.subset(ps.origin == "near")
+    assert len(neg) == 30
+    d = sampling.nearest_distance(neg.centre, ann, scale=cs.factors)
+    assert d.min() >= 6 and d.max() <= 20
+    dz = np.abs(neg.centre[:, None, 0] - ann[None, :, 0]).min(axis=1)
+    assert dz.max() <= 20 / 3 + 1  # in voxels, z offsets are a third of the y/x ones
+    assert ps.meta["cell_scale"]["factors"] == pytest.approx([3.0, 1.0, 1.0])
+    # the truth radius (4 reference voxels) in z is 4 / 3 planes: a point 1 plane off a cell is
+    # "contains a cell", 2 planes off is not
+    flags = sampling._truth_flags(np.array([[30, 60, 100], [33, 60, 100]]), truth, 4.0, cs.factors)
+    assert flags.tolist() == [1, 0]
+    # unscaled (the reference), the same draw in voxels: z offsets up to 20
+    ref = sampling.sample_brain(vol, ann, brain="b", config=SamplingConfig(seed=1))
+    dz_ref = np.abs(ref.subset(ref.origin == "near").centre[:, None, 0] - ann[None, :, 0]).min(axis=1)
+    assert dz_ref.max() > 20 / 3 + 1

@@ -45,7 +45,7 @@ def heldout_candidates(paths) -> pd.DataFrame:
 
 def simulate_heldout(paths, *, sizes: Sequence[int] = (50, 100, 200), seeds: Sequence[int] = tuple(range(20)),
                      radius: float = 6.0, radius_um: float | None = None, scheme: str = DEFAULT_SCHEME,
-                     progress: bool = True) -> pd.DataFrame:
+                     progress: bool = True, cell_um=None) -> pd.DataFrame:
     """Simulated reviews of every held-out brain (the volumes of one ``brains.csv`` brain pooled).
 
     Parameters
@@ -56,10 +56,15 @@ def simulate_heldout(paths, *, sizes: Sequence[int] = (50, 100, 200), seeds: Seq
     seeds : ints, keyword-only
         One simulated review per seed and size (>= 20 for a coverage).
     radius, radius_um : keyword-only
-        Matching radius in voxels, or in um for volumes whose voxel size ``brains.csv`` states.
+        Matching radius in reference voxels (:func:`clarity.scale.match_rule`, scaled by the
+        volumes' voxel size and ``cell_um``), or in um for volumes whose voxel size
+        ``brains.csv`` states.
     scheme : {"rank", "score"}, keyword-only
         The review design (:func:`clarity.count.design.draw_review`).
     progress : bool, keyword-only
+    cell_um : 3 floats, keyword-only
+        Cell size (z, y, x um) of the matching (:func:`clarity.validate.calibrate.root_cell_size`);
+        None: the reference cells.
 
     Returns
     -------
@@ -88,12 +93,12 @@ def simulate_heldout(paths, *, sizes: Sequence[int] = (50, 100, 200), seeds: Seq
         col = "cnn_score" if "cnn_score" in cand else "score"
         cand = cand[cand[col] >= float(screen.get("floor") or 0.0)].reset_index(drop=True)
         labels = {b.name: b.truth_points() for b in vols}
-        use_um = radius_um is not None and all(b.voxel_um is not None for b in vols)
-        voxel = {b.name: tuple(b.voxel_um) for b in vols} if use_um else None
+        stated = all(b.voxel_um is not None for b in vols)
+        use_um = radius_um is not None and stated
+        voxel = {b.name: tuple(b.voxel_um) for b in vols} if stated else None
         for n in sizes:
-            sim = simulate_counting(cand, labels, n_review=int(n), seeds=seeds,
-                                    radius=None if use_um else float(radius),
-                                    radius_um=float(radius_um) if use_um else None, voxel_um=voxel,
+            sim = simulate_counting(cand, labels, n_review=int(n), seeds=seeds, radius=float(radius),
+                                    radius_um=float(radius_um) if use_um else None, voxel_um=voxel, cell_um=cell_um,
                                     screen_recall=screen if screen.get("recall") else None, n_draws=5000,
                                     design={"scheme": scheme})
             frames.append(sim.assign(brain=group, fold=int(rows.fold.iloc[0]), n_candidates=len(cand),

@@ -34,6 +34,7 @@ import pandas as pd
 
 from ..detect.calibrate import pooled_sweep
 from ..matching import match_points
+from ..scale import match_rule
 from .design import brightness_of, draw_review
 from .estimate import CELL, NOT_CELL, recount, screen_correction
 
@@ -53,16 +54,17 @@ def _per_volume(candidates: pd.DataFrame, labels, voxel_um):
     return names, {n: np.asarray(lab[n], float).reshape(-1, 3) for n in names}, vox
 
 
-def _radius(radius, radius_um, voxel):
-    if radius_um is not None:
-        if voxel is None:
-            raise ValueError("radius_um needs voxel_um (z, y, x um)")
-        return float(radius_um), tuple(float(v) for v in voxel)
-    return float(6.0 if radius is None else radius), (1.0, 1.0, 1.0)
+def _radius(radius, radius_um, voxel, cell_um):
+    """(radius, scale) of one volume: :func:`clarity.scale.match_rule`."""
+    if radius_um is not None and voxel is None:
+        raise ValueError("radius_um needs voxel_um (z, y, x um)")
+    r, scale, _ = match_rule(radius=6.0 if radius is None else radius, radius_um=radius_um, voxel_um=voxel,
+                             cell_um=cell_um)
+    return r, scale
 
 
 def candidate_truth(candidates: pd.DataFrame, labels, *, radius: float | None = None, radius_um: float | None = None,
-                    voxel_um=None) -> tuple[np.ndarray, dict]:
+                    voxel_um=None, cell_um=None) -> tuple[np.ndarray, dict]:
     """Which candidates are labelled cells: matched one-to-one within the radius.
 
     Parameters
@@ -72,7 +74,8 @@ def candidate_truth(candidates: pd.DataFrame, labels, *, radius: float | None = 
     labels : (N, 3) array or dict volume -> (N, 3) array
         Labelled cell centres (z, y, x), voxels.
     radius : float, keyword-only
-        Voxels (default 6).
+        Reference voxels (default 6; :func:`clarity.scale.match_rule`: scaled by ``voxel_um`` and
+        ``cell_um``, z, y, x um, where given).
     radius_um : float, keyword-only
         Um, with ``voxel_um`` (3 floats, or a dict volume -> 3 floats).
 
@@ -87,7 +90,7 @@ def candidate_truth(candidates: pd.DataFrame, labels, *, radius: float | None = 
     tp = n_true = 0
     for n in names:
         idx = np.flatnonzero(vol == n)
-        r, scale = _radius(radius, radius_um, vox.get(n))
+        r, scale = _radius(radius, radius_um, vox.get(n), cell_um)
         m = match_points(candidates[["z", "y", "x"]].to_numpy(float)[idx], lab[n], radius=r, scale=scale)
         if len(m.pairs):
             truth[idx[m.pairs[:, 0]]] = True
@@ -96,12 +99,12 @@ def candidate_truth(candidates: pd.DataFrame, labels, *, radius: float | None = 
                    "screen_recall": tp / n_true if n_true else float("nan")}
 
 
-def _kept_f1(candidates: pd.DataFrame, keep: np.ndarray, labels, *, radius, radius_um, voxel_um) -> float:
+def _kept_f1(candidates: pd.DataFrame, keep: np.ndarray, labels, *, radius, radius_um, voxel_um, cell_um) -> float:
     names, lab, vox = _per_volume(candidates, labels, voxel_um)
     vol = candidates["volume"].to_numpy(object) if "volume" in candidates else np.full(len(candidates), names[0], object)
     tp = n = 0
     for name in names:
-        r, scale = _radius(radius, radius_um, vox.get(name))
+        r, scale = _radius(radius, radius_um, vox.get(name), cell_um)
         sel = keep & (vol == name)
         m = match_points(candidates[["z", "y", "x"]].to_numpy(float)[sel], lab[name], radius=r, scale=scale)
         tp, n = tp + m.tp, n + m.n_pred + m.n_true
@@ -109,7 +112,7 @@ def _kept_f1(candidates: pd.DataFrame, keep: np.ndarray, labels, *, radius, radi
 
 
 def oracle_f1(candidates: pd.DataFrame, labels, *, radius: float | None = None, radius_um: float | None = None,
-              voxel_um=None, n_thresholds: int = 200) -> tuple[float, float]:
+              voxel_um=None, cell_um=None, n_thresholds: int = 200) -> tuple[float, float]:
     """The best F1 of the candidates at any one threshold against the labels (an oracle: the
     threshold is chosen on the labels themselves): ``(f1, threshold)``. Thresholds: up to
     ``n_thresholds`` quantiles of the scores."""
@@ -119,7 +122,7 @@ def oracle_f1(candidates: pd.DataFrame, labels, *, radius: float | None = None, 
     vol = candidates["volume"].to_numpy(object) if "volume" in candidates else np.full(len(candidates), names[0], object)
     tables = []
     for name in names:  # one sweep per volume: the radius scale may differ between volumes
-        r, scale = _radius(radius, radius_um, vox.get(name))
+        r, scale = _radius(radius, radius_um, vox.get(name), cell_um)
         tables.append(pooled_sweep([candidates[vol == name]], [lab[name]], thr, radius=r, scale=scale))
     tp = sum(t["tp"].to_numpy() for t in tables)
     n = sum(t["n_detected"].to_numpy() for t in tables) + sum(len(v) for v in lab.values())
@@ -129,7 +132,7 @@ def oracle_f1(candidates: pd.DataFrame, labels, *, radius: float | None = None, 
 
 
 def simulate_counting(candidates: pd.DataFrame, labels, *, n_review: int, seeds, radius: float | None = None,
-                      radius_um: float | None = None, voxel_um=None, screen_recall=None,
+                      radius_um: float | None = None, voxel_um=None, cell_um=None, screen_recall=None,
                       design: Mapping | None = None, n_draws: int = 20000) -> pd.DataFrame:
     """Count one brain from simulated reviews of ``n_review`` candidates, one per seed.
 
@@ -145,9 +148,10 @@ def simulate_counting(candidates: pd.DataFrame, labels, *, n_review: int, seeds,
         Candidates drawn and decided per seed.
     seeds : iterable of int, keyword-only
         One simulated review per seed (>= 20 for a coverage).
-    radius, radius_um, voxel_um : keyword-only
-        Matching radius in voxels (default 6), or in um with the voxel size (z, y, x um; a dict
-        volume -> size for volumes of several).
+    radius, radius_um, voxel_um, cell_um : keyword-only
+        Matching radius in reference voxels (default 6, scaled by the voxel size and the cell size
+        ``cell_um`` where given: :func:`clarity.scale.match_rule`), or in um with the voxel size
+        (z, y, x um; a dict volume -> size for volumes of several).
     screen_recall : float or dict, keyword-only
         The screen's recall measured on *other* brains (a float, or :func:`clarity.count.run.screen_info`'s
         dict with ``recall`` and ``n_cells``): ``estimate``, ``ci_lo``, ``ci_hi`` and ``covered``
@@ -171,7 +175,7 @@ def simulate_counting(candidates: pd.DataFrame, labels, *, n_review: int, seeds,
     screen_recall_used, reviewed_cells, seconds (draw and estimate).
     """
     cand = candidates.reset_index(drop=True)
-    kw = dict(radius=radius, radius_um=radius_um, voxel_um=voxel_um)
+    kw = dict(radius=radius, radius_um=radius_um, voxel_um=voxel_um, cell_um=cell_um)
     truth, summary = candidate_truth(cand, labels, **kw)
     o_f1, o_thr = oracle_f1(cand, labels, **kw)
     s = cand["score"].to_numpy(float)

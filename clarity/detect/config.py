@@ -380,6 +380,6 @@ def physical_config(base: DetectionConfig | None = None, *, voxel_um, cell_diame
     k = [c / r for c, r in zip(size, REFERENCE_CELL_SIZE_UM)]
     sigmas = tuple(tuple(round(max(MIN_SIGMA_VOXELS, s * r * f / v), 4)
                          for s, r, f, v in zip(sig, REFERENCE_VOXEL_UM, k, vox)) for sig in DEFAULT_SIGMAS)
-    scale = tuple(round(v / (r * f), 4) for v, r, f in zip(vox, REFERENCE_VOXEL_UM, k))
+    scale = tuple(round(f, 4) for f in _scale.CellScale(voxel_um=vox, cell_um=size).factors)
     return replace(base, sigmas=sigmas, nms_radius=DEFAULT_NMS_RADIUS, nms_scale=scale, voxel_um=vox,
                    cell_diameter_um=cell_diameter_um if np.isscalar(cell_diameter_um) else size)

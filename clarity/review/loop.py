@@ -77,9 +77,12 @@ class LoopConfig:
     floor : float
         Detections are kept down to this score for review and calibration.
     radius : float
-        Matching (and simulated reviewer) radius in voxels, for volumes without a voxel size.
+        Matching (and simulated reviewer) radius in reference voxels (:func:`clarity.scale.match_rule`:
+        scaled by the volume's voxel size and ``cell_um``).
     radius_um : float or None
-        The same in um, for volumes whose voxel size ``brains.csv`` states.
+        The same in um instead, for volumes whose voxel size ``brains.csv`` states.
+    cell_um : 3 floats or None
+        Cell size (z, y, x um) the matching radius is scaled by; None: the reference cells.
     epochs : int
         Fine-tuning epochs (the last one is kept: no labels of the review brain beyond the
         review may choose it).
@@ -103,6 +106,7 @@ class LoopConfig:
     floor: float = 0.05
     radius: float = 6.0
     radius_um: float | None = None
+    cell_um: tuple | None = None
     epochs: int = 3
     lr_factor: float = 1 / 3
     review_repeat: int = 4
@@ -159,7 +163,7 @@ def _volumes(paths, group: str, every: list):
 
 def _scale(b, cfg: LoopConfig) -> tuple[float, tuple]:
     """(radius, scale) of matching on volume ``b``: :func:`clarity.counting.match_rule`."""
-    return match_rule(b, radius=cfg.radius, radius_um=cfg.radius_um)
+    return match_rule(b, radius=cfg.radius, radius_um=cfg.radius_um, cell_um=cfg.cell_um)
 
 
 def score_brain(detections: pd.DataFrame, volumes, *, threshold: float, cfg: LoopConfig) -> dict:

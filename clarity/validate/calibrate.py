@@ -10,6 +10,7 @@ brains (also ``python -m clarity calibrate``)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,11 +26,12 @@ from ..detect.calibrate import (
     screen_threshold,
 )
 from ..detect.config import resolve_config
-from ..io import common_voxel_um, list_brains, read_volume
+from ..io import common_voxel_um, list_brains, read_volume, write_json
 from ..model import CALIBRATION_FIELDS, load_model, read_calibration, save_calibration
 from ..rescore import DEFAULT_FLOOR, fit_rescorer
+from ..scale import cell_size_option, match_rule
 
-__all__ = ["KEEP", "write_calibration", "calibrate_on_brains", "measure_cell_size"]
+__all__ = ["KEEP", "write_calibration", "calibrate_on_brains", "measure_cell_size", "root_cell_size"]
 
 
 class _Keep:
@@ -123,12 +125,45 @@ def measure_cell_size(paths, brains: Sequence[str]) -> tuple[float, float, float
     return cell_size_um(vols, pts, voxel_um=vox)
 
 
-def _fit_screen(vols, pts, cfg: DetectionConfig, *, recall: float, radius: float, scale, where: str):
+def root_cell_size(paths, option) -> tuple[float, float, float] | None:
+    """The cell size (z, y, x um) a report's sampling and held-out matching use.
+
+    ``option`` is the ``CELL_DIAMETER_UM`` parameter (:func:`clarity.scale.cell_size_option`):
+    None -> None (the reference cells, :class:`clarity.scale.CellScale`); a number or three ->
+    that size; ``"auto"`` -> :func:`measure_cell_size` over every labelled brain of the data root
+    (what the labels themselves say a cell is; a fold's calibration measures on its own training
+    brains instead). The measurement is kept in ``processed/cell_size.json`` with the
+    modification times of the volumes and labels it read, and measured again when they change.
+    """
+    opt = cell_size_option(option)
+    if opt is None or opt != "auto":
+        return None if opt is None else tuple(float(v) for v in np.broadcast_to(np.asarray(opt, float), (3,)))
+    brains = list_brains(paths.data_dir)
+    stamp = {}
+    for b in brains:
+        files = [paths.corrected(b.name), b.truth, b.annotations]
+        stamp[b.name] = [f.stat().st_mtime_ns if f is not None and Path(f).exists() else None for f in files]
+        stamp[b.name].append(None if b.voxel_um is None else list(b.voxel_um))
+    cache = paths.processed / "cell_size.json"
+    if cache.exists():
+        try:
+            got = json.loads(cache.read_text())
+            if got.get("stamp") == stamp:
+                return None if got["cell_um"] is None else tuple(got["cell_um"])
+        except (ValueError, KeyError):
+            pass
+    size = measure_cell_size(paths, [b.name for b in brains])
+    write_json(cache, {"cell_um": None if size is None else list(size), "brains": [b.name for b in brains],
+                       "stamp": stamp})
+    return size
+
+
+def _fit_screen(vols, pts, cfg: DetectionConfig, *, recall: float, radius: float, scale, within: str):
     """The config with its candidate threshold fitted to keep ``recall`` of the labelled cells,
     and the provenance entries saying so."""
     cand, info = screen_threshold(vols, pts, config=cfg, recall=recall, radius=radius, scale=scale)
     return cfg.replace(candidate_threshold=round(cand, 4)), {
-        "screen_rule": f"candidate threshold keeping {recall:g} of the labelled cells within {radius:g} {where}",
+        "screen_rule": f"candidate threshold keeping {recall:g} of the labelled cells within {within}",
         "screen_fit": info}
 
 
@@ -138,7 +173,7 @@ def _rescorer_frames(loaded, vols, config: DetectionConfig) -> list:
                          features=True) for v in vols]
 
 
-def _fit_rescorer(frames, pts, *, brains: Sequence[str], radius: float, scale, unit: str, seed: int,
+def _fit_rescorer(frames, pts, *, brains: Sequence[str], radius: float, scale, within: str, seed: int,
                   source: str):
     """The second stage fitted on the detections ``frames`` (:func:`_rescorer_frames`) against
     complete labels; ``(None, {})`` when it cannot be fitted."""
@@ -147,7 +182,7 @@ def _fit_rescorer(frames, pts, *, brains: Sequence[str], radius: float, scale, u
                                    info={"brains": list(brains), "labels": source})
     except ValueError:
         return None, {}
-    return rescorer, {"rescorer_rule": f"MLP on CNN score, SNR and shape, max F1 at {radius:g} {unit} "
+    return rescorer, {"rescorer_rule": f"MLP on CNN score, SNR and shape, max F1 within {within} "
                                        f"on {', '.join(brains)} (complete labels)",
                       "rescorer_brains": list(brains)}
 
@@ -193,14 +228,16 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
     brains : sequence of str
         Brains calibrated on (never test brains).
     radius : float, keyword-only
-        Matching radius, voxels.
+        Matching radius in reference voxels (:func:`clarity.scale.match_rule`: scaled by the
+        brains' voxel size and the cell size the config records, else ``cell_diameter_um``).
     radius_um : float, keyword-only
         Matching radius in um, used instead of ``radius`` when the brains state their voxel size
-        (``brains.csv``): distances are then physical, as in the held-out scoring.
+        (``brains.csv``).
     cell_diameter_um : float or (z, y, x) floats, keyword-only
         Apparent cell size, um (e.g. :func:`measure_cell_size` of the brains the model learns
         from): with a stated voxel size the screen scales and NMS follow it
-        (:func:`clarity.detect.physical_config`), unless the config already records one.
+        (:func:`clarity.detect.physical_config`), unless the config already records one; the
+        matching radius follows it too.
     screen_recall : float, keyword-only
         With complete labels, lower the candidate threshold until the screen keeps this share of
         the labelled cells (:func:`clarity.detect.calibrate.screen_threshold`); None: keep it.
@@ -229,13 +266,13 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
         cfg = cfg.replace(voxel_um=vox)
     if cell_diameter_um is not None and cfg.cell_diameter_um is None and cfg.voxel_um is not None:
         cfg = physical_config(cfg, voxel_um=cfg.voxel_um, cell_diameter_um=cell_diameter_um)
-    scale, unit = (1.0, 1.0, 1.0), "voxels"
-    if radius_um is not None and vox is not None:
-        radius, scale, unit = float(radius_um), tuple(vox), "um"
+    cell = cfg.cell_diameter_um if cfg.cell_diameter_um is not None else cell_diameter_um
+    radius, scale, within = match_rule(radius=radius, radius_um=radius_um, voxel_um=vox,
+                                       cell_um=cell)
     screen = {}
     if screen_recall is not None and source == "complete":
         cfg, screen = _fit_screen(vols, pts, cfg, recall=screen_recall, radius=radius, scale=scale,
-                                  where=f"{unit} on {', '.join(brains)}")
+                                  within=f"{within} on {', '.join(brains)}")
     loaded.rescorer = None  # the CNN's own threshold is calibrated on the CNN's scores
     same_brains = rescorer_brains is None or list(rescorer_brains) == list(brains)
     # the rescorer fits on the same detections (its floor is the sweep's lowest threshold): one run
@@ -261,7 +298,7 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
             "recall": float(low.tp / n_cells) if n_cells else None, "n_cells": n_cells, "floor": float(low.threshold),
             "per_brain": _recall_per_brain(paths, brains, dets, pts, floor=float(low.threshold), radius=radius,
                                            scale=scale),
-            "rule": f"labelled cells matched by a candidate scoring >= {low.threshold:g} within {radius:g} {unit} "
+            "rule": f"labelled cells matched by a candidate scoring >= {low.threshold:g} within {within} "
                     f"on {', '.join(brains)} (complete labels)"}
     r_brains, r_vols, r_pts, r_source = brains, vols, pts, source
     if rescorer_brains is not None and list(rescorer_brains) != list(brains):
@@ -269,15 +306,15 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
         r_vols, r_pts, r_source = _labelled_volumes(paths, r_brains)
     if rescore and r_source == "complete" and r_vols:
         frames = shared if shared is not None else _rescorer_frames(loaded, r_vols, cfg)
-        rescorer, extra_r = _fit_rescorer(frames, r_pts, brains=r_brains, radius=radius, scale=scale, unit=unit,
+        rescorer, extra_r = _fit_rescorer(frames, r_pts, brains=r_brains, radius=radius, scale=scale, within=within,
                                           seed=seed, source=r_source)
         extra.update(extra_r)
     # a recalibration that fits no rescorer drops an older one: it belongs to other labels
     write_calibration(model_path, detection_threshold=thr, count_factor=factor, rescorer=rescorer,
                       detection_config=cfg, drop=("rescorer_rule", "rescorer_brains", "screen_rule", "screen_fit",
                                                        "candidate_recall"),
-                      provenance={"detection_threshold_rule": f"max F1 of whole-volume detection at {radius:g} "
-                                                              f"{unit} on {', '.join(brains)} ({source} labels)",
+                      provenance={"detection_threshold_rule": f"max F1 of whole-volume detection within "
+                                                              f"{within} on {', '.join(brains)} ({source} labels)",
                                   "calibration_brains": list(brains), "calibration_labels": source,
                                   "count_factor_rule": factor_rule, **screen, **extra})
     return thr, table, source

@@ -24,6 +24,7 @@ from ..baselines import log_patch_scores, mean_template, template_match_scores
 from ..io import ClarityInputError, group_map, list_brains, natural_key, write_json
 from ..model import ModelConfig, score_patches
 from ..sampling import PatchSet
+from ..scale import cell_size_option
 from ..train import TrainConfig, TrainResult
 from .calibrate import calibrate_on_brains, measure_cell_size, write_calibration
 from .mining import (HARD_EXAMPLE_COLUMNS, MiningConfig, cells_per_brain, hard_example_truth,
@@ -257,27 +258,6 @@ def _score_variant(run: _SplitRun, variant: str, trained: TrainResult, extra: di
     write_calibration(trained.model_path, fresh=True, threshold=run.thresholds[variant],
                       provenance={**run.split_info, "variant": variant, **extra})
     run.model_paths[variant] = trained.model_path
-
-
-def cell_size_option(value):
-    """A cell-size option as a notebook parameter or YAML gives it: None, ``"auto"``, a number,
-    ``"z,y,x"`` or a list of three numbers -> None, ``"auto"``, a float or a (z, y, x) tuple."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
-        return None
-    if isinstance(value, str):
-        if value.strip().lower() == "auto":
-            return "auto"
-        try:
-            parts = [float(v) for v in value.split(",")]
-        except ValueError:
-            raise ValueError(f"cell size must be 'auto', a number or 'z,y,x' in um, not {value!r}") from None
-        value = parts[0] if len(parts) == 1 else parts
-    if np.isscalar(value):
-        return float(value)
-    t = tuple(float(v) for v in value)
-    if len(t) != 3:
-        raise ValueError(f"cell size must be one number or three (z, y, x) in um, not {value!r}")
-    return t
 
 
 def _calibrate(run: _SplitRun, variant: str) -> None:

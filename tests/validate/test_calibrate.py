@@ -72,3 +72,39 @@ def test_calibration_in_um_at_the_cell_diameter(data_root, tmp_path):
     np.testing.assert_array_equal(by_hand.tp.to_numpy(), table.tp.to_numpy())
     _, in_voxels = calibrate_detection_threshold(loaded, [vol], pts, radius=5.0, config=expected)
     assert not np.array_equal(in_voxels.tp.to_numpy(), table.tp.to_numpy())
+
+
+def test_root_cell_size_measures_every_labelled_brain_once(tiny_root, tmp_path):
+    """CELL_DIAMETER_UM for sampling and held-out matching: None, a size, or "auto" measured on
+    all labelled brains of the root, kept in processed/cell_size.json until a volume or label
+    file changes."""
+    import json
+    import os
+    import shutil
+
+    from clarity.paths import Paths
+    from clarity.validate.calibrate import measure_cell_size, root_cell_size
+
+    root = tmp_path / "data"
+    for sub in ("raw", "truth", "interim"):
+        shutil.copytree(tiny_root.data_dir / sub, root / sub)
+    paths = Paths(data_dir=root, run="cs", models_root=tmp_path / "m", reports_root=tmp_path / "r")
+    assert root_cell_size(paths, None) is None
+    assert root_cell_size(paths, "12") == (12.0, 12.0, 12.0)
+    assert root_cell_size(paths, "18,7,6.6") == (18.0, 7.0, 6.6)
+    assert root_cell_size(paths, "auto") is None  # no voxel size stated: nothing in um to measure
+    (root / "brains.csv").write_text("volume,brain,voxel_um_z,voxel_um_y,voxel_um_x\n" + "".join(
+        f"b{i},b{i},2.0,1.6,1.6\n" for i in range(1, 5)))
+    size = root_cell_size(paths, "auto")
+    assert size == measure_cell_size(paths, [f"b{i}" for i in range(1, 5)])
+    cache = root / "processed" / "cell_size.json"
+    assert json.loads(cache.read_text())["cell_um"] == list(size)
+    # kept: a planted value comes back while nothing changed ...
+    got = json.loads(cache.read_text())
+    cache.write_text(json.dumps({**got, "cell_um": [1.0, 2.0, 3.0]}))
+    assert root_cell_size(paths, "auto") == (1.0, 2.0, 3.0)
+    # ... and is measured again when a label file changes
+    truth = root / "truth" / "b1.csv"
+    st = truth.stat()
+    os.utime(truth, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert root_cell_size(paths, "auto") == size
