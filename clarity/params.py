@@ -223,6 +223,8 @@ _DECLARED = [
        "03 04a 04b", unit="epochs"),
     _p("BATCH_SIZE", int, 256, "training", "patches per optimiser step", "03 04a 04b"),
     _p("LR", float, 0.003, "training", "AdamW learning rate", "03 04a 04b"),
+    _p("INTENSITY_AUGMENT", bool, False, "training", "also augment brain-to-brain intensity differences "
+       "(contrast x1/2-x2, offset, noise: clarity.augment.intensity_augment)", "03 04a 04b"),
     _p("BALANCE", str, "weighted", "training", "class balance of the loss (weighted: pos_weight)", "04a 04b",
        choices=("weighted", "sampler", "none")),
     _p("OUT", str, "", "training", "where notebook 03 writes its model; empty: models/<RUN>/train", "03"),

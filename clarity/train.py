@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from .evaluate import threshold_max_f1
 from .io import ClarityInputError, atomic_write
-from .augment import augment
+from .augment import augment, intensity_augment
 from .model import CellCNN, ModelConfig, pick_device, save_model
 from .sampling import PatchSet
 
@@ -82,6 +82,9 @@ class TrainConfig:
         sampling with replacement (epoch length = training set size), or nothing.
     augment : bool
         Random flips along z, y, x and 90-degree rotations in the y-x plane.
+    intensity : bool
+        Also random brain-to-brain intensity differences (:func:`clarity.augment.intensity_augment`:
+        contrast x1/2-x2, offset, noise), for brains that differ in brightness.
     lr_schedule : {"plateau", "cosine", "onecycle", "none"}
         ``"plateau"`` halves the learning rate after 2 epochs without improvement of the
         validation loss (training loss without a validation set); ``"cosine"`` anneals from
@@ -105,6 +108,7 @@ class TrainConfig:
     patience: int = 0
     balance: str = "weighted"
     augment: bool = True
+    intensity: bool = False
     lr_schedule: str = "onecycle"
     warmup: float = 0.3
     num_threads: int | None = None
@@ -384,6 +388,8 @@ class _Training:
                 if len(idx) < 2:  # BatchNorm needs two samples
                     continue
                 xb = augment(self.x_train[idx], rng) if self.config.augment else self.x_train[idx]
+                if self.config.intensity:
+                    xb = intensity_augment(xb, rng)
                 xb = xb.contiguous(memory_format=self.fmt)
                 loss = F.binary_cross_entropy_with_logits(self.model(xb), self.t_train[idx],
                                                           pos_weight=self.pos_weight)

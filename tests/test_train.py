@@ -221,3 +221,40 @@ def test_onecycle_training_learns_and_resumes_identically(tmp_path, data, monkey
     assert all(torch.equal(x, y) for x, y in zip(a.values(), b.values()))
     with pytest.raises(ValueError, match="warmup"):
         TrainConfig(warmup=1.5)
+
+
+def test_intensity_augment_is_seeded_and_spans_the_brains_contrast():
+    import numpy as np
+    import torch
+
+    from clarity.augment import intensity_augment
+
+    x = torch.zeros(400, 1, 4, 4, 4)
+    x[:, :, 2, 2, 2] = 1.0  # a cell of brightness 1 on background 0
+    a = intensity_augment(x, np.random.default_rng(3))
+    b = intensity_augment(x, np.random.default_rng(3))
+    torch.testing.assert_close(a, b)  # same rng state, same patches
+    assert a.shape == x.shape and a.dtype == x.dtype
+    assert not torch.equal(a, intensity_augment(x, np.random.default_rng(4)))
+    # contrast only: the cell's brightness is the factor, log-uniform in [1/2, 2]
+    c = intensity_augment(x, np.random.default_rng(0), offset=0.0, noise=0.0)[:, 0, 2, 2, 2].numpy()
+    assert c.min() >= 0.5 - 1e-6 and c.max() <= 2.0 + 1e-6
+    assert (c < 0.8).mean() > 0.2 and (c > 1.25).mean() > 0.2
+    assert abs(np.median(np.log(c))) < 0.15
+    torch.testing.assert_close(intensity_augment(x, np.random.default_rng(0), contrast=1.0, offset=0.0, noise=0.0), x)
+    # noise: background voxels spread, by at most the largest standard deviation
+    bg = intensity_augment(x, np.random.default_rng(1), contrast=1.0, offset=0.0, noise=0.05)[:, 0, 0]
+    assert 0.005 < float(bg.std()) < 0.05
+    with pytest.raises(ValueError, match="contrast"):
+        intensity_augment(x, np.random.default_rng(0), contrast=0.5)
+
+
+def test_training_with_intensity_augmentation_is_seeded_and_differs(tmp_path, data):
+    train, val = data
+    kw = dict(model_config=TINY, progress=False, resume=False)
+    plain = train_model(train, val, config=cfg(epochs=1), out_dir=tmp_path / "p", **kw)
+    aug1 = train_model(train, val, config=cfg(epochs=1, intensity=True), out_dir=tmp_path / "a", **kw)
+    aug2 = train_model(train, val, config=cfg(epochs=1, intensity=True), out_dir=tmp_path / "b", **kw)
+    for u, v in zip(weights(aug1.model), weights(aug2.model)):
+        torch.testing.assert_close(u, v)
+    assert any(not torch.equal(u, v) for u, v in zip(weights(plain.model), weights(aug1.model)))

@@ -133,7 +133,8 @@ def root_cell_size(paths, option) -> tuple[float, float, float] | None:
     that size; ``"auto"`` -> :func:`measure_cell_size` over every labelled brain of the data root
     (what the labels themselves say a cell is; a fold's calibration measures on its own training
     brains instead). The measurement is kept in ``processed/cell_size.json`` with the
-    modification times of the volumes and labels it read, and measured again when they change.
+    modification times of the volumes and labels it read and their voxel sizes, and measured
+    again when any of them changes.
     """
     opt = cell_size_option(option)
     if opt is None or opt != "auto":
