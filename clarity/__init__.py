@@ -3,6 +3,7 @@
 Arrays are in (z, y, x) order and voxel units unless a name says otherwise (``*_um``).
 Modules, in the order data flows through them (imports run downwards only):
 
+``scale``       one owner of the lengths that depend on the cells: reference voxels, CellScale, matching
 ``io``          volumes, box readers, annotations, the data root, atomic writes (package)
 ``paths``       every path of a data root and a run (fold models, reports, the final model)
 ``synthetic``   built-in synthetic CLARITY brains with complete ground truth
@@ -12,7 +13,7 @@ Modules, in the order data flows through them (imports run downwards only):
 ``sampling``    patch sets (positives, near negatives, hard examples, review labels)
 ``calibration_file``  the calibration beside a model's weights (thresholds, count factor, provenance)
 ``model``       the 3D CNN (Dou et al. 2016), fully convolutional for dense maps; save / load
-``augment``     flips and 90-degree rotations of training patches
+``augment``     flips and 90-degree rotations of training patches; brain-to-brain intensity differences
 ``train``       seeded, resumable training loop (one-cycle schedule)
 ``evaluate``    patch metrics, ROC / PR curves, thresholds, adjusted false positives
 ``matching``    one-to-one matching of detected and true cell centres, count calibration

@@ -458,7 +458,9 @@ def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="data", help="data root, preprocessed by notebook 01 (default: data)")
     p.add_argument("--brains", required=True, metavar="B1,B2", help="comma-separated volumes of raw/ to calibrate on")
     p.add_argument("--radius", type=_positive_float, default=6.0, metavar="R",
-                   help="matching radius in voxels (default 6)")
+                   help="matching radius in reference voxels (default 6: voxels on the synthetic brains' grid; "
+                        "elsewhere the same fraction of a cell, scaled by the voxel size and the model's "
+                        "measured cell size or --cell-diameter-um: clarity.scale)")
     p.add_argument("--radius-um", type=_positive_float, default=None, metavar="R",
                    help="matching radius in um, used when brains.csv states the voxel size")
     p.add_argument("--cell-diameter-um", type=_positive_float, default=None, metavar="D",
