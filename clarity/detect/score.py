@@ -118,8 +118,9 @@ def snap_candidates(model, block: np.ndarray, centres, scores, *, floor: float =
 
     For a candidate scoring at least ``floor``: find the brightest voxel of the Gaussian-smoothed
     block (``sigma`` per axis, about a soma's radius) within ``radius`` voxels per axis of it,
-    score the patch there, and move there if that scores strictly higher. One extra patch per
-    promising candidate (against up to 24 for :func:`refine_candidates`).
+    score the patch there, and move there if that scores strictly higher. At most one extra patch
+    per promising candidate (none when it already sits on that point; up to 24 for
+    :func:`refine_candidates`).
 
     Parameters
     ----------
@@ -154,6 +155,12 @@ def snap_candidates(model, block: np.ndarray, centres, scores, *, floor: float =
     pos = np.clip(c[act, None, :] + off[None], 0, hi)  # (A, B, 3)
     vals = g[tuple(pos.reshape(-1, 3).T)].reshape(len(act), len(off))
     alt = pos[np.arange(len(act)), vals.argmax(axis=1)]
+    # a candidate already on its brightest point stays (its patch is the one scored): only the
+    # others are scored again
+    away = np.flatnonzero(np.any(alt != c[act], axis=1))
+    if not len(away):
+        return c, s
+    act, alt = act[away], alt[away]
     alt_s = score_candidates(model, block, alt, batch_size=batch_size, device=device)
     up = alt_s > s[act]
     c[act[up]] = alt[up]

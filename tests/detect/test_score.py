@@ -65,6 +65,27 @@ def test_snap_candidates_moves_to_the_brightest_point_when_it_scores_higher(file
         assert g[tuple(c2[i])] == pytest.approx(box.max())
 
 
+def test_snap_scores_only_candidates_away_from_their_brightest_point(files, monkeypatch):
+    """A candidate already on the brightest smoothed voxel of its box keeps its place and score
+    without a second patch; the others are scored once each."""
+    from clarity.detect import score as score_mod
+    from clarity.detect.config import SNAP_SIGMA
+
+    rng = np.random.default_rng(2)
+    block = ndimage.gaussian_filter(rng.standard_normal((24, 40, 40)).astype(np.float32), 1.5) * 3
+    net = load_model(files["model"], device="cpu").model
+    g = score_mod.gaussian_smoothed(block, SNAP_SIGMA)
+    peaks = np.argwhere((g == ndimage.maximum_filter(g, size=(3, 5, 5))) & (g > 0))[:10]
+    others = np.argwhere(np.ones(block.shape, bool))[rng.choice(block.size, 30, replace=False)]
+    cent = np.vstack([peaks, others])
+    sc = np.ones(len(cent), np.float32) * 0.5
+    seen = []
+    real = score_mod.score_candidates
+    monkeypatch.setattr(score_mod, "score_candidates", lambda m, b, c, **kw: seen.append(len(c)) or real(m, b, c, **kw))
+    c2, s2 = score_mod.snap_candidates(net, block, cent, sc, floor=0.1, radius=(1, 2, 2), smoothed=g)
+    assert (c2[:len(peaks)] == peaks).all() and (s2[:len(peaks)] == 0.5).all()
+    assert sum(seen) <= len(others) and sum(seen) >= 1
+
 def test_shared_network_scores_the_same_in_many_threads(files):
     """Chunk threads share one cached network: preparing it for scoring must not swap its weights
     under a thread that is scoring (the first call converts it once, later calls leave it alone)."""
