@@ -6,6 +6,7 @@ Usage::
                                      [--cellfinder-python .cellfinder-venv/bin/python]
                                      [--cache data/bench/cellfinder] [--radius 6.0]
                                      [--soma-diameter UM] [--n-free-cpus 0] [--workdir DIR]
+                                     [--variants refine-none,log] [--log-threshold T | --log-fit-root data]
                                      [--results bench/results/bench_cellfinder.csv]
 
 The issue's speed item: ">= 8x cellfinder's detection stage on the same volume, same machine,
@@ -43,6 +44,14 @@ Measured, one after the other, never concurrently, each with every core of the m
    before and after cellfinder and its seconds are the mean of the two runs (its accuracy is the
    first run's; the two runs' cells are compared).
 
+4. ``--variants``: clarity with other settings, once each, after the second clarity run:
+   ``refine-none`` (``--refine none``: no snap refinement) and ``log`` (``--mode log``: clarity's
+   classical stage alone, N4 and the LoG screen with its threshold, no CNN; like-for-like with
+   cellfinder's detection stage, which is classical too). The LoG threshold is ``--log-threshold``,
+   or fitted (max F1, :func:`clarity.detect.fit_log_threshold`) on the corrected volumes and
+   complete truth of ``--log-fit-root`` (default ``data``: the default report's synthetic brains,
+   never the bench volume). Each gets its own speed ratio against the same cellfinder run.
+
 Both detections are scored against the true centres with
 :func:`clarity.matching.match_points` (one-to-one, optimal, within ``--radius`` voxels, default
 6). The table gives per tool: detection seconds, Mvox/s, wall seconds, cells found, precision,
@@ -57,9 +66,12 @@ cellfinder lives in a virtualenv of its own (it pins its own keras and dependenc
     .cellfinder-venv/bin/pip install cellfinder tifffile
 
 Measured on this 2-core machine (cellfinder 1.10.1, the default report's final model, 134 Mvox,
-66 s in all): clarity 11.1 s (mean of its runs before and after), F1 0.886 (precision 0.918,
-recall 0.857); cellfinder's detection 32.8 s, F1 0.248 (its defaults find 899 candidates for
-5,417 cells): 2.97x (the issue's target is >= 8x).
+``--variants refine-none,log``, 75 s in all): clarity 9.1 s (mean of its runs before and after),
+F1 0.886 (precision 0.918, recall 0.857); cellfinder's detection 27.4 s, F1 0.248 (its defaults
+find 899 candidates for 5,417 cells): 3.01x (the issue's target is >= 8x). Without snap
+refinement 6.5 s, F1 0.843: 4.2x; clarity's classical stage alone (N4 + LoG, threshold 0.300
+fitted on the default report's 8 synthetic brains) 4.0 s, F1 0.772: 6.9x. A session before, in a
+slower hour: clarity 11.1 s, cellfinder 32.8 s, 2.97x.
 
 Check it at tiny scale first, e.g. ``--shape 64 256 256 --cache /tmp/bcf
 --results /tmp/bcf/bench_cellfinder.csv``.
@@ -167,11 +179,12 @@ def run_timed(cmd: list[str], *, log: Path, env: dict | None = None) -> dict:
             "stdout": log.read_text(errors="replace")}
 
 
-def run_clarity(tif: Path, model: str, out: Path, voxel: tuple, log: Path) -> dict:
-    """One ``python -m clarity detect`` into the fresh folder ``out``; its figures."""
+def run_clarity(tif: Path, model: str, out: Path, voxel: tuple, log: Path, extra: tuple = ()) -> dict:
+    """One ``python -m clarity detect`` (with ``extra`` arguments) into the fresh folder ``out``;
+    its figures."""
     cmd = [str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists() else sys.executable,
            "-m", "clarity", "detect", str(tif), "--model", model, "--out", str(out),
-           "--voxel-size", *map(str, voxel), "--no-progress"]
+           "--voxel-size", *map(str, voxel), "--no-progress", *extra]
     res = run_timed(cmd, log=log)
     cells, seconds = parse_detect_line(res["stdout"])
     if res["returncode"] != 0 or seconds is None:
@@ -190,6 +203,61 @@ def run_cellfinder(args, tif: Path, voxel: tuple, soma: float, work: Path) -> di
     if res["returncode"] != 0 or not js.exists():
         raise RuntimeError(f"cellfinder failed (exit {res['returncode']}); log {log}:\n{res['stdout'][-3000:]}")
     return {**res, **json.loads(js.read_text()), "csv": points}
+
+
+def fit_log_threshold_on(root: str) -> float:
+    """The LoG threshold of max F1 on a data root's corrected volumes and complete truth (the
+    default report's synthetic brains, never the bench volume), at clarity's LoG settings."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from clarity.detect import DetectionConfig, fit_log_threshold, log_config, log_detect
+    from clarity.io import list_brains, read_volume
+    from clarity.paths import Paths
+
+    paths = Paths(data_dir=root if Path(root).is_absolute() else ROOT / root)
+    cfg = log_config(DetectionConfig())
+    dets, truths = [], []
+    for b in list_brains(paths.data_dir):
+        if b.truth is None or not paths.corrected(b.name).exists():
+            continue
+        dets.append(log_detect(np.asarray(read_volume(paths.corrected(b.name), check_finite=False)), threshold=0.0,
+                               config=cfg, snr=False))
+        truths.append(b.truth_points())
+    if not dets:
+        raise SystemExit(f"{paths.data_dir}: no corrected volume with complete truth to fit the LoG threshold on "
+                         "(run make report first, or give --log-threshold)")
+    thr, _ = fit_log_threshold(None, truths, radius=6.0, config=cfg, detections=dets)
+    return float(thr)
+
+
+VARIANTS = {"refine-none": ("--refine", "none"), "log": ("--mode", "log")}
+
+
+def run_variants(args, tif: Path, model: str, voxel: tuple, work: Path, truth, cf: dict) -> list[dict]:
+    """The ``--variants`` rows: clarity once per variant, scored, with its ratio to ``cf``."""
+    rows = []
+    for name in [v.strip() for v in (args.variants or "").split(",") if v.strip()]:
+        if name not in VARIANTS:
+            raise SystemExit(f"--variants: unknown {name!r}; choose from {', '.join(VARIANTS)}")
+        extra = VARIANTS[name]
+        note = f"clarity detect {' '.join(extra)}"
+        if name == "log":
+            thr = args.log_threshold if args.log_threshold is not None else fit_log_threshold_on(args.log_fit_root)
+            extra = (*extra, "--threshold", f"{thr:.6g}")
+            note += (f" --threshold {thr:.4g} (" + ("given" if args.log_threshold is not None else
+                     f"fitted on {args.log_fit_root}'s truth") + "): N4 + LoG screen, no CNN; run once")
+        else:
+            note += ": run once"
+        load = os.getloadavg()[0]
+        r = run_clarity(tif, model, Path(tempfile.mkdtemp(prefix=f"clarity_{name}_", dir=work)), voxel,
+                        work / f"clarity_{name}.log", extra)
+        print(f"clarity {name}: {r['cells']} cells, {r['detect_s']:.1f} s detection, wall {r['wall_s']:.1f} s "
+              f"(load average {load:.1f} before)", flush=True)
+        sc = score(read_points(r["csv"]), truth, args.radius)
+        rows.append({"tool": f"clarity ({name})", "detect_s": r["detect_s"], "wall_s": r["wall_s"], "cells": r["cells"],
+                     **sc, "loadavg": _r(load, 2), "speed_ratio": _r(cf["detect_s"] / r["detect_s"]), "note": note})
+    return rows
 
 
 def cellfinder_child(args) -> int:
@@ -275,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the table as CSV (default bench/results/bench_cellfinder.csv)")
     ap.add_argument("--workdir", default=None, help="detections and logs go here (default: a temporary "
                                                     "folder, removed at the end)")
+    ap.add_argument("--variants", default="", help="also time clarity with other settings, comma-separated: "
+                                                   f"{', '.join(VARIANTS)} (default: none)")
+    ap.add_argument("--log-threshold", type=float, default=None, help="the log variant's LoG threshold "
+                                                                      "(default: fitted on --log-fit-root)")
+    ap.add_argument("--log-fit-root", default="data", help="data root whose corrected volumes and complete truth "
+                                                           "the log variant's threshold is fitted on (default data)")
     # the cellfinder child
     ap.add_argument("--run-cellfinder", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--points", default=None, help=argparse.SUPPRESS)
@@ -352,6 +426,7 @@ def main(argv=None) -> int:
             s_na = score(read_points(cf["csv"], types=keep), truth, args.radius)
             rows.append({"tool": "cellfinder (no artifacts)", "detect_s": cf["detect_s"], "wall_s": cf["wall_s"],
                          "cells": s_na["n_pred"], **s_na, "note": "the same run, points flagged as artifacts dropped"})
+        rows += run_variants(args, tif, model, voxel, work, truth, cf)
         ratio = cf["detect_s"] / clarity_s
         ratio_wall = cf["wall_s"] / clarity_wall
         for r in rows:
@@ -366,6 +441,10 @@ def main(argv=None) -> int:
         lines.append(f"speed ratio clarity/cellfinder (cellfinder s / clarity s): {ratio:.2f}x on detection "
                      f"seconds, {ratio_wall:.2f}x on wall seconds (target >= 8x)")
         lines.append(f"F1 clarity - cellfinder: {s_cl['f1'] - s_cf['f1']:+.3f} (target >= 0)")
+        for r in rows:
+            if r.get("speed_ratio") is not None:
+                lines.append(f"{r['tool']}: {r['speed_ratio']:.2f}x cellfinder's detection seconds, "
+                             f"F1 {r['f1'] - s_cf['f1']:+.3f} against it")
         records = [{**r, **{k: _r(r.get(k)) for k in ("detect_s", "mvox_s", "wall_s", "precision", "recall", "f1")}}
                    for r in rows]
         records.append({"tool": "speed_ratio", "speed_ratio": _r(ratio),
