@@ -29,7 +29,7 @@ from ..detect.config import resolve_config
 from ..io import common_voxel_um, list_brains, read_volume, write_json
 from ..model import CALIBRATION_FIELDS, load_model, read_calibration, save_calibration
 from ..rescore import DEFAULT_FLOOR, fit_rescorer
-from ..scale import cell_size_option, match_rule
+from ..scale import CellScale, cell_size_option, match_rule
 
 __all__ = ["KEEP", "write_calibration", "calibrate_on_brains", "measure_cell_size", "root_cell_size"]
 
@@ -137,8 +137,8 @@ def root_cell_size(paths, option) -> tuple[float, float, float] | None:
     again when any of them changes.
     """
     opt = cell_size_option(option)
-    if opt is None or opt != "auto":
-        return None if opt is None else tuple(float(v) for v in np.broadcast_to(np.asarray(opt, float), (3,)))
+    if opt != "auto":
+        return None if opt is None else CellScale(cell_um=opt).cell_um  # checked, one number -> three
     brains = list_brains(paths.data_dir)
     stamp = {}
     for b in brains:
