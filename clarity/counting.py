@@ -26,6 +26,8 @@ from .detect import DetectionConfig, RunOptions, detect_volume, fit_log_threshol
 from .detect.block import resolve_rescorer
 from .detect.config import resolve_config
 from .detect.volume import estimated_count
+from .dense.files import load_unet
+from .dense.heldout import detect_unet
 from .delivr_score import DelivrScore, delivr_score, mask_path, read_mask
 from .evaluate import count_calibration, match_points
 from .io import ClarityInputError, atomic_write, group_map, list_brains, read_volume, volume_shape
@@ -97,7 +99,7 @@ def match_rule(brain, *, radius: float, radius_um: float | None, cell_um=None) -
 def heldout_detection(paths, *, variant: str = "cnn", n_folds: int = 4, mode: str = "candidates",
                       chunk: Sequence[int] = (64, 256, 256), matching: Matching | None = None,
                       log_baseline: bool = True, brains: Sequence[str] | None = None, progress: bool = True,
-                      compare_without_rescoring: bool = True) -> list[BrainCount]:
+                      compare_without_rescoring: bool = True, dense: bool = False) -> list[BrainCount]:
     """Detect every brain with the model of the fold that held it out; LoG baseline beside it.
 
     Parameters
@@ -123,6 +125,10 @@ def heldout_detection(paths, *, variant: str = "cnn", n_folds: int = 4, mode: st
     compare_without_rescoring : bool
         When the fold model carries a rescorer (:mod:`clarity.rescore`), also report the CNN
         alone at its calibrated threshold, as method ``"without rescoring: CNN (<variant>)"``.
+    dense : bool
+        Also detect with each fold's U-Net (``paths.fold_model("fold<k>", "unet")``, notebook
+        04a with ``DENSE_NETWORK``; :mod:`clarity.dense`) on the corrected volumes of notebook
+        01, as method ``"U-Net"``, at the threshold calibrated on the fold's training brains.
 
     Returns
     -------
@@ -148,11 +154,34 @@ def heldout_detection(paths, *, variant: str = "cnn", n_folds: int = 4, mode: st
                                      config=_log_config_of(config), cache=log_cache,
                                      cell_um=config.cell_diameter_um) if log_baseline else None)
         for name in test:
+            delivr = delivr_scorer(paths.data_dir, by_name[name], config=config)
             out += _detect_heldout(by_name[name], model, fold=k, variant=variant, config=config, run=run,
                                    match=m.rule(by_name[name].voxel_um)[:2],
                                    log_threshold=log_thr, without_rescoring=compare_without_rescoring,
-                                   delivr=delivr_scorer(paths.data_dir, by_name[name], config=config))
+                                   delivr=delivr)
+            if dense:
+                out.append(_unet_heldout(paths, by_name[name], fold=k, match=m.rule(by_name[name].voxel_um)[:2],
+                                         delivr=delivr))
     return out
+
+
+def _unet_heldout(paths, b, *, fold: int, match: tuple, delivr=None) -> BrainCount:
+    """The fold's U-Net (:mod:`clarity.dense`) on one held-out brain's corrected volume."""
+    path = paths.fold_model(f"fold{fold}", "unet")
+    if not path.exists():
+        raise ClarityInputError(f"{path}: no U-Net for fold{fold}; run notebook 04a_validate_fold with "
+                                f"DENSE_NETWORK: true (or set DENSE_NETWORK: false here)")
+    unet = load_unet(path)
+    t0 = time.perf_counter()
+    every = detect_unet(unet, read_volume(paths.corrected(b.name), check_finite=False), voxel_um=b.voxel_um)
+    cells = every[every.score >= unet.threshold].reset_index(drop=True)
+    seconds = time.perf_counter() - t0
+    truth = b.truth_points() if b.truth is not None else None
+    ann = b.points() if b.annotations is not None else None
+    tm, am = score_counts(cells, truth=truth, annotations=ann, radius=match[0], scale=match[1])
+    return BrainCount(b.name, "U-Net", cells, seconds, tm, am,
+                      {"fold": fold, "group": b.group, "threshold": unet.threshold, "model_path": str(path)},
+                      None, delivr(cells) if delivr is not None else None)
 
 
 def delivr_scorer(data_dir, brain, *, config: DetectionConfig | None = None):

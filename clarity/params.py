@@ -258,6 +258,11 @@ _DECLARED = [
        "inner-validation brains or all training brains (never the test brains)", "04a", choices=("val", "train")),
     _p("RESCORE", bool, True, "validation", "fit the second-stage rescorer on the inner-validation brains; "
        "False: the CNN alone", "04a"),
+    _p("DENSE_NETWORK", bool, False, "validation", "also train a small 3D U-Net per fold on the training "
+       "brains' human masks (masks/; else cell-sized ellipsoids at the labels) and detect the held-out brain "
+       "with it (method U-Net in 06; clarity.dense)", "04a 06"),
+    _p("DENSE_STEPS", int, 300, "validation", "optimiser steps of the U-Net (4 crops of 16 x 64 x 64 voxels "
+       "each; ~70-110 s per fold on 2 CPU cores)", "04a"),
     # ---- detection
     _p("VARIANT", str, "cnn", "detection", 'fold model variant: "cnn" or "cnn_retrained"', "05 06 07"),
     _p("MODE", str, "candidates", "detection", "candidates: LoG screen + CNN (CPU); dense: CNN score map (GPU)", "06",

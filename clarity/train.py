@@ -48,7 +48,7 @@ from .augment import augment, intensity_augment
 from .model import CellCNN, ModelConfig, pick_device, save_model
 from .sampling import PatchSet
 
-__all__ = ["TrainConfig", "TrainResult", "augment", "train_model", "max_f1_threshold", "onecycle_lr"]
+__all__ = ["TrainConfig", "TrainResult", "augment", "train_model", "max_f1_threshold", "onecycle_lr", "torch_settings"]
 
 CHECKPOINT_FORMAT = "clarity-train-checkpoint"
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_roc_auc", "val_pr_auc", "lr", "seconds"]
@@ -203,7 +203,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 @contextlib.contextmanager
-def _torch_settings(device: torch.device, num_threads: int | None) -> Iterator[None]:
+def torch_settings(device: torch.device, num_threads: int | None) -> Iterator[None]:
     """Deterministic algorithms and a thread count for the duration of training, then restore."""
     prev_det = torch.are_deterministic_algorithms_enabled()
     prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
@@ -280,7 +280,7 @@ def _checked_sets(train_set: PatchSet, val_set: PatchSet | None, p: int) -> Patc
 
 
 class _Training:
-    """The steps of one :func:`train_model` (construct inside :func:`_torch_settings`): seeded
+    """The steps of one :func:`train_model` (construct inside :func:`torch_settings`): seeded
     model, optimiser and scheduler, the data on the device, and ``state`` (epoch, history, best
     model, early stopping), which every checkpoint holds whole."""
 
@@ -511,7 +511,7 @@ def train_model(train_set: PatchSet, val_set: PatchSet | None, *,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device)
-    with _torch_settings(dev, config.num_threads):
+    with torch_settings(dev, config.num_threads):
         run = _Training(train_set, val_set, model_config=model_config, config=config, out_dir=out_dir, dev=dev)
         run.start(resume=resume, init_state=init_state)
         start = run.state["epoch"] + 1
