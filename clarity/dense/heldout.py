@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage as ndi
 
 from ..count.simulate import oracle_f1
 from ..delivr_score import mask_path, read_mask
@@ -44,17 +45,21 @@ class DenseFold:
 
 
 def dense_volume(paths, brain, *, cell_um=None) -> DenseVolume | None:
-    """A training volume of :func:`clarity.dense.train.train_unet` for one labelled brain of the
-    data root: its corrected volume (notebook 01), the human mask (``masks/<volume>_labels.tif``)
-    when there is one, else cell-sized ellipsoids (``cell_um``) at its labels (complete, else
-    annotations). None when the brain has no labels."""
-    pts, _ = calibration_points(brain)
-    if pts is None:
+    """A training volume of :func:`clarity.dense.train.train_unet` for one annotated brain of the
+    data root: its corrected volume (notebook 01) and, as the target, the human mask
+    (``masks/<volume>_labels.tif``) when there is one, else cell-sized ellipsoids (``cell_um``)
+    at its annotations (``raw/``), the labels the patch CNN trains on. Complete labels
+    (``truth/``) are never a training target: they only calibrate. None without annotations."""
+    pts = brain.points(on_outside="drop") if brain.annotations is not None else None
+    mpath = mask_path(paths.data_dir, brain.name)
+    if pts is None and mpath is None:
         return None
     image = np.asarray(read_volume(paths.corrected(brain.name), check_finite=False), np.float32)
-    mpath = mask_path(paths.data_dir, brain.name)
     if mpath is not None:
         target = (read_mask(mpath, shape=image.shape) > 0).astype(np.uint8)
+        if pts is None:
+            lab, n = ndi.label(target)
+            pts = np.asarray(ndi.center_of_mass(target, lab, range(1, n + 1))).reshape(-1, 3)
     else:
         target = ellipsoid_target(image.shape, pts, voxel_um=brain.voxel_um, cell_um=cell_um)
     return DenseVolume(brain.name, image, target, pts)
@@ -102,9 +107,11 @@ def train_fold(paths, train: Sequence[str], *, config: DenseTrainConfig | None =
                        provenance={"train_brains": list(train), "config": res.config.to_dict(),
                                    "train_seconds": round(res.seconds, 1), "history": res.history})
     m = Matching(radius=radius, radius_um=radius_um, cell_um=cell)
-    peaks = [detect_unet(unet, v.image, voxel_um=by[v.name].voxel_um) for v in vols]
-    unet.threshold = fold_threshold(peaks, [v.centres for v in vols],
-                                    rules=[m.rule(by[v.name].voxel_um)[:2] for v in vols])
+    calib = [(v, calibration_points(by[v.name], shape=v.image.shape)[0]) for v in vols]
+    calib = [(v, p) for v, p in calib if p is not None]  # complete labels where known, else annotations
+    peaks = [detect_unet(unet, v.image, voxel_um=by[v.name].voxel_um) for v, _ in calib]
+    unet.threshold = fold_threshold(peaks, [p for _, p in calib],
+                                    rules=[m.rule(by[v.name].voxel_um)[:2] for v, _ in calib])
     return unet
 
 

@@ -68,3 +68,18 @@ def test_fold_threshold_is_the_pooled_best():
     peaks = [pd.DataFrame({"z": [0.0, 10.0, 20.0], "y": [0.0] * 3, "x": [0.0] * 3, "score": [0.9, 0.6, 0.3]})]
     truth = [np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]])]
     assert fold_threshold(peaks, truth, rules=[(2.0, (1.0, 1.0, 1.0))]) == pytest.approx(0.6)
+
+
+def test_notebook_06_scores_the_fold_unet_on_its_held_out_brain(paths_for):
+    from clarity.counting import _unet_heldout  # the U-Net row of heldout_detection(dense=True)
+
+    paths = paths_for("dense_06")
+    b3 = list_brains(paths.data_dir, names=["b3"])[0]
+    with pytest.raises(ClarityInputError, match="no U-Net for fold2.*DENSE_NETWORK"):
+        _unet_heldout(paths, b3, fold=2, match=(6.0, (1.0, 1.0, 1.0)))
+    fit_split(paths, "fold2", n_folds=2, config=TINY, progress=False)
+    c = _unet_heldout(paths, b3, fold=2, match=(6.0, (1.0, 1.0, 1.0)))
+    u = load_unet(paths.fold_model("fold2", "unet"))
+    assert c.method == "U-Net" and c.info["threshold"] == u.threshold
+    assert (c.cells.score >= u.threshold).all()
+    assert c.truth_match.n_true == len(b3.truth_points()) and c.row()["n_detected"] == len(c.cells)
