@@ -15,6 +15,7 @@ import torch
 from scipy import ndimage as ndi
 
 from ..detect.nms import nms
+from ..model import pick_device
 from ..scale import CellScale
 from .unet import UNet3D
 
@@ -43,7 +44,7 @@ def _padded(block: np.ndarray, multiple: Sequence[int]) -> tuple[np.ndarray, tup
 
 @torch.no_grad()
 def probability_map(model: UNet3D, volume, *, tile: Sequence[int] = (48, 192, 192),
-                    halo: Sequence[int] = (8, 24, 24), device: str | torch.device = "cpu",
+                    halo: Sequence[int] = (8, 24, 24), device: str | torch.device | None = None,
                     progress: bool = False) -> np.ndarray:
     """Per-voxel probability (float32, the volume's shape) of being inside a cell.
 
@@ -57,7 +58,8 @@ def probability_map(model: UNet3D, volume, *, tile: Sequence[int] = (48, 192, 19
     volume : array-like (z, y, x)
         Normalised intensities; read tile by tile (a memory map or dask array is fine).
     tile, halo : 3 ints, keyword-only
-    device : torch device, keyword-only
+    device : torch device or None, keyword-only
+        None: CUDA when there is one, else the CPU.
     progress : bool, keyword-only
         A tqdm bar over tiles.
     """
@@ -68,6 +70,7 @@ def probability_map(model: UNet3D, volume, *, tile: Sequence[int] = (48, 192, 19
         raise ValueError(f"expected a 3D (z, y, x) volume, got shape {shape}")
     tile = tuple(max(1, int(t)) for t in tile)
     halo = tuple(max(0, int(h)) for h in halo)
+    device = pick_device(device)
     model = model.to(device).eval()
     out = np.zeros(shape, np.float32)
     boxes = [(z, y, x) for z in _starts(shape[0], tile[0]) for y in _starts(shape[1], tile[1])

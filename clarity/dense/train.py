@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from ..augment import intensity_augment
+from ..model import pick_device
 from ..scale import CellScale
 from ..train import torch_settings, onecycle_lr
 from .unet import UNet3D, UNetConfig, plan_pools
@@ -156,7 +157,7 @@ def _draw(volumes, size, n, rng, cell_fraction):
 
 
 def train_unet(volumes: Sequence[DenseVolume], *, config: DenseTrainConfig | None = None, voxel_um=None,
-               device: str | torch.device = "cpu", progress: bool = True) -> DenseTrainResult:
+               device: str | torch.device | None = None, progress: bool = True) -> DenseTrainResult:
     """Train a U-Net on ``volumes`` (:class:`DenseVolume`); deterministic for a given ``config.seed``.
 
     Parameters
@@ -166,7 +167,8 @@ def train_unet(volumes: Sequence[DenseVolume], *, config: DenseTrainConfig | Non
     config : DenseTrainConfig, keyword-only
     voxel_um : 3 floats or None, keyword-only
         The volumes' grid (z, y, x um): plans the pooling (:func:`~clarity.dense.unet.plan_pools`).
-    device : torch device, keyword-only
+    device : torch device or None, keyword-only
+        None: CUDA when there is one, else the CPU (:func:`clarity.model.pick_device`).
     progress : bool, keyword-only
         A tqdm bar over steps with the running loss.
     """
@@ -178,7 +180,7 @@ def train_unet(volumes: Sequence[DenseVolume], *, config: DenseTrainConfig | Non
         raise ValueError("no training volumes")
     if not any(v.target.any() for v in vols):
         raise ValueError("no labelled voxel in any training volume: nothing to learn")
-    device = torch.device(device)
+    device = pick_device(device)
     net_cfg = UNetConfig(pools=plan_pools(voxel_um, cfg.levels), width=cfg.width)
     size = _crop_size(vols, cfg.crop, net_cfg.multiple())
     rng = np.random.default_rng(cfg.seed)
