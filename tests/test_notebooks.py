@@ -30,6 +30,8 @@ def test_source_notebooks_are_clean_and_parameterised():
         nb = nbformat.read(nb_path, as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]
         assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), nb_path.name
+        ids = [c.get("id") for c in nb.cells]  # nbformat 4.5: every cell an id, unique (else a warning per run)
+        assert all(ids) and len(set(ids)) == len(ids), f"{nb_path.name}: cells without an id or with a repeated one"
         tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, f"{nb_path.name}: needs exactly one cell tagged 'parameters'"
         for key in ("DATA_DIR", "RUN", "SEED"):
