@@ -44,13 +44,15 @@ def _padded(block: np.ndarray, multiple: Sequence[int]) -> tuple[np.ndarray, tup
 
 @torch.no_grad()
 def probability_map(model: UNet3D, volume, *, tile: Sequence[int] = (48, 192, 192),
-                    halo: Sequence[int] = (8, 24, 24), device: str | torch.device | None = None,
+                    halo: Sequence[int] | None = None, device: str | torch.device | None = None,
                     progress: bool = False) -> np.ndarray:
     """Per-voxel probability (float32, the volume's shape) of being inside a cell.
 
     The volume is cut into cores of ``tile`` voxels (z, y, x); each is run with ``halo`` voxels
     of context on every side (clipped at the faces; padded by reflection to the network's
-    multiple) and only its core is kept, so memory is bounded by the tile, not the volume.
+    multiple) and only its core is kept, so memory is bounded by the tile, not the volume. The
+    default halo is the network's context (:meth:`~clarity.dense.unet.UNetConfig.context`): the
+    map is then the same as the whole volume's, up to float rounding and the padding at the faces.
 
     Parameters
     ----------
@@ -68,16 +70,18 @@ def probability_map(model: UNet3D, volume, *, tile: Sequence[int] = (48, 192, 19
     shape = tuple(int(s) for s in volume.shape)
     if len(shape) != 3:
         raise ValueError(f"expected a 3D (z, y, x) volume, got shape {shape}")
-    tile = tuple(max(1, int(t)) for t in tile)
-    halo = tuple(max(0, int(h)) for h in halo)
+    tile = tuple(-(-max(1, int(t)) // m) * m for t, m in zip(tile, model.config.multiple()))  # cores on the grid
+    halo = model.config.context() if halo is None else tuple(max(0, int(h)) for h in halo)
     device = pick_device(device)
     model = model.to(device).eval()
     out = np.zeros(shape, np.float32)
     boxes = [(z, y, x) for z in _starts(shape[0], tile[0]) for y in _starts(shape[1], tile[1])
              for x in _starts(shape[2], tile[2])]
+    mult = model.config.multiple()
     for corner in tqdm(boxes, desc="U-Net tiles", disable=not progress, leave=False):
         core = [slice(c, min(c + t, s)) for c, t, s in zip(corner, tile, shape)]
-        outer = [slice(max(0, c.start - h), min(s, c.stop + h)) for c, h, s in zip(core, halo, shape)]
+        # blocks start on the pooling grid of the whole volume, so a tile pools as the volume would
+        outer = [slice(max(0, (c.start - h) // m * m), min(s, c.stop + h)) for c, h, s, m in zip(core, halo, shape, mult)]
         block = np.asarray(volume[tuple(outer)], np.float32)
         block, _ = _padded(block, model.config.multiple())
         x = torch.from_numpy(np.array(block, np.float32, order="C"))[None, None].to(device)

@@ -95,6 +95,22 @@ class UNetConfig:
             m = [a * b for a, b in zip(m, p)]
         return tuple(m)
 
+    def context(self) -> tuple[int, int, int]:
+        """Voxels (z, y, x) on each side that reach one output voxel (half the receptive field):
+        two 3^3 convolutions per block at the block's scale on the way down and up, plus what
+        each pooling window spans. A tile run with this much halo gives its core exactly as the
+        whole volume would."""
+        out = []
+        for axis in range(3):
+            f, half = 1, 2  # the first block
+            for p in self.pools:
+                half += (p[axis] - 1) * f  # the pooling window
+                half += 2 * f              # the up block at this level (same scale as its down block)
+                f *= p[axis]
+                half += 2 * f              # the down block below
+            out.append(int(half))
+        return tuple(out)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["pools"] = [list(p) for p in self.pools]

@@ -75,14 +75,27 @@ def test_training_refuses_volumes_without_labels():
         train_unet([v], config=DenseTrainConfig(steps=1), progress=False)
 
 
-def test_probability_map_does_not_depend_on_the_tiles():
+@pytest.mark.parametrize("pools", [[(1, 2, 2), (2, 2, 2)], [(2, 2, 2), (2, 2, 2)]])
+def test_context_covers_the_receptive_field(pools):
+    torch.manual_seed(0)
+    net = UNet3D(UNetConfig(pools=pools, width=4)).eval()
+    x = torch.randn(1, 1, 48, 96, 96).requires_grad_(True)
+    net(x)[0, 0, 24, 48, 48].backward()
+    reach = (x.grad[0, 0].abs() > 0).nonzero()
+    seen = [int(max(c - reach[:, a].min(), reach[:, a].max() - c)) for a, c in enumerate((24, 48, 48))]
+    assert all(s <= c for s, c in zip(seen, net.config.context())), (seen, net.config.context())
+    assert all(c - s <= 2 for s, c in zip(seen, net.config.context()))  # and not much more
+
+
+@pytest.mark.parametrize("shape", [(12, 40, 44), (13, 37, 45)])
+def test_probability_map_does_not_depend_on_the_tiles(shape):
     torch.manual_seed(0)
     net = UNet3D(UNetConfig(pools=[(1, 2, 2), (2, 2, 2)], width=4)).eval()
-    vol = np.random.default_rng(0).normal(size=(12, 40, 44)).astype(np.float32)
-    whole = probability_map(net, vol, tile=(12, 40, 44), halo=(0, 0, 0))
-    tiled = probability_map(net, vol, tile=(6, 16, 16), halo=(12, 40, 44))  # halo covers the volume
+    vol = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    whole = probability_map(net, vol, tile=shape, halo=(0, 0, 0))
+    tiled = probability_map(net, vol, tile=(4, 8, 12))  # the default halo: the network's context
     assert whole.shape == vol.shape
-    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+    np.testing.assert_allclose(tiled, whole, atol=1e-6)
 
 
 def test_peaks_merge_within_a_cell_and_keep_the_floor():
