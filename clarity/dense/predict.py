@@ -43,7 +43,7 @@ def _padded(block: np.ndarray, multiple: Sequence[int]) -> tuple[np.ndarray, tup
 
 
 @torch.no_grad()
-def probability_map(model: UNet3D, volume, *, tile: Sequence[int] = (48, 192, 192),
+def probability_map(model: UNet3D, volume, *, tile: Sequence[int] = (64, 256, 256),
                     halo: Sequence[int] | None = None, device: str | torch.device | None = None,
                     progress: bool = False) -> np.ndarray:
     """Per-voxel probability (float32, the volume's shape) of being inside a cell.
