@@ -258,7 +258,9 @@ def test_report_runs_on_a_root_with_annotations_only(tmp_path):
                   cell_density=float(params["SYNTH_DENSITY"]))
     shutil.rmtree(root / "truth")
     smoke = tmp_path / "smoke.yaml"
-    smoke.write_text(yaml.safe_dump({**params, "N_BRAINS": 4, "COARSE": False}))
+    # with the dense network too: it trains on the annotations and is scored against them
+    smoke.write_text(yaml.safe_dump({**params, "N_BRAINS": 4, "COARSE": False, "DENSE_NETWORK": True,
+                                     "DENSE_STEPS": 20}))
     paths = Paths(data_dir=root, run="mine", models_root=tmp_path / "models", reports_root=tmp_path / "reports")
     assert pipeline.run_report(paths, seed=0, params_file=smoke, progress=False) == 0
     for step in pipeline.STEPS:
@@ -274,3 +276,5 @@ def test_report_runs_on_a_root_with_annotations_only(tmp_path):
     assert "Skipped: the simulated reviewer needs complete labels" in summary  # notebook 08
     assert summary.index("## Held-out detection per brain") < summary.index("(Table 2)")
     assert "## Seconds per notebook" in summary
+    assert "| U-Net |" in summary
+    assert len(list(paths.models.glob("fold*/unet/model.pt"))) == int(params.get("N_FOLDS", 4))  # one per fold
