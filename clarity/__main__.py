@@ -159,7 +159,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "metadata, else the data root's brains.csv when a volume sits in <root>/raw/, "
                         "else the model's own (a conflict is warned about)")
     p.add_argument("--chunk", type=_positive_int, nargs=3, metavar=("Z", "Y", "X"),
-                   default=[64, 512, 512], help="chunk core size in voxels (default 64 512 512)")
+                   default=None, help="chunk core size in voxels, used as given (default: planned "
+                                      "for the volume and the workers, blocks no larger than 64 512 512's)")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="dask.distributed scheduler address (tcp://host:port); default: local "
                         "threads ('sync' and 'processes' also accepted)")
@@ -210,7 +211,8 @@ def detection_settings(args: argparse.Namespace, model) -> tuple[DetectionConfig
     if args.min_snr is not None:
         config = config.replace(min_snr=args.min_snr)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    run = RunOptions(chunk=tuple(args.chunk), scheduler=args.scheduler, num_workers=args.workers,
+    chunk = {} if args.chunk is None else {"chunk": tuple(args.chunk), "reshape_chunk": False}
+    run = RunOptions(**chunk, scheduler=args.scheduler, num_workers=args.workers,
                      device=args.device, progress=progress)
     return config, run
 

@@ -41,6 +41,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from tqdm.auto import tqdm
 
+from .inference import inference_logits  # noqa: E402
 from .io import ClarityInputError, atomic_write, jsonable, write_json  # noqa: E402
 from .rescore import Rescorer  # noqa: E402
 from .calibration_file import (CALIBRATION_FIELDS, CALIBRATION_FORMAT, CALIBRATION_FORMAT_VERSION,  # noqa: E402,F401
@@ -246,8 +247,8 @@ _PREPARE_LOCK = threading.Lock()
 
 
 def _prepare(model: CellCNN, device) -> tuple[CellCNN, torch.device]:
-    """``model`` on ``device`` (channels-last on the CPU: oneDNN 3D convolutions run ~1.5x
-    faster), in eval mode. A model this function prepared before, and not put back into training
+    """``model`` on ``device`` (channels-last on the CPU, for the dense map's convolutions;
+    patches are scored by the folded form, :mod:`clarity.inference`), in eval mode. A model this function prepared before, and not put back into training
     mode since, is left untouched, so threads scoring with one shared network never see its
     weights swapped under them."""
     dev = pick_device(device) if device is not None else next(model.parameters()).device
@@ -288,13 +289,14 @@ def score_patches(model: CellCNN, patches: np.ndarray, *, batch_size: int = 2048
         raise ValueError(f"expected patches of shape (N, {p}, {p}, {p}), got {patches.shape}")
     model, dev = _prepare(model, device)
     out = np.empty(len(patches), dtype=np.float32)
-    fmt = torch.channels_last_3d if dev.type == "cpu" else torch.contiguous_format
+    # the folded inference form (clarity.inference) unless a subclass changed the forward pass
+    logits = (lambda xb: inference_logits(model, xb)) if type(model).forward is CellCNN.forward else model
     with torch.no_grad():
         for s in tqdm(range(0, len(patches), batch_size), desc="scoring patches", unit="batch",
                       disable=not progress, leave=False):
             xb = torch.from_numpy(np.ascontiguousarray(patches[s:s + batch_size], dtype=np.float32))
-            xb = xb.to(dev, non_blocking=True).unsqueeze(1).contiguous(memory_format=fmt)
-            out[s:s + len(xb)] = torch.sigmoid(model(xb)).float().cpu().numpy()
+            xb = xb.to(dev, non_blocking=True).unsqueeze(1)
+            out[s:s + len(xb)] = torch.sigmoid(logits(xb)).float().cpu().numpy()
     return out
 
 

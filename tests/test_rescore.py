@@ -139,7 +139,7 @@ def test_rescored_detection_chunked_equals_unchunked(tmp_path):
     kept = frame[r.predict(x) >= r.threshold].reset_index(drop=True)
     np.testing.assert_array_equal(whole[["z", "y", "x"]].to_numpy(), kept[["z", "y", "x"]].to_numpy())
     np.testing.assert_allclose(whole.cnn_score, kept.score, atol=1e-6)
-    chunked = detect_volume(v, model=m, preprocessed=True, run=RunOptions(chunk=(12, 40, 40), scheduler='sync', progress=False, device='cpu'))
+    chunked = detect_volume(v, model=m, preprocessed=True, run=RunOptions(reshape_chunk=False, chunk=(12, 40, 40), scheduler='sync', progress=False, device='cpu'))
     assert chunked.chunks > 1 and chunked.info["rescored"]
     np.testing.assert_array_equal(chunked.cells[["z", "y", "x"]].to_numpy(), whole[["z", "y", "x"]].to_numpy())
     np.testing.assert_allclose(chunked.cells.score, whole.score, atol=1e-5)

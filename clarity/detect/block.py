@@ -40,7 +40,6 @@ from .filters import (
 from .grid import resample_block, scale_factors, to_input_voxels
 from .nms import nms
 from .score import (
-    gaussian_smoothed,
     refine_candidates,
     score_candidates,
     snap_candidates,
@@ -92,9 +91,8 @@ def _refine(v, cent, scores, *, model, plan: BlockPlan, bufs: ScratchBuffers | N
     if cfg.effective_refine == "climb":
         return refine_candidates(model, v, cent, scores, steps=cfg.refine_steps, floor=cfg.refine_floor,
                                  batch_size=plan.batch_size, device=plan.device)
-    # the screen's scratch buffers are free again: smooth into one of them
-    g = gaussian_smoothed(v, SNAP_SIGMA, TRUNCATE, out=None if bufs is None else bufs.get("tmp", v.shape))
-    return snap_candidates(model, v, cent, scores, floor=cfg.refine_floor, smoothed=g,
+    # smoothed around the promising candidates only (clarity.detect.score.smoothed_boxes)
+    return snap_candidates(model, v, cent, scores, floor=cfg.refine_floor, sigma=SNAP_SIGMA,
                            batch_size=plan.batch_size, device=plan.device)
 
 

@@ -221,6 +221,47 @@ def balanced_chunk(shape, chunk, workers: int, halo) -> tuple[int, int, int]:
     return tuple(chunk)
 
 
+def plan_chunk(shape, chunk, workers: int, halo, *, max_cores_per_axis: int = 64,
+               chunk_overhead: float = 2e5) -> tuple[int, int, int]:
+    """The chunk (core sizes, z, y, x) that finishes soonest on ``workers`` workers, within the
+    memory of ``chunk``: cut the volume so that less of it is read twice as halo and the
+    workers finish together.
+
+    Every candidate's largest core with its halo holds at most as many voxels as ``chunk`` with
+    its halo (``prod(chunk + 2 * halo)``; memory per chunk in flight is bounded as before), and
+    the chosen one minimises the rounds of chunks per worker times the largest block, plus
+    ``chunk_overhead`` voxels per chunk (fixed costs). On the 128 x 1024 x 1024 bench volume
+    with the default chunk and halo 10 this is 128 x 512 x 256 (8 blocks of at most 18.4 Mvox,
+    139 Mvox read) instead of 64 x 512 x 512 (8 blocks of 20.2 Mvox, 161 Mvox read).
+    Results do not depend on it (:func:`chunk_boxes`).
+    """
+    shape = [int(n) for n in shape]
+    chunk = [max(1, min(int(c), n)) for c, n in zip(chunk, shape)]
+    halo = [max(0, int(h)) for h in halo]
+    budget = float(np.prod([c + 2 * h for c, h in zip(chunk, halo)]))
+    axes = []
+    for n, h in zip(shape, halo):
+        opts = {}
+        for k in range(1, min(n, max_cores_per_axis) + 1):
+            c = math.ceil(n / k) + (h if k > 1 else 0)  # end cores carry the halo on one side
+            cores = _axis_cores(n, c, h)
+            opts.setdefault(len(cores), (c, max(min(n, (x.stop - x.start) + 2 * h) for x in cores)))
+        axes.append(sorted(opts.items()))
+    best, best_cost = None, math.inf
+    for kz, (cz, bz) in axes[0]:
+        for ky, (cy, by) in axes[1]:
+            ks = np.array([k for k, _ in axes[2]])
+            bx = np.array([b for _, (_, b) in axes[2]], float)
+            box = float(bz) * by * bx
+            n_chunks = kz * ky * ks
+            cost = np.ceil(n_chunks / max(1, int(workers))) * box + n_chunks * chunk_overhead
+            cost[box > budget] = np.inf
+            i = int(np.argmin(cost))
+            if cost[i] < best_cost:
+                best_cost, best = cost[i], (cz, cy, axes[2][i][1][0])
+    return tuple(int(c) for c in best) if best is not None else balanced_chunk(shape, chunk, workers, halo)
+
+
 class ChunkProgress:
     """A tqdm bar over the voxels of finished chunk cores (Mvox/s, time left) that also hands
     each finished chunk's result to ``on_done(i, result)``: a local dask scheduler callback

@@ -265,6 +265,11 @@ class RunOptions:
         long, the ones between the halo shorter, so that every core with its halo spans at most
         ``chunk + halo`` (:func:`clarity.detect.chunk_boxes`). Peak memory is about 20 bytes per voxel of a
         chunk with its halo, times the chunks in flight, plus ~300 MB, whatever the volume's size.
+    reshape_chunk : bool
+        Reshape ``chunk`` for the volume, its halo and the workers
+        (:func:`clarity.detect.chunks.plan_chunk`: less halo read twice, workers finishing
+        together, blocks no larger than ``chunk``'s); False: ``chunk`` as given (halved only
+        while there are fewer chunks than workers).
     scheduler : str, distributed.Client or None
         None or ``"threads"``: local threads; ``"sync"``: one chunk at a time in this thread;
         ``"processes"``: local processes; ``"tcp://host:port"`` or a ``distributed.Client``: a
@@ -288,6 +293,7 @@ class RunOptions:
     """
 
     chunk: tuple = (64, 512, 512)
+    reshape_chunk: bool = True
     scheduler: Any = None
     num_workers: int | None = None
     batch_size: int | None = None

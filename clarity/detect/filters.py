@@ -16,6 +16,7 @@ from scipy import ndimage as ndi
 
 from .config import (DEFAULT_CANDIDATE_THRESHOLD, DEFAULT_SIGMAS, DEFAULT_TISSUE_LEVEL, SNR_CORE,
                      SNR_INNER, SNR_OUTER, TRUNCATE, as_sigmas)
+from . import kernels
 from .nms import nms
 
 __all__ = ["kernel_radius", "candidate_halo", "neg_laplacian", "max_filter", "ScratchBuffers", "BufferPool",
@@ -130,6 +131,15 @@ class BufferPool:
                 self._free.append(bufs)
 
 
+def _unravel(flat: np.ndarray, shape) -> np.ndarray:
+    return np.stack(np.unravel_index(flat, shape), axis=1).astype(np.int64).reshape(-1, len(shape))
+
+
+def _where(mask: np.ndarray) -> np.ndarray:
+    """``np.argwhere(mask)`` as int64 (N, 3), ~6x faster on a sparse mask (flat indices first)."""
+    return _unravel(np.flatnonzero(mask), mask.shape)
+
+
 def _screen_scale(v: np.ndarray, sigma, *, truncate: float, bufs: ScratchBuffers) -> np.ndarray:
     """Scale-normalised negative LoG of ``v`` at ``sigma`` (z, y, x), in bufs 'resp'; leaves
     G_sigma(v) in bufs 'g'."""
@@ -191,7 +201,17 @@ def find_candidates(volume_block, *, sigmas=DEFAULT_SIGMAS,
     sig = as_sigmas(sigmas)
     bufs = buffers if buffers is not None else ScratchBuffers()
     found_c, found_r = [], []
+    compiled = kernels.AVAILABLE and int(min_distance) == 1 and mask is None and min(v.shape) >= 2
     for s in sig:
+        if compiled:  # the same candidates and responses, in two passes (clarity.detect.kernels)
+            g = bufs.get("g", v.shape)
+            ndi.gaussian_filter(v, s, output=g, truncate=truncate, mode="nearest")
+            resp = bufs.get("resp", v.shape)
+            idx = _unravel(kernels.laplacian_peaks(g, s, threshold=threshold, tissue_level=tissue_level,
+                                                   resp=resp), v.shape)
+            found_c.append(idx)
+            found_r.append(resp[tuple(idx.T)])
+            continue
         resp = _screen_scale(v, s, truncate=truncate, bufs=bufs)
         peak = np.greater(resp, threshold, out=bufs.get("peak", v.shape, bool))
         if tissue_level is not None:
@@ -200,7 +220,7 @@ def find_candidates(volume_block, *, sigmas=DEFAULT_SIGMAS,
             peak &= np.asarray(mask, bool)
         mx = max_filter(resp, int(min_distance), bufs.get("g", v.shape), bufs.get("tmp", v.shape))
         peak &= np.greater_equal(resp, mx, out=bufs.get("bool", v.shape, bool))
-        idx = np.argwhere(peak)
+        idx = _where(peak)
         found_c.append(idx)
         found_r.append(resp[tuple(idx.T)])
         del resp, mx, peak
@@ -225,7 +245,7 @@ def find_peaks(score_map: np.ndarray, *, threshold: float, min_distance: int = 3
     peak = (s >= threshold) & (s >= mx)
     if mask is not None:
         peak &= mask
-    idx = np.argwhere(peak).astype(np.int64)
+    idx = _where(peak)
     return idx, s[tuple(idx.T)]
 
 

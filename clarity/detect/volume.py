@@ -27,7 +27,7 @@ from ..preprocess import N4Config, estimate_normalisation, fit_bias_field, shrin
 from ..rescore import SHAPE_FEATURES
 from ..resources import cpus, limit_heap_arenas
 from .block import finish_detections, block_halo, plan_for
-from .chunks import ChunkJob, ModelBlob, balanced_chunk, chunk_boxes, compute_chunks
+from .chunks import ChunkJob, ModelBlob, balanced_chunk, chunk_boxes, compute_chunks, plan_chunk
 from .config import DetectionConfig, RunOptions, resolve_config
 from .grid import scale_factors, to_input_voxels
 from .resume import ChunkState, state_key
@@ -190,7 +190,8 @@ def _run_chunks(reader, shape, *, net, blob, plan, field, norm, preprocessed, ru
     local = run.scheduler is None or (isinstance(run.scheduler, str) and run.scheduler in ("threads", "processes"))
     workers = int(run.num_workers or cpus()) if local else 1
     # a resumed run keeps the chunks of the run it continues (results do not depend on them)
-    chunk = (state.chunk if state is not None else None) or balanced_chunk(shape, run.chunk, workers, halo)
+    chunk = (state.chunk if state is not None else None) or (
+        plan_chunk(shape, run.chunk, workers, halo) if run.reshape_chunk else balanced_chunk(shape, run.chunk, workers, halo))
     if state is not None:
         state.set_chunk(chunk)
         info["chunks_resumed"] = sum(state.chunk_path(c).exists() for c in chunk_boxes(shape, chunk, halo))

@@ -73,4 +73,4 @@ def files(tmp_path_factory, brain, untrained_model):
 def reference(files, n4_fast):
     """Unchunked detection of the tiny volume (one chunk), N4 included."""
     return detect_volume(files["volume"], model=load_model(files["model"], device="cpu"), n4=n4_fast,
-                         run=RunOptions(chunk=SHAPE, scheduler="sync", progress=False, device="cpu"))
+                         run=RunOptions(reshape_chunk=False, chunk=SHAPE, scheduler="sync", progress=False, device="cpu"))

@@ -15,7 +15,7 @@ def test_preprocessed_and_detect_block_agree(reference, files, same_cells):
     vol = tifffile.imread(files["volume"])
     v = correct_volume(vol, reference.field, reference.normalisation)
     net = load_model(files["model"], device="cpu")
-    a = detect_volume(v, model=net, preprocessed=True, run=RunOptions(chunk=(16, 40, 40), progress=False, device='cpu'))
+    a = detect_volume(v, model=net, preprocessed=True, run=RunOptions(reshape_chunk=False, chunk=(16, 40, 40), progress=False, device='cpu'))
     b = detect_block(v, model=net, run=RunOptions(device='cpu'))
     same_cells(a.cells, b)
     same_cells(a.cells, reference.cells)
@@ -33,6 +33,6 @@ def test_min_snr_gate(reference, files, same_cells):
     # the gate runs after NMS: exactly the ungated cells at or above it
     same_cells(gated, every[every["snr"] >= cut].reset_index(drop=True))
     assert 0 < len(gated) < len(every)
-    chunked = detect_volume(v, model=net, preprocessed=True, config=DetectionConfig(min_snr=cut), run=RunOptions(chunk=(12, 40, 40), scheduler='sync', progress=False, device='cpu'))
+    chunked = detect_volume(v, model=net, preprocessed=True, config=DetectionConfig(min_snr=cut), run=RunOptions(reshape_chunk=False, chunk=(12, 40, 40), scheduler='sync', progress=False, device='cpu'))
     same_cells(chunked.cells, gated)
     assert chunked.info["min_snr"] == cut and chunked.estimated_count is None

@@ -66,7 +66,7 @@ def test_chunked_detection_with_resampling_equals_unchunked(brain, reference, fi
     cfg = DetectionConfig(voxel_um=MODEL_UM)
     whole = detect_block(v, model=net, config=cfg, voxel_um=(6.0, 1.6, 1.6))
     chunked = detect_volume(v, model=net, config=cfg, voxel_um=(6.0, 1.6, 1.6), preprocessed=True,
-                            run=RunOptions(chunk=(4, 40, 40), scheduler="sync", progress=False))
+                            run=RunOptions(reshape_chunk=False, chunk=(4, 40, 40), scheduler="sync", progress=False))
     assert chunked.info["scale_factors"] == [3.0, 1.0, 1.0] and chunked.chunks > 4
     assert len(whole) > 0 and (whole["z"] < v.shape[0]).all()
     same_cells(chunked.cells, whole)

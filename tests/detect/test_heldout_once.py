@@ -22,7 +22,7 @@ def test_one_run_gives_the_models_cells_and_every_candidate(files, brain, detect
     b = list_brains(root)[0]
     model = load_model(files["model"], device="cpu")
     model.detection_threshold = 0.6  # a calibrated threshold the candidates must split at
-    run = RunOptions(chunk=detect_shape, scheduler="sync", progress=False, device="cpu")
+    run = RunOptions(reshape_chunk=False, chunk=detect_shape, scheduler="sync", progress=False, device="cpu")
     cfg = resolve_config(model, None)
     counts = _detect_heldout(b, model, fold=1, variant="cnn", config=cfg, run=run,
                              match=match_rule(b, radius=6.0, radius_um=None), log_threshold=None,

@@ -17,7 +17,7 @@ def test_log_baseline(brain, same_cells, n4_fast):
     assert best > 0.5
     det = log_detect(v, threshold=thr)
     assert (det["score"] >= thr).all()
-    whole = detect_volume(v, threshold=thr, preprocessed=True, config=DetectionConfig(mode='log'), run=RunOptions(chunk=(16, 40, 40), progress=False))
+    whole = detect_volume(v, threshold=thr, preprocessed=True, config=DetectionConfig(mode='log'), run=RunOptions(reshape_chunk=False, chunk=(16, 40, 40), progress=False))
     same_cells(whole.cells, det)
     with pytest.raises(ValueError, match="threshold"):
         detect_volume(v, preprocessed=True, config=DetectionConfig(mode='log'), run=RunOptions(progress=False))

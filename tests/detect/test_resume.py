@@ -35,7 +35,7 @@ def setup(tmp_path_factory):
 
 
 def _run(**kw) -> RunOptions:
-    return RunOptions(chunk=CHUNK, scheduler="sync", progress=False, device="cpu", **kw)
+    return RunOptions(reshape_chunk=False, chunk=CHUNK, scheduler="sync", progress=False, device="cpu", **kw)
 
 
 def _detect(volume, model, **kw):

@@ -106,3 +106,25 @@ def test_shared_network_scores_the_same_in_many_threads(files):
     assert net.conv1.weight.data_ptr() == ptr  # a prepared model is left as it is
     for o in outs:
         np.testing.assert_allclose(o, again, atol=1e-5)
+
+
+@pytest.mark.parametrize("sigma,radius", [((1.5, 2.0, 2.0), (2, 2, 2)), ((0.7, 1.3, 2.6), (1, 3, 0))])
+def test_smoothing_around_the_candidates_equals_smoothing_the_block(sigma, radius):
+    """Snap refinement smooths boxes around its candidates instead of the whole block: the same
+    values, also where the box reaches beyond the block (its edge voxel's value)."""
+    import itertools
+
+    from clarity.detect.score import gaussian_smoothed, smoothed_boxes
+
+    rng = np.random.default_rng(5)
+    block = (rng.random((14, 23, 19)) * 3).astype(np.float32)
+    c = np.stack([rng.integers(0, n, 300) for n in block.shape], 1)
+    c[:3] = [[0, 0, 0], [13, 22, 18], [0, 22, 9]]  # corners and faces
+    whole = gaussian_smoothed(block, sigma)
+    off = np.array(list(itertools.product(*(range(-k, k + 1) for k in radius))))
+    pos = np.clip(c[:, None] + off[None], 0, np.array(block.shape) - 1)
+    want = whole[tuple(pos.reshape(-1, 3).T)].reshape((len(c),) + tuple(2 * k + 1 for k in radius))
+    got = smoothed_boxes(block, c, sigma=sigma, radius=radius)
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert smoothed_boxes(block, c[:0], sigma=sigma, radius=radius).shape == (0,) + want.shape[1:]

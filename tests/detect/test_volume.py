@@ -37,13 +37,13 @@ def test_threshold_and_nan_input(reference, files, tmp_path):
     with pytest.raises(ClarityInputError, match="NaN"):
         detect_volume(bad, model=net, run=RunOptions(progress=False))
     with pytest.raises(ClarityInputError, match="NaN"):
-        detect_volume(bad, model=net, preprocessed=True, run=RunOptions(chunk=(8, 96, 96), progress=False))
+        detect_volume(bad, model=net, preprocessed=True, run=RunOptions(reshape_chunk=False, chunk=(8, 96, 96), progress=False))
 
 
 def test_dense_mode_close_to_candidates_geometry(reference, files):
     net = load_model(files["model"], device="cpu")
     whole = detect_volume(files['volume'], model=net, field=reference.field, normalisation=reference.normalisation, config=DetectionConfig(mode='dense'), run=RunOptions(progress=False, device='cpu'))
-    chunked = detect_volume(files['volume'], model=net, field=reference.field, normalisation=reference.normalisation, config=DetectionConfig(mode='dense'), run=RunOptions(chunk=(16, 48, 48), progress=False, device='cpu'))
+    chunked = detect_volume(files['volume'], model=net, field=reference.field, normalisation=reference.normalisation, config=DetectionConfig(mode='dense'), run=RunOptions(reshape_chunk=False, chunk=(16, 48, 48), progress=False, device='cpu'))
     assert whole.n_cells > 0
     assert (whole.cells["score"] >= 0.5).all()
     # dense score maps of different tilings differ in the last float bits only
