@@ -227,8 +227,9 @@ def plan_chunk(shape, chunk, workers: int, halo, *, max_cores_per_axis: int = 64
     memory of ``chunk``: cut the volume so that less of it is read twice as halo and the
     workers finish together.
 
-    Every candidate's largest core with its halo holds at most as many voxels as ``chunk`` with
-    its halo (``prod(chunk + 2 * halo)``; memory per chunk in flight is bounded as before), and
+    Every candidate's largest core with its halo holds at most as many voxels as the largest
+    block ``chunk`` gives (``prod(chunk + halo)``, :func:`chunk_boxes`: memory per chunk in flight
+    is bounded as before, whatever the volume's size), and
     the chosen one minimises the rounds of chunks per worker times the largest block, plus
     ``chunk_overhead`` voxels per chunk (fixed costs). On the 128 x 1024 x 1024 bench volume
     with the default chunk and halo 10 this is 128 x 512 x 256 (8 blocks of at most 18.4 Mvox,
@@ -238,7 +239,7 @@ def plan_chunk(shape, chunk, workers: int, halo, *, max_cores_per_axis: int = 64
     shape = [int(n) for n in shape]
     chunk = [max(1, min(int(c), n)) for c, n in zip(chunk, shape)]
     halo = [max(0, int(h)) for h in halo]
-    budget = float(np.prod([c + 2 * h for c, h in zip(chunk, halo)]))
+    budget = float(np.prod([c + h for c, h in zip(chunk, halo)]))  # chunk_boxes' bound on a block
     axes = []
     for n, h in zip(shape, halo):
         opts = {}
