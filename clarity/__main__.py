@@ -2,8 +2,8 @@
 
 Commands
 --------
-``detect``     count the cells of whole volumes with a trained model; writes one CSV (z,y,x,score)
-               per volume, and with ``--xml`` a Cell Counter XML that opens in Fiji / cellfinder.
+``detect``     count the cells of whole volumes with a trained model (the patch CNN or a fold's
+               U-Net); writes one CSV (z,y,x,score,snr) per volume, with ``--xml`` a Cell Counter XML.
 ``count``      count a brain from a review of its own candidates: draws the review (review.csv),
                then, with ``--decisions``, the brain's own threshold and its count with a 95 %
                interval (count.json, count.png) and its cells (clarity.count).
@@ -22,8 +22,7 @@ stderr, never a traceback.
 
 Each command lives in its own ``add_<command>_parser(subparsers)`` function that registers the
 parser and its handler (``set_defaults(func=...)``); a handler takes the parsed arguments and
-returns the exit code. Add a command by writing one such function and calling it from
-:func:`build_parser`.
+returns the exit code. Add a command by writing one such function, called from :func:`build_parser`.
 """
 
 from __future__ import annotations
@@ -46,6 +45,7 @@ from .detect.resume import STATE_FOLDER
 from .count import CountSettings, default_floor, VolumeSpec, count_from_review, draw_review_files
 from .count.design import DEFAULT_SCHEME, SCHEMES
 from .io import ClarityInputError, VolumeReader, is_zarr, list_brains, read_volume, volume_shape, voxel_size_of, zarr_stem
+from .dense.cli import detect_with_unet, is_unet_file
 from .model import calibration_path, load_model
 from .paths import Paths
 from .params import NOTEBOOKS, STAGES, format_params
@@ -117,7 +117,8 @@ def add_detect_parser(subparsers) -> argparse.ArgumentParser:
                    help="3D TIFF, folder of 2D TIFF planes, .npy or OME-Zarr (.zarr / .ome.zarr; voxel size "
                         "from its metadata)")
     p.add_argument("--model", metavar="PATH",
-                   help="trained model (.pt from clarity training); not needed with --mode log")
+                   help="trained model (.pt from clarity training: the patch CNN, or a fold's U-Net, "
+                        "<fold>/unet/model.pt); not needed with --mode log")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--threshold", type=_probability, metavar="T",
                    help="probability threshold (default: the model's calibrated detection threshold, "
@@ -234,6 +235,8 @@ def uncorrected_reason(model, config: DetectionConfig, args: argparse.Namespace)
 def cmd_detect(args: argparse.Namespace) -> int:
     """Run ``clarity detect``; returns the exit code."""
     names = _check_detect_args(args)
+    if args.model and is_unet_file(args.model):  # a U-Net of notebook 04a: clarity.dense.cli
+        return detect_with_unet(args, names)
     model = load_model(args.model, device=args.device) if args.mode != "log" else None
     config, run = detection_settings(args, model)
     out = Path(args.out)

@@ -19,7 +19,8 @@ from ..model import pick_device
 from ..scale import CellScale
 from .unet import UNet3D
 
-__all__ = ["probability_map", "peak_cells", "PEAK_FLOOR", "PEAK_NMS_RADIUS", "PEAK_SMOOTH"]
+__all__ = ["probability_map", "peak_cells", "map_maxima", "peak_reach", "PEAK_FLOOR", "PEAK_NMS_RADIUS",
+           "PEAK_SMOOTH"]
 
 #: Peaks below this probability are not kept (every threshold of interest is above it).
 PEAK_FLOOR = 0.02
@@ -91,15 +92,46 @@ def probability_map(model: UNet3D, volume, *, tile: Sequence[int] = (64, 256, 25
     return out
 
 
+def _peak_sizes(scale: CellScale, smooth: float, nms_radius: float):
+    sigma = scale.voxels(smooth) if smooth > 0 else (0.0, 0.0, 0.0)
+    size = tuple(max(3, 2 * int(round(r)) + 1) for r in scale.voxels(max(nms_radius, 1e-6) / 2))
+    return sigma, size
+
+
+def peak_reach(*, voxel_um: Sequence[float] | None = None, cell_um=None, smooth: float = PEAK_SMOOTH,
+               nms_radius: float = PEAK_NMS_RADIUS) -> tuple[int, int, int]:
+    """Voxels per axis (z, y, x) of the map that :func:`map_maxima` reads around a maximum (the
+    smoothing kernel's radius plus the maximum filter's half-width): a chunk's maxima are exact
+    where its map is exact this far around."""
+    sigma, size = _peak_sizes(CellScale(voxel_um=voxel_um, cell_um=cell_um), smooth, nms_radius)
+    return tuple(int(4.0 * s + 0.5) + k // 2 for s, k in zip(sigma, size))  # scipy's truncate = 4
+
+
+def map_maxima(prob: np.ndarray, *, voxel_um: Sequence[float] | None = None, cell_um=None,
+               floor: float = PEAK_FLOOR, nms_radius: float = PEAK_NMS_RADIUS,
+               smooth: float = PEAK_SMOOTH) -> tuple[np.ndarray, np.ndarray]:
+    """The local maxima of the smoothed map above ``floor``, before NMS: (N, 3) int64 voxels
+    (z, y, x), ascending, and their float32 scores (see :func:`peak_cells`)."""
+    prob = np.asarray(prob, np.float32)
+    if prob.ndim != 3:
+        raise ValueError(f"expected a 3D (z, y, x) map, got shape {prob.shape}")
+    sigma, size = _peak_sizes(CellScale(voxel_um=voxel_um, cell_um=cell_um), smooth, nms_radius)
+    sm = ndi.gaussian_filter(prob, sigma, mode="nearest") if smooth > 0 else prob
+    peaks = (sm == ndi.maximum_filter(sm, size=size, mode="nearest")) & (sm >= floor)
+    pts = np.argwhere(peaks).astype(np.int64)
+    return pts, sm[peaks].astype(np.float32)
+
+
 def peak_cells(prob: np.ndarray, *, voxel_um: Sequence[float] | None = None, cell_um=None,
                floor: float = PEAK_FLOOR, nms_radius: float = PEAK_NMS_RADIUS,
                smooth: float = PEAK_SMOOTH) -> pd.DataFrame:
     """Cells at the local maxima of a probability map: DataFrame z, y, x (voxels), score.
 
     The map is smoothed (``smooth`` reference voxels, Gaussian sigma), its local maxima above
-    ``floor`` kept, and maxima within ``nms_radius`` reference voxels of a higher one dropped
-    (:func:`clarity.detect.nms.nms`). Keeping the rows with ``score >= t`` gives the detections at
-    threshold ``t`` (NMS commutes with thresholding), so one call serves a threshold sweep.
+    ``floor`` kept (:func:`map_maxima`), and maxima within ``nms_radius`` reference voxels of a
+    higher one dropped (:func:`clarity.detect.nms.nms`). Keeping the rows with ``score >= t``
+    gives the detections at threshold ``t`` (NMS commutes with thresholding), so one call serves
+    a threshold sweep.
 
     Parameters
     ----------
@@ -109,15 +141,9 @@ def peak_cells(prob: np.ndarray, *, voxel_um: Sequence[float] | None = None, cel
     cell_um : float, 3 floats or None, keyword-only
         The apparent cell size (um) that reference voxels scale with (None: the reference cells).
     """
-    prob = np.asarray(prob, np.float32)
-    if prob.ndim != 3:
-        raise ValueError(f"expected a 3D (z, y, x) map, got shape {prob.shape}")
+    pts, sc = map_maxima(prob, voxel_um=voxel_um, cell_um=cell_um, floor=floor, nms_radius=nms_radius,
+                         smooth=smooth)
+    pts, sc = pts.astype(float), sc.astype(float)
     scale = CellScale(voxel_um=voxel_um, cell_um=cell_um)
-    sigma = scale.voxels(smooth) if smooth > 0 else (0, 0, 0)
-    sm = ndi.gaussian_filter(prob, sigma, mode="nearest") if smooth > 0 else prob
-    size = tuple(max(3, 2 * int(round(r)) + 1) for r in scale.voxels(max(nms_radius, 1e-6) / 2))
-    peaks = (sm == ndi.maximum_filter(sm, size=size, mode="nearest")) & (sm >= floor)
-    pts = np.argwhere(peaks).astype(float)
-    sc = sm[peaks].astype(float)
     keep = nms(pts, sc, radius=nms_radius, scale=scale.factors) if len(pts) else np.zeros(0, np.int64)
     return pd.DataFrame({"z": pts[keep, 0], "y": pts[keep, 1], "x": pts[keep, 2], "score": sc[keep]})

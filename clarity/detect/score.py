@@ -148,8 +148,8 @@ def smoothed_boxes(block: np.ndarray, centres, *, sigma, radius, truncate: float
     # band[a][o, i]: the weight of input voxel i (of the box plus the kernel's reach) in output o
     band = [np.stack([np.pad(k, (o, 2 * r[a] - o)) for o in range(2 * r[a] + 1)]) for a, k in enumerate(ks)]
     box = None
-    for s0 in range(0, len(c), 1024):
-        cb = c[s0:s0 + 1024]
+    for s0 in range(0, len(c), 256):  # ~30 MB of boxes and their float64 passes at a time
+        cb = c[s0:s0 + 256]
         g = cut_patches(block, cb, size=[2 * (r[a] + len(ks[a]) // 2) + 1 for a in range(3)])
         n, (nz, ny, nx) = len(cb), g.shape[1:]
         oz, oy, ox = (2 * v + 1 for v in r)
