@@ -207,7 +207,7 @@ _DECLARED = [
        unit="reference voxels"),
     _p("USE_REVIEW", bool, True, "sampling", "use the decisions of <DATA_DIR>/labels/review.csv if present", "02"),
     _p("ANNOTATION_FRACTION", float, 1.0, "sampling",
-       "< 1: train on a seeded fraction of each volume's labels (0.4: the seed's partial annotations)", "02"),
+       "< 1: train on a seeded fraction of each volume's labels (0.4: the seed's partial annotations)", "02 04a"),
     # ---- training
     _p("TRAIN_BRAINS", str, "", "training",
        "comma-separated volumes that train the model; empty: every volume of the brains not validating", "03"),

@@ -22,6 +22,7 @@ from ..count.simulate import oracle_f1
 from ..delivr_score import mask_path, read_mask
 from ..detect.calibrate import best_threshold, calibration_points, pooled_sweep
 from ..io import ClarityInputError, common_voxel_um, group_map, list_brains, read_volume
+from ..sampling import keep_fraction
 from ..scale import Matching
 from ..validate.calibrate import measure_cell_size
 from ..validate.splits import cv_folds
@@ -44,22 +45,39 @@ class DenseFold:
     detect_seconds: dict = field(default_factory=dict)  # volume -> seconds (map + peaks)
 
 
-def dense_volume(paths, brain, *, cell_um=None) -> DenseVolume | None:
+def dense_volume(paths, brain, *, cell_um=None, annotation_fraction: float = 1.0,
+                 seed: int = 0) -> DenseVolume | None:
     """A training volume of :func:`clarity.dense.train.train_unet` for one annotated brain of the
     data root: its corrected volume (notebook 01) and, as the target, the human mask
     (``masks/<volume>_labels.tif``) when there is one, else cell-sized ellipsoids (``cell_um``)
     at its annotations (``raw/``), the labels the patch CNN trains on. Complete labels
-    (``truth/``) are never a training target: they only calibrate. None without annotations."""
+    (``truth/``) are never a training target: they only calibrate. None without annotations.
+
+    ``annotation_fraction < 1`` keeps the seeded fraction of the annotations the patch CNN keeps
+    (:func:`clarity.sampling.keep_fraction`, ``seed`` and the volume's name): the ellipsoids are
+    drawn at those only, and of a mask only the cells (connected components) that hold a kept
+    annotation stay; a kept annotation outside every masked cell gets an ellipsoid."""
     pts = brain.points(on_outside="drop") if brain.annotations is not None else None
     mpath = mask_path(paths.data_dir, brain.name)
     if pts is None and mpath is None:
         return None
     image = np.asarray(read_volume(paths.corrected(brain.name), check_finite=False), np.float32)
+    partial = float(annotation_fraction) < 1
+    if pts is not None and partial:
+        pts = keep_fraction(pts, annotation_fraction, seed=seed, name=brain.name)
     if mpath is not None:
         target = (read_mask(mpath, shape=image.shape) > 0).astype(np.uint8)
+        lab, n = ndi.label(target)
         if pts is None:
-            lab, n = ndi.label(target)
             pts = np.asarray(ndi.center_of_mass(target, lab, range(1, n + 1))).reshape(-1, 3)
+            if partial:
+                pts = keep_fraction(pts, annotation_fraction, seed=seed, name=brain.name)
+        if partial:
+            idx = np.clip(np.rint(pts).astype(np.int64), 0, np.array(image.shape) - 1)
+            ids = lab[tuple(idx.T)]
+            target = np.isin(lab, ids[ids > 0]).astype(np.uint8)
+            if (ids == 0).any():
+                target |= ellipsoid_target(image.shape, pts[ids == 0], voxel_um=brain.voxel_um, cell_um=cell_um)
     else:
         target = ellipsoid_target(image.shape, pts, voxel_um=brain.voxel_um, cell_um=cell_um)
     return DenseVolume(brain.name, image, target, pts)
@@ -99,7 +117,10 @@ def train_fold(paths, train: Sequence[str], *, config: DenseTrainConfig | None =
     by = {b.name: b for b in list_brains(paths.data_dir, names=list(train))}
     voxel = common_voxel_um(list(by.values()))
     cell = measure_cell_size(paths, train)
-    vols = [v for v in (dense_volume(paths, by[n], cell_um=cell) for n in train) if v is not None]
+    cfg = config or DenseTrainConfig()
+    vols = [dense_volume(paths, by[n], cell_um=cell, annotation_fraction=cfg.annotation_fraction, seed=cfg.seed)
+            for n in train]
+    vols = [v for v in vols if v is not None]
     if not vols:
         raise ClarityInputError(f"no labelled volume among the training brains {', '.join(train)}")
     res = train_unet(vols, config=config, voxel_um=voxel, progress=progress)

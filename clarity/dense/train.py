@@ -50,8 +50,14 @@ class DenseTrainConfig:
     levels, width : int
         The network (:class:`~clarity.dense.unet.UNetConfig`; pools planned from the voxel size).
     seed : int
+        Seeds the crops and weights, and (with ``annotation_fraction``) which labels are kept.
     num_threads : int or None
         torch threads while training (None: torch's default).
+    annotation_fraction : float
+        < 1: train on a seeded fraction of each volume's labels, the same ones the patch CNN
+        keeps (:func:`clarity.sampling.keep_fraction` with ``seed``): the report's
+        ``ANNOTATION_FRACTION`` (the seed's partial annotations, simulated). A human mask keeps
+        only its cells that hold a kept label (:func:`clarity.dense.heldout.dense_volume`).
     """
 
     steps: int = 300
@@ -65,6 +71,7 @@ class DenseTrainConfig:
     width: int = 8
     seed: int = 0
     num_threads: int | None = None
+    annotation_fraction: float = 1.0
 
     def __post_init__(self):
         self.crop = tuple(int(c) for c in self.crop)
@@ -74,6 +81,8 @@ class DenseTrainConfig:
             raise ValueError(f"steps and batch_size must be >= 1, not {self.steps}, {self.batch_size}")
         if not 0 <= float(self.cell_fraction) <= 1:
             raise ValueError(f"cell_fraction must be in [0, 1], not {self.cell_fraction}")
+        if not 0 < float(self.annotation_fraction) <= 1:
+            raise ValueError(f"annotation_fraction must lie in (0, 1], not {self.annotation_fraction}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -63,6 +63,45 @@ def test_a_human_mask_is_the_target_where_there_is_one(paths_for, tmp_path):
         (paths.data_dir / "masks").rmdir()
 
 
+def test_a_fraction_of_the_labels_keeps_the_cnns_subset(paths_for):
+    """ANNOTATION_FRACTION reaches the U-Net: the same seeded labels as the CNN's sampling, the
+    mask's cells that hold one of them, an ellipsoid for a kept label outside the mask."""
+    from scipy import ndimage as ndi
+
+    from clarity.sampling import keep_fraction
+
+    paths = paths_for("dense_fraction")
+    b = list_brains(paths.data_dir, names=["b1"])[0]
+    full = dense_volume(paths, b)
+    part = dense_volume(paths, b, annotation_fraction=0.4, seed=3)
+    want = keep_fraction(b.points(on_outside="drop"), 0.4, seed=3, name="b1")
+    np.testing.assert_array_equal(part.centres, want)
+    assert 0 < len(part.centres) < len(full.centres) and 0 < part.target.sum() < full.target.sum()
+    again = dense_volume(paths, b, annotation_fraction=0.4, seed=3)
+    np.testing.assert_array_equal(again.target, part.target)
+    # a mask: two masked cells, one holding a kept label, and a kept label outside the mask
+    c = np.rint(want).astype(int)
+    mask = np.zeros(full.image.shape, np.uint16)
+    z, y, x = c[0]
+    mask[max(z - 1, 0):z + 2, max(y - 2, 0):y + 3, max(x - 2, 0):x + 3] = 1
+    mask[0:2, 0:3, 0:3] = 2  # no label there
+    (paths.data_dir / "masks").mkdir(exist_ok=True)
+    try:
+        tifffile.imwrite(paths.data_dir / "masks" / "b1_labels.tif", mask)
+        masked = dense_volume(paths, b, annotation_fraction=0.4, seed=3)
+        lab, _ = ndi.label(mask > 0)
+        assert masked.target[lab == lab[z, y, x]].all()          # the cell with a kept label stays
+        assert not masked.target[0:2, 0:3, 0:3].any() or lab[0, 0, 0] == lab[z, y, x]  # the other goes
+        z1, y1, x1 = c[-1]
+        assert masked.target[z1, y1, x1] == 1                      # a kept label outside: its ellipsoid
+        assert (dense_volume(paths, b).target == (mask > 0)).all()  # all labels: the whole mask
+    finally:
+        (paths.data_dir / "masks" / "b1_labels.tif").unlink()
+        (paths.data_dir / "masks").rmdir()
+    with pytest.raises(ValueError, match="annotation_fraction"):
+        DenseTrainConfig(annotation_fraction=0.0)
+
+
 def test_fold_threshold_is_the_pooled_best():
     import pandas as pd
     peaks = [pd.DataFrame({"z": [0.0, 10.0, 20.0], "y": [0.0] * 3, "x": [0.0] * 3, "score": [0.9, 0.6, 0.3]})]
