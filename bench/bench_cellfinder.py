@@ -6,7 +6,8 @@ Usage::
                                      [--cellfinder-python .cellfinder-venv/bin/python]
                                      [--cache data/bench/cellfinder] [--radius 6.0]
                                      [--soma-diameter UM] [--n-free-cpus 0] [--workdir DIR]
-                                     [--variants refine-none,log] [--log-threshold T | --log-fit-root data]
+                                     [--variants refine-none,log] [--repeat 3]
+                                     [--log-threshold T | --log-fit-root data]
                                      [--results bench/results/bench_cellfinder.csv]
 
 The issue's speed item: ">= 8x cellfinder's detection stage on the same volume, same machine,
@@ -44,7 +45,8 @@ Measured, one after the other, never concurrently, each with every core of the m
    before and after cellfinder and its seconds are the mean of the two runs (its accuracy is the
    first run's; the two runs' cells are compared).
 
-4. ``--variants``: clarity with other settings, once each, after the second clarity run:
+4. ``--variants``: clarity with other settings, ``--repeat`` times each (default 3; the median
+   seconds), after the second clarity run:
    ``refine-none`` (``--refine none``: no snap refinement) and ``log`` (``--mode log``: clarity's
    classical stage alone, N4 and the LoG screen with its threshold, no CNN; like-for-like with
    cellfinder's detection stage, which is classical too). The LoG threshold is ``--log-threshold``,
@@ -235,7 +237,8 @@ VARIANTS = {"refine-none": ("--refine", "none"), "log": ("--mode", "log")}
 
 
 def run_variants(args, tif: Path, model: str, voxel: tuple, work: Path, truth, cf: dict) -> list[dict]:
-    """The ``--variants`` rows: clarity once per variant, scored, with its ratio to ``cf``."""
+    """The ``--variants`` rows: clarity ``--repeat`` times per variant (the median seconds), scored, with
+    its ratio to ``cf``."""
     rows = []
     for name in [v.strip() for v in (args.variants or "").split(",") if v.strip()]:
         if name not in VARIANTS:
@@ -246,17 +249,19 @@ def run_variants(args, tif: Path, model: str, voxel: tuple, work: Path, truth, c
             thr = args.log_threshold if args.log_threshold is not None else fit_log_threshold_on(args.log_fit_root)
             extra = (*extra, "--threshold", f"{thr:.6g}")
             note += (f" --threshold {thr:.4g} (" + ("given" if args.log_threshold is not None else
-                     f"fitted on {args.log_fit_root}'s truth") + "): N4 + LoG screen, no CNN; run once")
-        else:
-            note += ": run once"
+                     f"fitted on {args.log_fit_root}'s truth") + "): N4 + LoG screen, no CNN")
         load = os.getloadavg()[0]
-        r = run_clarity(tif, model, Path(tempfile.mkdtemp(prefix=f"clarity_{name}_", dir=work)), voxel,
-                        work / f"clarity_{name}.log", extra)
-        print(f"clarity {name}: {r['cells']} cells, {r['detect_s']:.1f} s detection, wall {r['wall_s']:.1f} s "
-              f"(load average {load:.1f} before)", flush=True)
+        runs = [run_clarity(tif, model, Path(tempfile.mkdtemp(prefix=f"clarity_{name}{i}_", dir=work)), voxel,
+                            work / f"clarity_{name}{i}.log", extra) for i in range(max(1, args.repeat))]
+        r = runs[0]
+        secs = [x["detect_s"] for x in runs]
+        med, wall = statistics.median(secs), statistics.median([x["wall_s"] for x in runs])
+        print(f"clarity {name}: {r['cells']} cells, {med:.1f} s detection (median of "
+              f"{', '.join(f'{v:.1f}' for v in secs)}), wall {wall:.1f} s (load average {load:.1f} before)", flush=True)
         sc = score(read_points(r["csv"]), truth, args.radius)
-        rows.append({"tool": f"clarity ({name})", "detect_s": r["detect_s"], "wall_s": r["wall_s"], "cells": r["cells"],
-                     **sc, "loadavg": _r(load, 2), "speed_ratio": _r(cf["detect_s"] / r["detect_s"]), "note": note})
+        note += f"; median of {len(runs)} runs ({', '.join(f'{v:.1f}' for v in secs)} s)"
+        rows.append({"tool": f"clarity ({name})", "detect_s": med, "wall_s": wall, "cells": r["cells"],
+                     **sc, "loadavg": _r(load, 2), "speed_ratio": _r(cf["detect_s"] / med), "note": note})
     return rows
 
 
@@ -345,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "folder, removed at the end)")
     ap.add_argument("--variants", default="", help="also time clarity with other settings, comma-separated: "
                                                    f"{', '.join(VARIANTS)} (default: none)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per variant, the median timed (default 3: "
+                                                          "one run's seconds drift by a fifth on a shared machine)")
     ap.add_argument("--log-threshold", type=float, default=None, help="the log variant's LoG threshold "
                                                                       "(default: fitted on --log-fit-root)")
     ap.add_argument("--log-fit-root", default="data", help="data root whose corrected volumes and complete truth "
