@@ -68,12 +68,13 @@ cellfinder lives in a virtualenv of its own (it pins its own keras and dependenc
     .cellfinder-venv/bin/pip install cellfinder tifffile
 
 Measured on this 2-core machine (cellfinder 1.10.1, the default report's final model, 134 Mvox,
-``--variants refine-none,log``, 75 s in all): clarity 9.1 s (mean of its runs before and after),
-F1 0.886 (precision 0.918, recall 0.857); cellfinder's detection 27.4 s, F1 0.248 (its defaults
-find 899 candidates for 5,417 cells): 3.01x (the issue's target is >= 8x). Without snap
-refinement 6.5 s, F1 0.843: 4.2x; clarity's classical stage alone (N4 + LoG, threshold 0.300
-fitted on the default report's 8 synthetic brains) 4.0 s, F1 0.772: 6.9x. A session before, in a
-slower hour: clarity 11.1 s, cellfinder 32.8 s, 2.97x.
+``--variants refine-none,log --log-threshold 0.3002``, 85 s in all): clarity 5.3 s (mean of its
+runs before and after), F1 0.886 (precision 0.918, recall 0.857); cellfinder's detection 27.2 s,
+F1 0.248 (its defaults find 899 candidates for 5,417 cells): 5.1x (the issue's target is >= 8x;
+3.0x the session before, at 9.1 s). Without snap refinement 4.3 s, F1 0.843: 6.3x; clarity's
+classical stage alone (N4 + LoG, threshold 0.300 fitted on the default report's 8 synthetic
+brains, like-for-like with cellfinder's classical detection stage) 3.2 s (3.2, 3.2, 3.1), F1
+0.772: 8.5x.
 
 Check it at tiny scale first, e.g. ``--shape 64 256 256 --cache /tmp/bcf
 --results /tmp/bcf/bench_cellfinder.csv``.
