@@ -21,9 +21,9 @@ from .volume import DEFAULT_CHUNK, detect_volume_unet
 
 __all__ = ["is_unet_file", "detect_with_unet"]
 
-#: Options of ``clarity detect`` that belong to the CNN's detection: (attribute, flag, value when unset).
-CNN_ONLY = (("mode", "--mode", None), ("refine", "--refine", None), ("rescore", "--no-rescore", None),
-            ("scheduler", "--scheduler", None), ("workers", "--workers", None))
+#: Options of ``clarity detect`` that belong to the CNN's detection: (attribute, flag); None when unset.
+CNN_ONLY = (("mode", "--mode"), ("refine", "--refine"), ("rescore", "--no-rescore"),
+            ("scheduler", "--scheduler"), ("workers", "--workers"))
 
 
 def is_unet_file(path) -> bool:
@@ -38,8 +38,8 @@ def is_unet_file(path) -> bool:
 
 def detect_with_unet(args: argparse.Namespace, names) -> int:
     """Run ``clarity detect`` with the U-Net of ``args.model`` on ``args.volumes``; the exit code."""
-    for attr, flag, unset in CNN_ONLY:
-        if getattr(args, attr, unset) is not unset:
+    for attr, flag in CNN_ONLY:
+        if getattr(args, attr, None) is not None:
             raise ClarityInputError(f"{args.model}: a U-Net; {flag} applies to the patch CNN's detection only")
     unet = load_unet(args.model)
     out = Path(args.out)

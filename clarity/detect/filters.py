@@ -140,12 +140,19 @@ def _where(mask: np.ndarray) -> np.ndarray:
     return _unravel(np.flatnonzero(mask), mask.shape)
 
 
-def _screen_scale(v: np.ndarray, sigma, *, truncate: float, bufs: ScratchBuffers) -> np.ndarray:
-    """Scale-normalised negative LoG of ``v`` at ``sigma`` (z, y, x), in bufs 'resp'; leaves
-    G_sigma(v) in bufs 'g'."""
-    g = bufs.get("g", v.shape)
-    ndi.gaussian_filter(v, sigma, output=g, truncate=truncate, mode="nearest")
-    return neg_laplacian(g, sigma, bufs.get("resp", v.shape), bufs.get("tmp", v.shape))
+def _numpy_peaks(g: np.ndarray, sigma, resp: np.ndarray, *, threshold: float, tissue_level, mask,
+                 min_distance: int, bufs: ScratchBuffers) -> np.ndarray:
+    """The screen after the Gaussian ``g`` (bufs 'g'), in numpy passes: the scale-normalised
+    negative Laplacian into ``resp`` and its thresholded, in-tissue local maxima (N, 3)."""
+    neg_laplacian(g, sigma, resp, bufs.get("tmp", g.shape))
+    peak = np.greater(resp, threshold, out=bufs.get("peak", g.shape, bool))
+    if tissue_level is not None:
+        peak &= np.greater(g, tissue_level, out=bufs.get("bool", g.shape, bool))
+    if mask is not None:
+        peak &= np.asarray(mask, bool)
+    mx = max_filter(resp, int(min_distance), g, bufs.get("tmp", g.shape))  # g is no longer needed
+    peak &= np.greater_equal(resp, mx, out=bufs.get("bool", g.shape, bool))
+    return _where(peak)
 
 
 def find_candidates(volume_block, *, sigmas=DEFAULT_SIGMAS,
@@ -203,27 +210,17 @@ def find_candidates(volume_block, *, sigmas=DEFAULT_SIGMAS,
     found_c, found_r = [], []
     compiled = kernels.AVAILABLE and int(min_distance) == 1 and mask is None and min(v.shape) >= 2
     for s in sig:
+        g = bufs.get("g", v.shape)
+        ndi.gaussian_filter(v, s, output=g, truncate=truncate, mode="nearest")
+        resp = bufs.get("resp", v.shape)
         if compiled:  # the same candidates and responses, in two passes (clarity.detect.kernels)
-            g = bufs.get("g", v.shape)
-            ndi.gaussian_filter(v, s, output=g, truncate=truncate, mode="nearest")
-            resp = bufs.get("resp", v.shape)
             idx = _unravel(kernels.laplacian_peaks(g, s, threshold=threshold, tissue_level=tissue_level,
                                                    resp=resp), v.shape)
-            found_c.append(idx)
-            found_r.append(resp[tuple(idx.T)])
-            continue
-        resp = _screen_scale(v, s, truncate=truncate, bufs=bufs)
-        peak = np.greater(resp, threshold, out=bufs.get("peak", v.shape, bool))
-        if tissue_level is not None:
-            peak &= np.greater(bufs.get("g", v.shape), tissue_level, out=bufs.get("bool", v.shape, bool))
-        if mask is not None:
-            peak &= np.asarray(mask, bool)
-        mx = max_filter(resp, int(min_distance), bufs.get("g", v.shape), bufs.get("tmp", v.shape))
-        peak &= np.greater_equal(resp, mx, out=bufs.get("bool", v.shape, bool))
-        idx = _where(peak)
+        else:
+            idx = _numpy_peaks(g, s, resp, threshold=threshold, tissue_level=tissue_level, mask=mask,
+                               min_distance=min_distance, bufs=bufs)
         found_c.append(idx)
         found_r.append(resp[tuple(idx.T)])
-        del resp, mx, peak
     centres = np.concatenate(found_c).astype(np.int64).reshape(-1, 3)
     response = np.concatenate(found_r).astype(np.float32)
     if len(sig) > 1 and len(centres):
