@@ -3,7 +3,8 @@
 ``clarity detect`` hands a U-Net file (``model.pt`` with ``unet.json`` beside it, as notebook
 04a saves them) to :func:`detect_with_unet`, which runs :func:`clarity.dense.volume.detect_volume_unet`
 on every volume and writes the same outputs as the CNN's detection (``<name>.csv``:
-z,y,x,score,snr, and the Cell Counter XML with ``--xml``). Options that only the CNN's detection
+z,y,x,score,snr, and the Cell Counter XML with ``--xml``) and, as the CNN's detection, records
+each finished chunk under ``--out``'s ``.clarity-state/<name>/``, so a killed run continues. Options that only the CNN's detection
 has are refused with a one-line error, never ignored.
 """
 
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..detect.resume import STATE_FOLDER
 from ..io import ClarityInputError, VolumeReader, voxel_size_of
 from .files import UNET_FORMAT, load_unet
 from .volume import DEFAULT_CHUNK, detect_volume_unet
@@ -51,7 +53,8 @@ def detect_with_unet(args: argparse.Namespace, names) -> int:
         voxel = voxel_size_of(v, given=args.voxel_size, level=args.level, stated=reader.voxel_um)
         res = detect_volume_unet(reader, unet, threshold=args.threshold, voxel_um=voxel,
                                  preprocessed=args.preprocessed, chunk=args.chunk or DEFAULT_CHUNK,
-                                 min_snr=args.min_snr, device=args.device, name=name, progress=progress)
+                                 min_snr=args.min_snr, device=args.device, name=name, progress=progress,
+                                 state_dir=out / STATE_FOLDER / name)
         written = [str(res.write_csv(out / f"{name}.csv"))]
         if args.xml:
             written.append(str(res.write_xml(out / f"{name}.xml", image_filename=Path(v).name)))

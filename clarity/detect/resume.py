@@ -31,7 +31,7 @@ import numpy as np
 from ..io import atomic_write, file_stamp, jsonable, write_json
 from ..preprocess import BiasField, Normalisation, load_bias_field
 
-__all__ = ["STATE_FOLDER", "state_key", "ChunkState"]
+__all__ = ["STATE_FOLDER", "state_key", "preprocessing_key", "volume_key", "ChunkState"]
 
 #: The folder under a detection's output folder that holds one state folder per volume.
 STATE_FOLDER = ".clarity-state"
@@ -50,27 +50,38 @@ def state_key(*, model_token: str | None, plan, factors: Sequence[float], prepro
 
     ``model``: the hash of the network's config and weights (:class:`ModelBlob` token; None in
     ``mode="log"``); ``settings``: the detection config, the plan's threshold and features, the
-    grid's scale factors (input voxel / model voxel, z, y, x); ``preprocessing``: whether the
-    volume is preprocessed, the N4 settings, a given field's hash and a given normalisation;
-    ``volume``: the file's absolute path, (z, y, x) shape, dtype, OME-Zarr level / channel /
-    time point, and a hash of its size and modification time
-    (:func:`clarity.io.file_stamp`).
+    grid's scale factors (input voxel / model voxel, z, y, x); ``preprocessing`` and ``volume``:
+    :func:`preprocessing_key` and :func:`volume_key`.
     """
-    given_field = None
-    if field is not None:
-        given_field = hashlib.sha256(np.ascontiguousarray(field.log_field).tobytes()).hexdigest()
     return jsonable({
         "model": model_token,
         "settings": {"config": plan.config.to_dict(), "threshold": float(plan.threshold),
                      "features": bool(plan.features), "factors": [float(f) for f in factors]},
-        "preprocessing": {"preprocessed": bool(preprocessed),
-                          "n4": None if preprocessed or n4 is None else n4.to_dict(),
-                          "field": given_field,
-                          "normalisation": None if normalisation is None else normalisation.to_dict()},
-        "volume": {"path": str(Path(path).resolve()), "shape": [int(s) for s in reader.shape],
-                   "dtype": str(np.dtype(reader.dtype)), "selection": getattr(reader, "selection", {}),
-                   "stamp": _digest(getattr(reader, "stamp", None) or file_stamp(path))},
+        "preprocessing": preprocessing_key(preprocessed=preprocessed, n4=n4, field=field,
+                                           normalisation=normalisation),
+        "volume": volume_key(reader, path),
     })
+
+
+def preprocessing_key(*, preprocessed: bool, n4, field=None, normalisation=None) -> dict:
+    """The preprocessing part of a state key: whether the volume is preprocessed, the N4
+    settings, a given field's hash and a given normalisation."""
+    given_field = None
+    if field is not None:
+        given_field = hashlib.sha256(np.ascontiguousarray(field.log_field).tobytes()).hexdigest()
+    return jsonable({"preprocessed": bool(preprocessed),
+                     "n4": None if preprocessed or n4 is None else n4.to_dict(),
+                     "field": given_field,
+                     "normalisation": None if normalisation is None else normalisation.to_dict()})
+
+
+def volume_key(reader, path: Path) -> dict:
+    """The volume part of a state key: the file's absolute path, (z, y, x) shape, dtype, OME-Zarr
+    level / channel / time point, and a hash of its size and modification time
+    (:func:`clarity.io.file_stamp`)."""
+    return jsonable({"path": str(Path(path).resolve()), "shape": [int(s) for s in reader.shape],
+                     "dtype": str(np.dtype(reader.dtype)), "selection": getattr(reader, "selection", {}),
+                     "stamp": _digest(getattr(reader, "stamp", None) or file_stamp(path))})
 
 
 class ChunkState:

@@ -107,6 +107,50 @@ def test_clarity_detect_takes_a_unet_file(trained, tmp_path, capsys):
     assert "brain:" in text and "U-Net" in text
     rows = (out / "brain.csv").read_text().splitlines()
     assert rows[0] == "z,y,x,score,snr" and len(rows) > 1 and (out / "brain.xml").exists()
+    # every chunk recorded: the same command again reads them back, with the same cells
+    assert (out / ".clarity-state" / "brain" / "state.json").exists()
+    assert main(["detect", str(vol), "--model", str(path), "--out", str(out), "--voxel-size", *map(str, VOX),
+                 "--no-progress"]) == 0
+    assert "resuming" in capsys.readouterr().err and (out / "brain.csv").read_text().splitlines() == rows
     # options of the CNN's detection are refused, not ignored
     assert main(["detect", str(vol), "--model", str(path), "--out", str(out), "--refine", "none"]) == 2
     assert "--refine applies to the patch CNN" in capsys.readouterr().err
+
+
+def test_a_killed_unet_run_resumes_with_the_same_cells(trained, tmp_path, monkeypatch, capsys):
+    import clarity.dense.volume as dv
+
+    unet, (v, _) = trained, _volume((16, 48, 48), seed=5, n=12)
+    vol = tmp_path / "brain.tif"
+    tifffile.imwrite(vol, (100 + 100 * v).clip(0).astype(np.uint16))
+    kw = dict(threshold=0.3, chunk=(6, 24, 24), progress=False)
+    ref = detect_volume_unet(vol, unet, **kw)
+    assert ref.chunks >= 6 and ref.n_cells > 0
+    real, calls, kill = dv._run_core, [], [4]
+
+    def killed_after_three(*a, **k):
+        calls.append(1)
+        if len(calls) in kill:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    state = tmp_path / "state"
+    monkeypatch.setattr(dv, "_run_core", killed_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        detect_volume_unet(vol, unet, state_dir=state, **kw)
+    assert len(list(state.glob("chunk_*.npz"))) == 3 and (state / "field.npz").exists()
+    calls.clear()
+    kill.clear()
+    again = detect_volume_unet(vol, unet, state_dir=state, **kw)
+    assert again.info["chunks_resumed"] == 3 and len(calls) == ref.chunks - 3  # only the rest computed
+    assert "resuming: 3 finished chunk(s)" in capsys.readouterr().err
+    _same(again.cells, ref.cells)
+    np.testing.assert_allclose(again.cells.snr.to_numpy(), ref.cells.snr.to_numpy(), atol=1e-5)
+    # another threshold is another detection: its records are cleared, never used
+    calls.clear()
+    other = detect_volume_unet(vol, unet, state_dir=state, **{**kw, "threshold": float(ref.cells.score.median())})
+    assert other.info["chunks_resumed"] == 0 and len(calls) == other.chunks
+    assert "of another detection (settings changed)" in capsys.readouterr().err
+    assert set(other.cells.score) <= set(ref.cells.score) and other.n_cells < ref.n_cells
+    with pytest.raises(ValueError, match="read from a file"):
+        detect_volume_unet(v, unet, preprocessed=True, state_dir=tmp_path / "s2", progress=False)
