@@ -134,6 +134,10 @@ def _zyx_int(value) -> None:
     _numbers(value, (3,), integer=True)
 
 
+def _radii(value) -> None:
+    _numbers(value, tuple(range(11)))
+
+
 def _cell_size(value) -> None:
     if isinstance(value, str) and value.strip().lower() in ("auto", "none", ""):
         return
@@ -258,6 +262,9 @@ _DECLARED = [
        "inner-validation brains or all training brains (never the test brains)", "04a", choices=("val", "train")),
     _p("RESCORE", bool, True, "validation", "fit the second-stage rescorer on the inner-validation brains; "
        "False: the CNN alone", "04a"),
+    _p("NMS_SEARCH", list, [], "validation", "NMS radii tried on the calibration brains after the threshold (complete "
+       "labels): the best by pooled detection F1 is kept, the final model takes the folds' median; empty: the "
+       "detection default (6)", "04a", unit="reference voxels", check=_radii),
     _p("DENSE_NETWORK", bool, False, "validation", "also train a small 3D U-Net per fold on the training "
        "brains' human masks (masks/; else cell-sized ellipsoids at the labels) and detect the held-out brain "
        "with it (method U-Net in 06; clarity.dense)", "04a 06"),

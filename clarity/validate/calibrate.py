@@ -6,7 +6,8 @@ hold for, and their provenance) into the calibration file beside the weights
 written once, by training, and never rewritten here.
 
 :func:`calibrate_on_brains` fits the detection threshold, count factor and rescorer on labelled
-brains (also ``python -m clarity calibrate``)."""
+brains (also ``python -m clarity calibrate``); :func:`choose_nms_radius` the NMS radius, on the
+same brains."""
 
 from __future__ import annotations
 
@@ -20,18 +21,21 @@ from ..detect import DetectionConfig, detect_block, physical_config
 from ..detect.calibrate import (
     DEFAULT_THRESHOLDS,
     calibrate_detection_threshold,
+    pooled_sweep,
     sweep_true_positives,
     calibration_points,
     cell_size_um,
     screen_threshold,
 )
 from ..detect.config import resolve_config
+from ..detect.nms import nms
 from ..io import common_voxel_um, list_brains, read_volume, write_json
 from ..model import CALIBRATION_FIELDS, load_model, read_calibration, save_calibration
 from ..rescore import DEFAULT_FLOOR, fit_rescorer
 from ..scale import CellScale, cell_size_option, match_rule
 
-__all__ = ["KEEP", "write_calibration", "calibrate_on_brains", "measure_cell_size", "root_cell_size"]
+__all__ = ["KEEP", "write_calibration", "calibrate_on_brains", "choose_nms_radius", "measure_cell_size",
+           "root_cell_size"]
 
 
 class _Keep:
@@ -319,3 +323,56 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
                                   "calibration_brains": list(brains), "calibration_labels": source,
                                   "count_factor_rule": factor_rule, **screen, **extra})
     return thr, table, source
+
+
+def choose_nms_radius(paths, model_path: Path, brains: Sequence[str], *, radii: Sequence[float],
+                      radius: float = 6.0, radius_um: float | None = None) -> tuple[float | None, dict]:
+    """The NMS radius, among ``radii``, of the best pooled detection F1 on ``brains`` (complete
+    labels only), each radius at its own best threshold.
+
+    One detection per volume at the sweep's floor without NMS (the model's calibrated detection
+    settings otherwise, the CNN's score without a rescorer); each radius is then greedy NMS of
+    those detections (:func:`clarity.detect.nms`: exactly what detection with that radius finds)
+    and a threshold sweep (:func:`clarity.detect.calibrate.pooled_sweep`). A cell found twice
+    (a large or elongated cell, or touching cells drawn as one) is a false positive against the
+    labels, a cell merged into its neighbour a miss: the brains' labels settle the trade-off.
+
+    Parameters
+    ----------
+    paths : clarity.paths.Paths
+    model_path : path
+        The model's weights file (its calibration file gives the detection settings: call after
+        :func:`calibrate_on_brains`).
+    brains : sequence of str
+        Brains chosen on (never test brains).
+    radii : sequence of float, keyword-only
+        Trial NMS radii in the units of ``DetectionConfig.nms_radius`` (reference voxels on
+        brains of a stated voxel size: :func:`clarity.detect.physical_config`).
+    radius, radius_um : keyword-only
+        The matching, as in :func:`calibrate_on_brains`.
+
+    Returns
+    -------
+    ``(best radius, {radius: best pooled F1})``; ``(None, {})`` when some brain's labels are not
+    complete (against partial annotations every unannotated cell is spurious, which would favour
+    merging) or no radius is given. Ties go to the smaller radius.
+    """
+    vols, pts, source = _labelled_volumes(paths, brains)
+    radii = sorted({float(r) for r in radii})
+    if source != "complete" or not radii:
+        return None, {}
+    loaded = load_model(model_path, device="cpu")
+    loaded.rescorer = None
+    cfg = resolve_config(loaded, None)
+    vox = common_voxel_um(list_brains(paths.data_dir, names=list(brains)))
+    radius, scale, _ = match_rule(radius=radius, radius_um=radius_um, voxel_um=vox, cell_um=cfg.cell_diameter_um)
+    floor = float(np.min(DEFAULT_THRESHOLDS))
+    raw = [detect_block(np.asarray(v, np.float32), model=loaded, config=cfg.replace(nms_radius=0.0), threshold=floor)
+           for v in vols]
+    f1 = {}
+    for r in radii:
+        dets = [d.iloc[nms(d[["z", "y", "x"]].to_numpy(float), d["score"].to_numpy(float), radius=r,
+                           scale=cfg.nms_scale)] for d in raw]
+        f1[r] = float(pooled_sweep(dets, pts, DEFAULT_THRESHOLDS, radius=radius, scale=scale).f1.max())
+    best = max(radii, key=lambda r: (round(f1[r], 6), -r))
+    return best, f1

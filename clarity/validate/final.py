@@ -26,8 +26,9 @@ def _fold_calibrations(paths, folds) -> tuple[dict[str, float], dict | None]:
     """The count factor in the calibration file of each fold's ``cnn`` model (folds without one
     left out), and the detection config those folds were calibrated under when they all agree (else None).
     Candidate thresholds fitted per fold (``screen_recall``) may differ: the lowest, the widest
-    screen, is taken. Cell sizes measured per fold (``cell_diameter_um="auto"``) may differ too:
-    the final model learns from every brain, so its size is measured on every brain."""
+    screen, is taken; NMS radii chosen per fold (``nms_search``): their median. Cell sizes
+    measured per fold (``cell_diameter_um="auto"``) may differ too: the final model learns from
+    every brain, so its size is measured on every brain."""
     factors, configs = {}, []
     for fold in folds:
         fold_model = paths.fold_model(fold, "cnn")
@@ -41,6 +42,8 @@ def _fold_calibrations(paths, folds) -> tuple[dict[str, float], dict | None]:
         return factors, None
     widest = min(float(c.get("candidate_threshold", DEFAULT_CANDIDATE_THRESHOLD)) for c in configs)
     configs = [{**c, "candidate_threshold": widest} for c in configs]
+    radii = [c.get("nms_radius") for c in configs]
+    nms_radius = None if None in radii else float(np.median([float(r) for r in radii]))
     sizes = {str(c.get("cell_diameter_um")) for c in configs}
     if len(sizes) > 1 and all(c.get("cell_diameter_um") is not None and c.get("voxel_um") for c in configs):
         size = measure_cell_size(paths, [b.name for b in list_brains(paths.data_dir)])
@@ -48,6 +51,8 @@ def _fold_calibrations(paths, folds) -> tuple[dict[str, float], dict | None]:
             return factors, None
         configs = [physical_config(DetectionConfig.from_dict(c), voxel_um=c["voxel_um"], cell_diameter_um=size).to_dict()
                    for c in configs]
+    if nms_radius is not None:  # chosen per fold (nms_search) or the default: kept through the new size
+        configs = [{**c, "nms_radius": nms_radius} for c in configs]
     same = all(c == configs[0] for c in configs)
     return factors, (configs[0] if same else None)
 

@@ -22,11 +22,12 @@ import pandas as pd
 
 from ..baselines import log_patch_scores, mean_template, template_match_scores
 from ..io import ClarityInputError, group_map, list_brains, natural_key, write_json
-from ..model import ModelConfig, score_patches
+from ..detect import DetectionConfig
+from ..model import ModelConfig, load_model, score_patches
 from ..sampling import PatchSet
 from ..scale import cell_size_option
 from ..train import TrainConfig, TrainResult
-from .calibrate import calibrate_on_brains, measure_cell_size, write_calibration
+from .calibrate import calibrate_on_brains, choose_nms_radius, measure_cell_size, write_calibration
 from .mining import (HARD_EXAMPLE_COLUMNS, MiningConfig, cells_per_brain, hard_example_truth,
                      hard_patchset, mine_hard_examples)
 from .splits import TRAINING_ONLY_ORIGIN, SplitParts, split_parts
@@ -84,6 +85,10 @@ class SplitConfig:
     rescore : bool
         Fit the second stage (:func:`clarity.rescore.fit_rescorer`) on the inner-validation
         brains (complete labels only); False: the fold models detect with the CNN alone.
+    nms_search : tuple of float
+        NMS radii (reference voxels) tried on the calibration brains after the threshold
+        (:func:`clarity.validate.calibrate.choose_nms_radius`, complete labels only); the best
+        one is calibrated again and kept. Empty: the detection default.
     """
 
     patchset: str = "patches"
@@ -101,10 +106,15 @@ class SplitConfig:
     screen_recall: float | None = None
     calibrate_on: str = "val"
     rescore: bool = True
+    nms_search: tuple = ()
 
     def __post_init__(self):
         if self.calibrate_on not in ("val", "train"):
             raise ValueError(f"calibrate_on must be 'val' or 'train', not {self.calibrate_on!r}")
+        radii = tuple(float(r) for r in (self.nms_search or ()))
+        if any(not r > 0 for r in radii):
+            raise ValueError(f"nms_search: radii must be > 0, not {list(radii)}")
+        object.__setattr__(self, "nms_search", radii)
         object.__setattr__(self, "cell_diameter_um", cell_size_option(self.cell_diameter_um))
 
     def resolved(self, patch_size: int) -> "SplitConfig":
@@ -269,10 +279,19 @@ def _calibrate(run: _SplitRun, variant: str) -> None:
     if size == "auto":  # the brains this split learns from, never its test brains
         size = measure_cell_size(run.paths, run.parts.fit_brains + run.parts.val_brains)
     brains = run.parts.val_brains if run.cfg.calibrate_on == "val" else run.parts.fit_brains + run.parts.val_brains
-    thr, table, source = calibrate_on_brains(run.paths, run.model_paths[variant], brains,
-                                             rescorer_brains=run.parts.val_brains, rescore=run.cfg.rescore,
-                                             radius_um=run.cfg.match_radius_um, cell_diameter_um=size,
-                                             screen_recall=run.cfg.screen_recall)
+    kw = dict(rescorer_brains=run.parts.val_brains, rescore=run.cfg.rescore, radius_um=run.cfg.match_radius_um,
+              cell_diameter_um=size, screen_recall=run.cfg.screen_recall)
+    model = run.model_paths[variant]
+    thr, table, source = calibrate_on_brains(run.paths, model, brains, **kw)
+    best, f1 = (choose_nms_radius(run.paths, model, brains, radii=run.cfg.nms_search, radius_um=run.cfg.match_radius_um)
+                if thr is not None and run.cfg.nms_search else (None, {}))
+    if best is not None:
+        cfg = DetectionConfig.from_dict(load_model(model, device="cpu").detection_config)
+        if best != cfg.effective_nms_radius:
+            thr, table, source = calibrate_on_brains(run.paths, model, brains, config=cfg.replace(nms_radius=best), **kw)
+        write_calibration(model, provenance={"nms_rule": f"radius {best:g} of {sorted(f1)} by pooled detection F1 "
+                                                         f"on {', '.join(brains)}",
+                                             "nms_f1": {f"{r:g}": round(v, 4) for r, v in f1.items()}})
     if thr is not None:
         run.detection_thresholds[variant] = thr
         run.calibrations.append(table.assign(variant=variant, labels=source))

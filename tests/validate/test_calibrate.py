@@ -108,3 +108,24 @@ def test_root_cell_size_measures_every_labelled_brain_once(tiny_root, tmp_path):
     st = truth.stat()
     os.utime(truth, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert root_cell_size(paths, "auto") == size
+
+
+def test_nms_radius_chosen_on_the_brains(data_root, tmp_path):
+    """Each radius's F1 is the one a calibration with that NMS radius finds (its sweep is exact);
+    the best is returned, ties to the smaller; partial annotations choose nothing."""
+    from clarity.detect import DetectionConfig
+    from clarity.validate.calibrate import choose_nms_radius
+
+    paths, model = _preprocessed_with_model(data_root, tmp_path)
+    calibrate_on_brains(paths, model, ["b1", "b2"], rescore=False)
+    base = DetectionConfig.from_dict(load_model(model, device="cpu").detection_config)
+    radii = (2.0, base.effective_nms_radius, 12.0)
+    best, f1 = choose_nms_radius(paths, model, ["b1", "b2"], radii=radii)
+    assert sorted(f1) == sorted(radii) and f1[best] == max(f1.values())
+    assert len(set(f1.values())) > 1  # the radius matters on these brains
+    for r in radii:
+        _, table, _ = calibrate_on_brains(paths, model, ["b1", "b2"], rescore=False,
+                                          config=base.replace(nms_radius=r))
+        assert abs(table.f1.max() - f1[r]) < 1e-12, r
+    shutil.rmtree(data_root / "truth")
+    assert choose_nms_radius(paths, model, ["b1"], radii=radii) == (None, {})

@@ -204,7 +204,7 @@ def test_physical_settings_per_fold_never_see_the_test_brain(tiny_root, run_smal
         f"b{i},b{i},2.0,1.6,1.6\n" for i in range(1, 5)))
     paths = Paths(data_dir=root, run="phys", models_root=tmp_path / "m", reports_root=tmp_path / "r")
     results = [run_small(paths, f"fold{k}", retrain=False, cell_diameter_um="auto", match_radius_um=8.0,
-                         screen_recall=0.9, calibrate_on="train") for k in (1, 2)]
+                         screen_recall=0.9, calibrate_on="train", nms_search=(4.5, 6.0, 9.0)) for k in (1, 2)]
     configs = []
     for k, res in enumerate(results, start=1):
         m = load_model(paths.fold_model(f"fold{k}", "cnn"), device="cpu")
@@ -218,9 +218,14 @@ def test_physical_settings_per_fold_never_see_the_test_brain(tiny_root, run_smal
         rule = m.provenance["detection_threshold_rule"]
         assert "8 um" in rule and all(b in rule for b in res.fit_brains + res.val_brains)
         assert not any(b in rule for b in res.test_brains)
+        # the NMS radius: the best of the three on the same brains, the threshold calibrated at it
+        f1 = m.provenance["nms_f1"]
+        assert sorted(f1) == ["4.5", "6", "9"] and f1[f"{cfg['nms_radius']:g}"] == max(f1.values())
+        assert all(b in m.provenance["nms_rule"] for b in res.fit_brains + res.val_brains)
         configs.append(cfg)
     assert configs[0]["cell_diameter_um"] != configs[1]["cell_diameter_um"]
     _, final = _fold_calibrations(paths, ["fold1", "fold2"])
     everything = measure_cell_size(paths, [f"b{i}" for i in range(1, 5)])
     assert tuple(final["cell_diameter_um"]) == everything
     assert final["candidate_threshold"] == min(c["candidate_threshold"] for c in configs)
+    assert final["nms_radius"] == float(np.median([c["nms_radius"] for c in configs]))

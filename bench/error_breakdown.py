@@ -1,0 +1,102 @@
+"""Where a held-out brain's errors lie, at the threshold that is best for its own labels.
+
+For every brain of a finished report (``06_candidates/``: every candidate with its CNN score) and
+the human masks (``masks/<volume>_labels.tif``, component ids in the order of the label CSV's
+rows), at the brain's oracle threshold (never a result: it sees the brain's labels):
+
+- false positives outside any labelled component (blobs the annotators left out), inside a
+  component another detection already matched (one cell detected twice, or touching cells drawn
+  as one), inside a component nothing matched (the match is too far from its centre of mass);
+- missed labels whose component holds a detection, and those whose component holds none;
+- for the misses, whether a candidate lies within the matching radius and its score (a cell
+  ranked just below the threshold, or not proposed at all).
+
+Usage::
+
+    python bench/error_breakdown.py --data-dir data/delivr_cfos --run real \\
+        --masks ../shared/data/real_annotated/delivr_cfos/masks [--cell-diameter-um auto]
+
+Matching is the report's (6 reference voxels scaled by the cell size, ``clarity.scale``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.spatial import cKDTree
+
+from clarity.io import list_brains, read_volume
+from clarity.matching import match_points
+from clarity.paths import Paths
+from clarity.scale import Matching
+from clarity.validate.calibrate import root_cell_size
+
+
+def _pooled_f1(frames, truths, thr, radius, scale) -> float:
+    tp = fp = fn = 0
+    for c, t in zip(frames, truths):
+        p = c[c.score >= thr]
+        m = match_points(p[["z", "y", "x"]].to_numpy(), t, radius=radius, scale=scale)
+        tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
+    return 2 * tp / max(1, 2 * tp + fp + fn)
+
+
+def breakdown(frames, truths, masks, thr, radius, scale) -> dict:
+    """Counts of the error kinds of the module doc at threshold ``thr``."""
+    out = dict.fromkeys(["fp_outside", "fp_twice", "fp_off_centre", "fn_with_detection", "fn_without"], 0)
+    near_scores = []
+    for c, t, mask in zip(frames, truths, masks):
+        p = c[c.score >= thr]
+        pts = p[["z", "y", "x"]].to_numpy().astype(int)
+        m = match_points(pts, t, radius=radius, scale=scale)
+        ids = mask[tuple(pts.T)] if len(pts) else np.zeros(0, mask.dtype)
+        matched = set(ids[m.pairs[:, 0]].tolist()) if len(m.pairs) else set()
+        for i in m.unmatched_pred:
+            key = "fp_outside" if ids[i] == 0 else "fp_twice" if ids[i] in matched else "fp_off_centre"
+            out[key] += 1
+        present = set(ids.tolist())
+        for j in m.unmatched_true:
+            out["fn_with_detection" if j + 1 in present else "fn_without"] += 1
+        if len(m.unmatched_true) and len(c):
+            d, k = cKDTree(c[["z", "y", "x"]].to_numpy() * scale).query(t[m.unmatched_true] * scale)
+            near_scores += [s if dd <= radius else np.nan for dd, s in zip(d, c.score.to_numpy()[k])]
+    s = np.array(near_scores, float)
+    out["fn_candidate_within_radius"] = float(np.mean(np.isfinite(s))) if len(s) else float("nan")
+    out["fn_candidate_median_score"] = float(np.nanmedian(s)) if np.isfinite(s).any() else float("nan")
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", type=Path, default=Path("data/delivr_cfos"))
+    ap.add_argument("--run", default="real")
+    ap.add_argument("--masks", type=Path, help="folder of <volume>_labels.tif (default: the data root's masks/)")
+    ap.add_argument("--cell-diameter-um", default="auto")
+    ap.add_argument("--reports-root", type=Path)
+    a = ap.parse_args(argv)
+    paths = Paths(data_dir=a.data_dir, run=a.run, reports_root=a.reports_root)
+    masks_dir = a.masks or paths.data_dir / "masks"
+    vols = list_brains(paths.data_dir)
+    matching = Matching(cell_um=root_cell_size(paths, a.cell_diameter_um))
+    rows = []
+    for group in dict.fromkeys(b.group for b in vols):
+        mine = [b for b in vols if b.group == group]
+        frames = [pd.read_csv(paths.reports / "06_candidates" / f"{b.name}.csv") for b in mine]
+        truths = [b.truth_points() for b in mine]
+        masks = [np.asarray(read_volume(masks_dir / f"{b.name}_labels.tif")) for b in mine]
+        radius, scale, _ = matching.rule(mine[0].voxel_um)
+        grid = np.unique(np.quantile(np.concatenate([f.score.to_numpy() for f in frames]), np.linspace(0.2, 0.999, 120)))
+        f1s = [_pooled_f1(frames, truths, t, radius, scale) for t in grid]
+        thr = float(grid[int(np.argmax(f1s))])
+        rows.append({"brain": group, "labelled": int(sum(map(len, truths))), "oracle_f1": max(f1s),
+                     "threshold": thr, **breakdown(frames, truths, masks, thr, radius, np.asarray(scale))})
+    pd.set_option("display.width", 250)
+    print(pd.DataFrame(rows).round(3).to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
