@@ -17,6 +17,7 @@ REAL_DATA_DIR ?= data/delivr_cfos
 REAL_RUN ?= real
 REAL_PARAMS ?= notebooks/params/real.yaml
 MICROGLIA_DATA_DIR ?= data/delivr_microglia
+MICROGLIA_PARAMS ?= notebooks/params/microglia.yaml
 STAMP    := $(VENV)/.installed
 
 REPORT_ARGS := --data-dir $(DATA_DIR) --run $(RUN) --seed $(SEED) $(if $(PARAMS),--params $(PARAMS),)
@@ -51,7 +52,7 @@ report-real: $(STAMP) ## The real report: the human-labelled light-sheet brains 
 .PHONY: report-microglia
 report-microglia: $(STAMP) ## The second marker: 64 volumes of 8 samples, microglia somata (datasets/delivr_microglia copied to MICROGLIA_DATA_DIR), 4 folds by sample (reports/microglia)
 	@test -d $(MICROGLIA_DATA_DIR)/raw || (mkdir -p $(dir $(MICROGLIA_DATA_DIR)) && cp -r datasets/delivr_microglia $(MICROGLIA_DATA_DIR))
-	$(PY) -m clarity report --data-dir $(MICROGLIA_DATA_DIR) --run microglia --seed $(SEED) --params $(REAL_PARAMS)
+	$(PY) -m clarity report --data-dir $(MICROGLIA_DATA_DIR) --run microglia --seed $(SEED) --params $(MICROGLIA_PARAMS)
 
 .PHONY: report-real40
 report-real40: ## The real report in the seed's setting: trained on a seeded 40 % of the labels (reports/real40)
