@@ -74,9 +74,7 @@ def volume_name(path: str | Path) -> str:
     return p.name[: -len(p.suffix)] if p.suffix else p.name
 
 
-# --------------------------------------------------------------------------------------------
-# detect
-# --------------------------------------------------------------------------------------------
+# ---- detect -------------------------------------------------------------------------------
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -258,9 +256,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# --------------------------------------------------------------------------------------------
-# count (clarity.count): a review of the brain's own candidates, its threshold and count
-# --------------------------------------------------------------------------------------------
+# ---- count (clarity.count): a review of the brain's own candidates, its threshold and count ----
 def add_count_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``clarity count``."""
     p = subparsers.add_parser(
@@ -336,9 +332,7 @@ def cmd_count(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# --------------------------------------------------------------------------------------------
-# make-data and report (the pipeline, clarity.pipeline)
-# --------------------------------------------------------------------------------------------
+# ---- make-data and report (the pipeline, clarity.pipeline) --------------------------------
 def _make_data(args) -> int:
     params = load_params(args.params)
     kw = synthetic_kwargs(params)
@@ -422,7 +416,7 @@ def add_cell_size_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _calibrate(args) -> int:
-    from .validate.calibrate import calibrate_on_brains
+    from .validate.calibrate import calibrate_with_nms_search
 
     model = Path(args.model)
     if not model.is_file():
@@ -432,18 +426,19 @@ def _calibrate(args) -> int:
         raise _CLIError("--brains: give at least one brain (volume name of raw/), e.g. b1,b2")
     paths = Paths(data_dir=args.data_dir)
     list_brains(paths.data_dir, names=brains)  # unknown names: one line naming the data root
-    rescorer_brains = ([b.strip() for b in args.rescorer_brains.split(",") if b.strip()]
-                       if args.rescorer_brains else None)
+    rescorer_brains = [b.strip() for b in args.rescorer_brains.split(",") if b.strip()] if args.rescorer_brains else None
     if args.fresh:  # replace a calibration of other weights (or a corrupt one): start from the weights alone
         calibration_path(model).unlink(missing_ok=True)
-    thr, _, source = calibrate_on_brains(paths, model, brains, radius=args.radius, radius_um=args.radius_um,
-                                         cell_diameter_um=args.cell_diameter_um, screen_recall=args.screen_recall,
-                                         rescorer_brains=rescorer_brains, rescore=args.rescore, seed=args.seed)
+    thr, _, source = calibrate_with_nms_search(
+        paths, model, brains, radii=args.nms_search or (), radius=args.radius, radius_um=args.radius_um,
+        cell_diameter_um=args.cell_diameter_um, screen_recall=args.screen_recall, rescorer_brains=rescorer_brains,
+        rescore=args.rescore, seed=args.seed)
     if thr is None:
         raise _CLIError(f"{paths.data_dir}: no labels (truth/ or raw/<volume>.csv) on brain(s) {', '.join(brains)}")
     m = load_model(model, device="cpu")
     factor = f"count factor {m.count_factor:.4g}" if m.count_factor is not None else "no count factor"
-    second = "rescorer fitted" if m.rescorer is not None else "no rescorer"
+    second = ("rescorer fitted" if m.rescorer is not None else "no rescorer") + (
+        f", NMS radius {m.detection_config['nms_radius']:g}" if "nms_rule" in m.provenance else "")
     print(f"{model.name}: detection threshold {thr:g} on {', '.join(brains)} ({source} labels), {factor}, "
           f"{second} -> {m.calibration_path}")
     return EXIT_OK
@@ -479,6 +474,8 @@ def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
                         "was not trained on")
     p.add_argument("--no-rescore", dest="rescore", action="store_false",
                    help="fit no second stage (rescorer)")
+    p.add_argument("--nms-search", type=_positive_float, nargs="+", metavar="R", help="NMS radii (reference voxels) "
+                   "tried after the threshold; the best by F1 is kept (complete labels only; default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="seeds the rescorer's fit (default: 0)")
     p.add_argument("--fresh", action="store_true",
                    help="ignore and replace the calibration file there (e.g. one of other weights), "
@@ -500,9 +497,7 @@ def add_params_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-# --------------------------------------------------------------------------------------------
-# entry point
-# --------------------------------------------------------------------------------------------
+# ---- entry point --------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The ``clarity`` parser with one subparser per command."""
     parser = argparse.ArgumentParser(

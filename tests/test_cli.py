@@ -326,3 +326,13 @@ def test_calibrate_command_and_detect_uses_the_calibration(data_root, tmp_path, 
     rc, out, err = _run(argv + ["--fresh"], capsys)
     assert rc == 0, err
     assert load_model(model, device="cpu").calibration_path == cal
+    # --nms-search: the best of the radii on the same brain is kept and named
+    rc, out, err = _run(argv + ["--fresh", "--nms-search", "2", "6", "12"], capsys)
+    assert rc == 0, err
+    m = load_model(model, device="cpu")
+    f1 = m.provenance["nms_f1"]
+    assert sorted(f1) == ["12", "2", "6"] and f1[f"{m.detection_config['nms_radius']:g}"] == max(f1.values())
+    assert f"NMS radius {m.detection_config['nms_radius']:g} ->" in out
+    with pytest.raises(SystemExit):
+        _run(argv + ["--nms-search", "0"], capsys)
+    assert "must be positive" in capsys.readouterr().err

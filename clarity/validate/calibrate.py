@@ -7,7 +7,7 @@ written once, by training, and never rewritten here.
 
 :func:`calibrate_on_brains` fits the detection threshold, count factor and rescorer on labelled
 brains (also ``python -m clarity calibrate``); :func:`choose_nms_radius` the NMS radius, on the
-same brains."""
+same brains, and :func:`calibrate_with_nms_search` both."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ from ..model import CALIBRATION_FIELDS, load_model, read_calibration, save_calib
 from ..rescore import DEFAULT_FLOOR, fit_rescorer
 from ..scale import CellScale, cell_size_option, match_rule
 
-__all__ = ["KEEP", "write_calibration", "calibrate_on_brains", "choose_nms_radius", "measure_cell_size",
-           "root_cell_size"]
+__all__ = ["KEEP", "write_calibration", "calibrate_on_brains", "choose_nms_radius", "calibrate_with_nms_search",
+           "measure_cell_size", "root_cell_size"]
 
 
 class _Keep:
@@ -376,3 +376,26 @@ def choose_nms_radius(paths, model_path: Path, brains: Sequence[str], *, radii: 
         f1[r] = float(pooled_sweep(dets, pts, DEFAULT_THRESHOLDS, radius=radius, scale=scale).f1.max())
     best = max(radii, key=lambda r: (round(f1[r], 6), -r))
     return best, f1
+
+
+def calibrate_with_nms_search(paths, model_path: Path, brains: Sequence[str], *, radii: Sequence[float] = (),
+                              **options):
+    """:func:`calibrate_on_brains`, then the NMS radius of ``radii`` chosen on the same brains
+    (:func:`choose_nms_radius`, complete labels only) and, when it is not the radius calibrated
+    under, the calibration again at it; the choice and each radius's F1 go into the calibration
+    file's provenance (``nms_rule``, ``nms_f1``). ``options``: :func:`calibrate_on_brains`'s
+    (``radius`` and ``radius_um`` also match the choice's detections). Returns what
+    :func:`calibrate_on_brains` returns, for the radius kept."""
+    thr, table, source = calibrate_on_brains(paths, model_path, brains, **options)
+    best, f1 = (choose_nms_radius(paths, model_path, brains, radii=radii, radius=options.get("radius", 6.0),
+                                  radius_um=options.get("radius_um")) if thr is not None and radii else (None, {}))
+    if best is None:
+        return thr, table, source
+    cfg = DetectionConfig.from_dict(load_model(model_path, device="cpu").detection_config)
+    if cfg.nms_radius is None or best != float(cfg.nms_radius):  # the radius kept is written out
+        thr, table, source = calibrate_on_brains(paths, model_path, brains,
+                                                 **{**options, "config": cfg.replace(nms_radius=best)})
+    write_calibration(model_path, provenance={
+        "nms_rule": f"radius {best:g} of {sorted(f1)} by pooled detection F1 on {', '.join(brains)}",
+        "nms_f1": {f"{r:g}": round(v, 4) for r, v in f1.items()}})
+    return thr, table, source

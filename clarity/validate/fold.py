@@ -22,12 +22,11 @@ import pandas as pd
 
 from ..baselines import log_patch_scores, mean_template, template_match_scores
 from ..io import ClarityInputError, group_map, list_brains, natural_key, write_json
-from ..detect import DetectionConfig
-from ..model import ModelConfig, load_model, score_patches
+from ..model import ModelConfig, score_patches
 from ..sampling import PatchSet
 from ..scale import cell_size_option
 from ..train import TrainConfig, TrainResult
-from .calibrate import calibrate_on_brains, choose_nms_radius, measure_cell_size, write_calibration
+from .calibrate import calibrate_with_nms_search, measure_cell_size, write_calibration
 from .mining import (HARD_EXAMPLE_COLUMNS, MiningConfig, cells_per_brain, hard_example_truth,
                      hard_patchset, mine_hard_examples)
 from .splits import TRAINING_ONLY_ORIGIN, SplitParts, split_parts
@@ -279,19 +278,10 @@ def _calibrate(run: _SplitRun, variant: str) -> None:
     if size == "auto":  # the brains this split learns from, never its test brains
         size = measure_cell_size(run.paths, run.parts.fit_brains + run.parts.val_brains)
     brains = run.parts.val_brains if run.cfg.calibrate_on == "val" else run.parts.fit_brains + run.parts.val_brains
-    kw = dict(rescorer_brains=run.parts.val_brains, rescore=run.cfg.rescore, radius_um=run.cfg.match_radius_um,
-              cell_diameter_um=size, screen_recall=run.cfg.screen_recall)
-    model = run.model_paths[variant]
-    thr, table, source = calibrate_on_brains(run.paths, model, brains, **kw)
-    best, f1 = (choose_nms_radius(run.paths, model, brains, radii=run.cfg.nms_search, radius_um=run.cfg.match_radius_um)
-                if thr is not None and run.cfg.nms_search else (None, {}))
-    if best is not None:
-        cfg = DetectionConfig.from_dict(load_model(model, device="cpu").detection_config)
-        if best != cfg.effective_nms_radius:
-            thr, table, source = calibrate_on_brains(run.paths, model, brains, config=cfg.replace(nms_radius=best), **kw)
-        write_calibration(model, provenance={"nms_rule": f"radius {best:g} of {sorted(f1)} by pooled detection F1 "
-                                                         f"on {', '.join(brains)}",
-                                             "nms_f1": {f"{r:g}": round(v, 4) for r, v in f1.items()}})
+    thr, table, source = calibrate_with_nms_search(
+        run.paths, run.model_paths[variant], brains, radii=run.cfg.nms_search, rescorer_brains=run.parts.val_brains,
+        rescore=run.cfg.rescore, radius_um=run.cfg.match_radius_um, cell_diameter_um=size,
+        screen_recall=run.cfg.screen_recall)
     if thr is not None:
         run.detection_thresholds[variant] = thr
         run.calibrations.append(table.assign(variant=variant, labels=source))
