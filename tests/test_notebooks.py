@@ -79,8 +79,13 @@ def test_smoke_report_outputs(smoke_report):
 
         assert load_model(paths.models / "final.pt", device="cpu").calibration_path == \
             paths.models / "final.calibration.json"
+        radii = []
         for split in ("fold1", "fold2"):
-            assert load_model(paths.fold_model(split, "cnn"), device="cpu").detection_threshold is not None
+            m = load_model(paths.fold_model(split, "cnn"), device="cpu")
+            assert m.detection_threshold is not None
+            assert sorted(m.provenance["nms_f1"]) == ["4", "6", "9"]  # NMS_SEARCH of smoke.yaml
+            radii.append(m.detection_config["nms_radius"])
+        assert set(radii) <= {4.0, 6.0, 9.0}
     # notebook 06 keeps every held-out candidate; notebook 08 counts each brain from simulated reviews
     index = pd.read_csv(paths.reports / "06_candidates" / "index.csv")
     assert len(index) == 8 and (index.n_candidates >= index.n_detected).all()
@@ -270,6 +275,9 @@ def test_report_runs_on_a_root_with_annotations_only(tmp_path):
     nb07 = nbformat.read(paths.reports / "07_review_loop.ipynb", as_version=4)
     text = "".join(o.get("text", "") for c in nb07.cells for o in c.get("outputs", []))
     assert "review loop skipped: the review loop needs complete labels" in text
+    nb04 = nbformat.read(paths.reports / "04a_validate_fold_fold1.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in nb04.cells for o in c.get("outputs", []))
+    assert "NMS not searched: the labels of" in text and "are annotations, not complete" in text
     summary = (paths.reports / "summary.md").read_text()
     assert "annotations only" in summary and "Skipped: the review loop needs complete labels" in summary
     assert "against the complete truth" not in summary  # no truth: that table does not apply

@@ -390,6 +390,9 @@ def calibrate_with_nms_search(paths, model_path: Path, brains: Sequence[str], *,
     best, f1 = (choose_nms_radius(paths, model_path, brains, radii=radii, radius=options.get("radius", 6.0),
                                   radius_um=options.get("radius_um")) if thr is not None and radii else (None, {}))
     if best is None:
+        if thr is not None and radii:  # said, not silently skipped: partial annotations favour merging
+            write_calibration(model_path, drop=("nms_f1",), provenance={
+                "nms_rule": f"not searched: the labels of {', '.join(brains)} are {source}, not complete"})
         return thr, table, source
     cfg = DetectionConfig.from_dict(load_model(model_path, device="cpu").detection_config)
     if cfg.nms_radius is None or best != float(cfg.nms_radius):  # the radius kept is written out
