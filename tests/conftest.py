@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,15 @@ def csv_rows():
 def temp_files():
     """``temp_files(folder)``: names of leftover temporary files of atomic writes."""
     return lambda folder: [p.name for p in Path(folder).iterdir() if ".tmp" in p.name]
+
+
+@pytest.fixture(scope="session")
+def bench_script():
+    """``bench_script(name)``: ``bench/<name>.py`` as a module (``bench/`` is not a package)."""
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    return load

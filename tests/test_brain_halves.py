@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import tifffile
 
@@ -12,17 +9,8 @@ from clarity.io import list_brains, write_points_csv
 from clarity.io.volumes import natural_key
 from clarity.validate.splits import cv_folds
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("brain_halves", ROOT / "bench" / "brain_halves.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_halves_keep_each_twin_in_training(tmp_path):
+def test_halves_keep_each_twin_in_training(tmp_path, bench_script):
     src = tmp_path / "src"
     (src / "raw").mkdir(parents=True)
     (src / "truth").mkdir()
@@ -41,7 +29,7 @@ def test_halves_keep_each_twin_in_training(tmp_path):
     before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
 
     out = tmp_path / "halves"
-    _bench().make(src, out)
+    bench_script("brain_halves").make(src, out)
     vols = list_brains(out)
     groups = {b.name: b.group for b in vols}
     assert set(groups.values()) == {f"{b}{h}" for b in ("b7", "b12", "c3") for h in "ab"} and len(groups) == 9
