@@ -438,7 +438,7 @@ def _calibrate(args) -> int:
     m = load_model(model, device="cpu")
     factor = f"count factor {m.count_factor:.4g}" if m.count_factor is not None else "no count factor"
     second = ("rescorer fitted" if m.rescorer is not None else "no rescorer") + (
-        f", NMS radius {m.detection_config['nms_radius']:g}" if "nms_rule" in m.provenance else "")
+        f", NMS {m.provenance['nms_rule']}" if "nms_rule" in m.provenance else "")
     print(f"{model.name}: detection threshold {thr:g} on {', '.join(brains)} ({source} labels), {factor}, "
           f"{second} -> {m.calibration_path}")
     return EXIT_OK

@@ -332,7 +332,7 @@ def test_calibrate_command_and_detect_uses_the_calibration(data_root, tmp_path, 
     m = load_model(model, device="cpu")
     f1 = m.provenance["nms_f1"]
     assert sorted(f1) == ["12", "2", "6"] and f1[f"{m.detection_config['nms_radius']:g}"] == max(f1.values())
-    assert f"NMS radius {m.detection_config['nms_radius']:g} ->" in out
+    assert f"NMS radius {m.detection_config['nms_radius']:g} of [2.0, 6.0, 12.0] by pooled detection F1 on b1" in out
     with pytest.raises(SystemExit):
         _run(argv + ["--nms-search", "0"], capsys)
     assert "must be positive" in capsys.readouterr().err
