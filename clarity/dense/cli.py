@@ -4,8 +4,8 @@
 04a saves them) to :func:`detect_with_unet`, which runs :func:`clarity.dense.volume.detect_volume_unet`
 on every volume and writes the same outputs as the CNN's detection (``<name>.csv``:
 z,y,x,score,snr, and the Cell Counter XML with ``--xml``) and, as the CNN's detection, records
-each finished chunk under ``--out``'s ``.clarity-state/<name>/``, so a killed run continues. Options that only the CNN's detection
-has are refused with a one-line error, never ignored.
+each finished chunk under ``--out``'s ``.clarity-state/<name>/``, so a killed run continues.
+Options that only the CNN's detection has are refused with a one-line error, never ignored.
 """
 
 from __future__ import annotations
