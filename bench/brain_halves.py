@@ -4,11 +4,12 @@ with half of every brain's own volumes in training.
 Leave-one-brain-out tests a brain whose annotators the model never saw. This bench builds a
 data root in which every brain is cut into two halves (``<brain>a``, ``<brain>b``: its volumes
 alternately, by labelled-cell count, so both halves hold dense and sparse volumes), ordered so
-that the folds by brain of ``N_FOLDS`` = the number of brains hold out one half of two brains
-each, always with the other half of those brains in training and in the threshold's
-calibration. The same report then runs on it unchanged; ``score`` pools the two halves back into
-their brain and prints, per brain, F1 at the calibrated threshold and at the brain's own best
-threshold (an oracle), beside the same for the leave-one-brain-out report.
+that the folds by brain never hold out both halves of a brain: a tested half always has its twin
+in training and in the threshold's calibration (the a-halves come first, then the b-halves in the
+same order, and with ``N_FOLDS`` >= 2 no fold holds more than half of the groups). The same
+report then runs on it unchanged; ``score`` pools the two halves back into their brain and
+prints, per brain, F1 at the calibrated threshold and at the brain's own best threshold (an
+oracle), beside the same for the leave-one-brain-out report.
 
 If even the oracle F1 stays where it was, having seen a brain's own annotators does not make its
 labelled cells rankable: the labels, not the threshold or the training brains, are the limit.
@@ -75,7 +76,8 @@ def make(data_dir: Path, out: Path) -> None:
         w.writeheader()
         w.writerows(rows)
     n = len({r["brain"] for r in rows}) // 2
-    print(f"{out}: {len(rows)} volumes of {2 * n} halves; run the report with N_FOLDS: {n}")
+    print(f"{out}: {len(rows)} volumes of {2 * n} halves; any N_FOLDS from 2 to {2 * n} keeps each half's twin "
+          "in training (the parameter file's as it is)")
 
 
 def _f1(frames, truths, thr, radius, scale) -> float:

@@ -38,15 +38,14 @@ def test_halves_keep_each_twin_in_training(tmp_path, bench_script):
     assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before
     # as the report's folds cut them (N_FOLDS = the number of brains): every volume tested once,
     # each tested half's twin in training
-    tested = []
-    for train, test in cv_folds(sorted(groups, key=natural_key), n_folds=3, groups=groups):
-        halves = {groups[v] for v in test}
-        assert len(halves) == 2
-        for h in halves:
-            twin = h[:-1] + ("b" if h.endswith("a") else "a")
-            assert any(groups[v] == twin for v in train)
-        tested += test
-    assert sorted(tested) == sorted(groups)
+    for n_folds in (2, 3, 4, 6):
+        tested = []
+        for train, test in cv_folds(sorted(groups, key=natural_key), n_folds=n_folds, groups=groups):
+            for h in {groups[v] for v in test}:
+                twin = h[:-1] + ("b" if h.endswith("a") else "a")
+                assert any(groups[v] == twin for v in train), (n_folds, h)
+            tested += test
+        assert sorted(tested) == sorted(groups)
     # the labelled cells split evenly: the larger half of brain b12 (1+2+3+4 cells) has 5 of 10
     cells = {g: sum(len(b.truth_points()) for b in vols if b.group == g) for g in ("b12a", "b12b")}
     assert cells == {"b12a": 5, "b12b": 5}
