@@ -270,9 +270,12 @@ def screen_correction(estimate: CountEstimate, recall: float, *, n_cells: int | 
     """The count corrected for the cells the screen never proposes, from its recall measured
     elsewhere (on the model's calibration brains).
 
-    ``estimate / recall``; the interval divides the total's draws by draws of the recall from
-    its Jeffreys posterior when ``n_cells`` (the labelled cells it was measured on) is known, else
-    by the recall itself (its uncertainty then not included).
+    The estimate is ``estimate / recall``. Each draw of the interval adds to a draw of the cells
+    among the candidates (``estimate.draws``) the cells this brain's screen missed: a negative
+    binomial draw (the misses before that many proposed cells, each cell proposed with the
+    recall), so a small brain misses whole cells or none, not a fixed share of one; the recall
+    itself is drawn from its Jeffreys posterior when ``n_cells`` (the labelled cells it was
+    measured on, or their equivalent for the spread between brains) is known, else fixed.
 
     Returns
     -------
@@ -281,13 +284,15 @@ def screen_correction(estimate: CountEstimate, recall: float, *, n_cells: int | 
     r = float(recall)
     if not 0 < r <= 1:
         raise ValueError(f"screen recall must lie in (0, 1], not {recall}")
-    draws = np.asarray(estimate.draws, float)
+    found = np.asarray(estimate.draws, float)
+    rng = np.random.default_rng([int(seed), 2])
     if n_cells:
-        rng = np.random.default_rng([int(seed), 2])
         k = r * int(n_cells)
-        draws = draws / rng.beta(k + 0.5, int(n_cells) - k + 0.5, size=len(draws))
+        rr = rng.beta(k + 0.5, int(n_cells) - k + 0.5, size=len(found))
     else:
-        draws = draws / r
+        rr = np.full(len(found), r)
+    missed = rng.negative_binomial(np.maximum(found, 1e-9), np.clip(rr, 1e-12, 1.0)) if len(found) else found
+    draws = found + missed
     q = ((1 - estimate.level) / 2, (1 + estimate.level) / 2)
     lo, hi = np.quantile(draws, q) if len(draws) else (np.nan, np.nan)
     est = estimate.estimate / r

@@ -108,3 +108,23 @@ def test_screen_correction(make_population):
     assert wide["ci95"][1] - wide["ci95"][0] > c["ci95"][1] - c["ci95"][0]
     with pytest.raises(ValueError):
         screen_correction(e, 0.0)
+
+
+def test_screen_correction_of_a_small_brain_allows_no_miss():
+    """16 cells, every candidate reviewed: the cells among the candidates are known exactly; with a
+    recall of 0.97 the brain most likely missed none or one whole cell, so the interval starts at
+    the 16 found (a fixed 3 % share, 16.5, would exclude the likeliest count)."""
+    from clarity.count.estimate import CountEstimate
+
+    exact = CountEstimate(estimate=16.0, ci=(16.0, 16.0), level=0.95, strata=pd.DataFrame(), domains={},
+                          draws=np.full(20000, 16.0), reviewed=130, cells=16, not_cells=114, unsure=0)
+    c = screen_correction(exact, 0.97, n_cells=2000, seed=0)
+    assert c["estimate"] == pytest.approx(16 / 0.97)
+    assert c["ci95"][0] == 16.0 and 17.0 <= c["ci95"][1] <= 19.0
+    # a large brain: the misses' own spread is small beside the count, the share about 3 %
+    big = CountEstimate(estimate=2000.0, ci=(2000.0, 2000.0), level=0.95, strata=pd.DataFrame(), domains={},
+                        draws=np.full(20000, 2000.0), reviewed=0, cells=0, not_cells=0, unsure=0)
+    lo, hi = screen_correction(big, 0.97, seed=0)["ci95"]
+    assert 2030 < lo < 2062 < hi < 2095
+    # the same seed, the same interval
+    assert screen_correction(exact, 0.97, n_cells=2000, seed=0) == c
