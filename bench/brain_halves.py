@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from clarity.detect.calibrate import pooled_sweep
 from clarity.io import list_brains
-from clarity.matching import match_points
 from clarity.paths import Paths
 from clarity.scale import Matching
 from clarity.validate.calibrate import root_cell_size
@@ -80,15 +80,6 @@ def make(data_dir: Path, out: Path) -> None:
           "in training (the parameter file's as it is)")
 
 
-def _f1(frames, truths, thr, radius, scale) -> float:
-    tp = fp = fn = 0
-    for c, t in zip(frames, truths):
-        p = c[c.detected == 1] if thr is None else c[c.score >= thr]
-        m = match_points(p[["z", "y", "x"]].to_numpy(), t, radius=radius, scale=scale)
-        tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
-    return 2 * tp / max(1, 2 * tp + fp + fn)
-
-
 def per_brain(data_dir: Path, run: str, *, cell: str | None, strip: bool, reports_root=None) -> dict:
     """{brain: (calibrated F1, oracle F1, labelled cells)} from a report's candidates."""
     paths = Paths(data_dir=data_dir, run=run, reports_root=reports_root)
@@ -102,8 +93,10 @@ def per_brain(data_dir: Path, run: str, *, cell: str | None, strip: bool, report
         radius, scale, _ = matching.rule(mine[0].voxel_um)
         scores = np.concatenate([f.score.to_numpy() for f in frames])
         grid = np.unique(np.quantile(scores, np.linspace(0.2, 0.999, 120)))
-        oracle = max(_f1(frames, truths, t, radius, scale) for t in grid)
-        out[group] = (_f1(frames, truths, None, radius, scale), oracle, int(sum(map(len, truths))))
+        oracle = float(pooled_sweep(frames, truths, grid, radius=radius, scale=scale).f1.max())
+        detected = [f[f.detected == 1] for f in frames]  # at the fold's calibrated threshold
+        calibrated = float(pooled_sweep(detected, truths, [-np.inf], radius=radius, scale=scale).f1.iloc[0])
+        out[group] = (calibrated, oracle, int(sum(map(len, truths))))
     return out
 
 

@@ -28,20 +28,12 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from clarity.detect.calibrate import pooled_sweep
 from clarity.io import list_brains, read_volume
 from clarity.matching import match_points
 from clarity.paths import Paths
 from clarity.scale import Matching
 from clarity.validate.calibrate import root_cell_size
-
-
-def _pooled_f1(frames, truths, thr, radius, scale) -> float:
-    tp = fp = fn = 0
-    for c, t in zip(frames, truths):
-        p = c[c.score >= thr]
-        m = match_points(p[["z", "y", "x"]].to_numpy(), t, radius=radius, scale=scale)
-        tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
-    return 2 * tp / max(1, 2 * tp + fp + fn)
 
 
 def breakdown(frames, truths, masks, thr, radius, scale) -> dict:
@@ -89,9 +81,9 @@ def main(argv=None) -> int:
         masks = [np.asarray(read_volume(masks_dir / f"{b.name}_labels.tif")) for b in mine]
         radius, scale, _ = matching.rule(mine[0].voxel_um)
         grid = np.unique(np.quantile(np.concatenate([f.score.to_numpy() for f in frames]), np.linspace(0.2, 0.999, 120)))
-        f1s = [_pooled_f1(frames, truths, t, radius, scale) for t in grid]
+        f1s = pooled_sweep(frames, truths, grid, radius=radius, scale=scale).f1.to_numpy()
         thr = float(grid[int(np.argmax(f1s))])
-        rows.append({"brain": group, "labelled": int(sum(map(len, truths))), "oracle_f1": max(f1s),
+        rows.append({"brain": group, "labelled": int(sum(map(len, truths))), "oracle_f1": float(f1s.max()),
                      "threshold": thr, **breakdown(frames, truths, masks, thr, radius, np.asarray(scale))})
     pd.set_option("display.width", 250)
     print(pd.DataFrame(rows).round(3).to_string(index=False))
