@@ -138,6 +138,11 @@ def _radii(value) -> None:
     _numbers(value, tuple(range(11)))
 
 
+def _fraction(value) -> None:
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1):
+        raise ValueError(f"expects a number in (0, 1], not {value!r}")
+
+
 def _cell_size(value) -> None:
     if isinstance(value, str) and value.strip().lower() in ("auto", "none", ""):
         return
@@ -265,6 +270,10 @@ _DECLARED = [
     _p("NMS_SEARCH", list, [], "validation", "NMS radii tried on the calibration brains after the threshold (complete "
        "labels): the best by pooled detection F1 is kept, the final model takes the folds' median; empty: the "
        "detection default (6)", "04a", unit="reference voxels", check=_radii),
+    _p("NMS_SADDLE", float, None, "validation", "NMS merges two detections within its radius only where the "
+       "smoothed intensity between them never dips below this fraction of the dimmer end (one irregular cell "
+       "found once, two touching cells twice); in the calibration, the NMS_SEARCH and the fold models; None: "
+       "plain NMS", "04a", check=_fraction),
     _p("DENSE_NETWORK", bool, False, "validation", "also train a small 3D U-Net per fold on the training "
        "brains' human masks (masks/; else cell-sized ellipsoids at the labels) and detect the held-out brain "
        "with it (method U-Net in 06; clarity.dense)", "04a 06"),

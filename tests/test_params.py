@@ -58,7 +58,7 @@ def test_parameters_cell_agrees_with_the_registry(path):
 
 
 def test_every_registry_entry_is_consistent():
-    assert len(PARAMS) == 84  # 77 notebook parameters and 7 keys of the report itself
+    assert len(PARAMS) == 85  # 78 notebook parameters and 7 keys of the report itself
     for p in PARAMS.values():
         assert p.name.isupper() and p.stage in STAGES and p.help and "\n" not in p.help, p.name
         assert set(p.notebook_defaults) <= set(p.notebooks), p.name

@@ -39,6 +39,7 @@ from .filters import (
 )
 from .grid import resample_block, scale_factors, to_input_voxels
 from .nms import nms
+from .saddle import array_region, saddle_merge_test
 from .score import (
     refine_candidates,
     score_candidates,
@@ -211,13 +212,15 @@ def detections_frame(points, scores, responses=None, snr=None, cnn_scores=None,
 
 def finish_detections(points, scores, responses, snr, *, config: DetectionConfig, features=None,
                       rescorer=None, threshold: float | None = None,
-                      keep_features: bool = False) -> pd.DataFrame:
-    """NMS on the CNN score; then, with a ``rescorer``, the rescored probability and its
+                      keep_features: bool = False, intensities=None) -> pd.DataFrame:
+    """NMS on the CNN score (with ``config.nms_saddle``, only pairs with no intensity dip between
+    them merge: ``intensities``, a :class:`clarity.detect.saddle.Intensities`, is then needed); then, with a ``rescorer``, the rescored probability and its
     ``threshold`` (default: the rescorer's); then the SNR gate of ``config`` (so a gated cell
     never hands its place to a weaker neighbour); sorted by (z, y, x). ``snr`` is one value per
     point, or a function of points giving theirs: then it is computed for the NMS survivors only
     (NMS does not read it), the same values for a fraction of the work."""
-    keep = nms(points, scores, radius=config.effective_nms_radius, scale=config.nms_scale)
+    keep = nms(points, scores, radius=config.effective_nms_radius, scale=config.nms_scale,
+               merge=saddle_merge(config, intensities))
     if callable(snr):
         full = np.full(len(points), np.nan, np.float32)
         full[keep] = snr(points[keep])
@@ -239,6 +242,15 @@ def finish_detections(points, scores, responses, snr, *, config: DetectionConfig
     fe = features[keep][order] if (keep_features and features is not None) else None
     return detections_frame(pts[order], sc[order], rs[order], sn[order],
                             cnn_scores=None if cnn is None else cnn[order], features=fe)
+
+
+def saddle_merge(config: DetectionConfig, intensities):
+    """NMS's ``merge`` test for ``config`` (None: plain NMS)."""
+    if config.nms_saddle is None:
+        return None
+    if intensities is None:
+        raise ValueError("config.nms_saddle (NMS that keeps touching cells apart) needs the volume's intensities")
+    return saddle_merge_test(intensities, beta=config.nms_saddle, scale=config.nms_scale)
 
 
 def resolve_rescorer(model, config: DetectionConfig):
@@ -348,7 +360,7 @@ def detect_block(block, *, model, config: DetectionConfig | None = None, thresho
     snr_of = (lambda pts: local_snr(v, pts)) if snr else (lambda pts: np.full(len(pts), np.nan, np.float32))
     cells = finish_detections(cent, sc, rs, snr_of, config=cfg, features=feats,
                               rescorer=rescorer, threshold=threshold if rescorer is not None else None,
-                              keep_features=features)
+                              keep_features=features, intensities=array_region(v))
     if any(f != 1.0 for f in factors):  # model-grid voxels -> the block's voxels
         cells[["z", "y", "x"]] = to_input_voxels(cells[["z", "y", "x"]].to_numpy(), factors, shape)
     return cells

@@ -148,6 +148,11 @@ class DetectionConfig:
         None: :data:`DEFAULT_NMS_RADIUS` (6), :data:`LOG_NMS_RADIUS` (7) in ``mode="log"``.
     nms_scale : 3 floats
         Multiplies (z, y, x) before NMS distances (anisotropic voxels).
+    nms_saddle : float or None
+        With a value ``beta`` in (0, 1], NMS merges two detections within ``nms_radius`` only
+        where the smoothed intensity between them never drops below ``beta`` times the dimmer
+        end: one irregular cell is found once, two touching cells twice
+        (:mod:`clarity.detect.saddle`). None: plain NMS, every pair within the radius merges.
     min_snr : float or None
         Drop cells whose local signal-to-noise ratio is below this, after NMS (None: no gate).
     rescore : bool
@@ -176,6 +181,7 @@ class DetectionConfig:
     refine_floor: float = DEFAULT_REFINE_FLOOR
     nms_radius: float | None = None
     nms_scale: tuple = (1.0, 1.0, 1.0)
+    nms_saddle: float | None = None
     min_snr: float | None = None
     rescore: bool = True
     n4_max_voxels: int | None = 8192
@@ -194,6 +200,8 @@ class DetectionConfig:
             raise ValueError("min_distance and peak_distance must be >= 0")
         if self.nms_radius is not None and float(self.nms_radius) < 0:
             raise ValueError(f"nms_radius must be >= 0, not {self.nms_radius}")
+        if self.nms_saddle is not None and not 0 < float(self.nms_saddle) <= 1:
+            raise ValueError(f"nms_saddle must be in (0, 1] or None, not {self.nms_saddle}")
         if self.n4_max_voxels is not None and int(self.n4_max_voxels) < 1:
             raise ValueError(f"n4_max_voxels must be positive or None, not {self.n4_max_voxels}")
         set_(self, "sigmas", as_sigmas(self.sigmas))
@@ -202,7 +210,7 @@ class DetectionConfig:
             set_(self, name, float(getattr(self, name)))
         for name in ("min_distance", "peak_distance", "refine_steps"):
             set_(self, name, int(getattr(self, name)))
-        for name in ("tissue_level", "nms_radius", "min_snr"):
+        for name in ("tissue_level", "nms_radius", "nms_saddle", "min_snr"):
             v = getattr(self, name)
             set_(self, name, None if v is None else float(v))
         set_(self, "rescore", bool(self.rescore))

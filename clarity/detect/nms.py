@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -10,13 +10,14 @@ from scipy.spatial import cKDTree
 __all__ = ["nms"]
 
 
-def nms(points, scores, *, radius: float = 4.0, scale: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+def nms(points, scores, *, radius: float = 4.0, scale: Sequence[float] = (1.0, 1.0, 1.0),
+        merge: Callable | None = None) -> np.ndarray:
     """Greedy non-maximum suppression: indices of the points kept, highest score first.
 
     Points are visited by decreasing score (ties by z, y, x); each kept point removes every
-    later point closer than or at ``radius``. Because a point's fate depends only on points
-    scoring higher, ``nms`` of the points above a threshold equals ``nms`` of all points then
-    thresholded.
+    later point closer than or at ``radius`` (with ``merge``, only those the test lets merge).
+    Because a point's fate depends only on points scoring higher, ``nms`` of the points above a
+    threshold equals ``nms`` of all points then thresholded.
 
     Parameters
     ----------
@@ -27,6 +28,10 @@ def nms(points, scores, *, radius: float = 4.0, scale: Sequence[float] = (1.0, 1
         Merge distance in units of ``points * scale`` (voxels by default; e.g. a cell radius).
     scale : 3 floats, keyword-only
         Multiplies (z, y, x) before distances: anisotropy, e.g. the voxel size in um.
+    merge : callable, keyword-only
+        ``merge(points, pairs)`` -> bool per pair (M, 2) of indices within ``radius``: True where
+        the two may merge (e.g. :func:`clarity.detect.saddle.saddle_merge_test`: no intensity dip
+        between them). Must depend on the pair only, not on scores. None: every pair merges.
 
     Returns
     -------
@@ -43,6 +48,8 @@ def nms(points, scores, *, radius: float = 4.0, scale: Sequence[float] = (1.0, 1
         return order.astype(np.int64)
     scaled = pts * np.asarray(scale, dtype=np.float64).reshape(1, 3)
     pairs = cKDTree(scaled).query_pairs(float(radius), output_type="ndarray")
+    if merge is not None and len(pairs):
+        pairs = pairs[np.asarray(merge(pts, pairs), bool)]
     if len(pairs) == 0:
         return order.astype(np.int64)
     rank = np.empty(len(pts), np.int64)

@@ -31,6 +31,7 @@ from .chunks import ChunkJob, ModelBlob, balanced_chunk, chunk_boxes, compute_ch
 from .config import DetectionConfig, RunOptions, resolve_config
 from .grid import scale_factors, to_input_voxels
 from .resume import ChunkState, state_key
+from .saddle import volume_region
 
 __all__ = ["DetectionResult", "detect_volume", "n4_config", "norm_stride"]
 
@@ -309,8 +310,11 @@ def detect_volume(source, *, model=None, config: DetectionConfig | None = None,
         reader.check_unchanged()  # a file rewritten during the run gives an error, never wrong cells
     t0 = time.perf_counter()
     pts, sc, rs, sn, fe = _merge(results, features=plan.features)
+    intensities = (volume_region(reader, shape, field=field_, norm=norm, preprocessed=preprocessed,
+                                 factors=factors) if cfg.nms_saddle is not None else None)
     cells = finish_detections(pts, sc, rs, sn, config=cfg, features=fe, rescorer=rescorer,
-                              threshold=threshold if rescorer is not None else None, keep_features=run.features)
+                              threshold=threshold if rescorer is not None else None, keep_features=run.features,
+                              intensities=intensities)
     if any(f != 1.0 for f in factors):  # model-grid voxels -> the input's voxels
         cells[["z", "y", "x"]] = to_input_voxels(cells[["z", "y", "x"]].to_numpy(), factors, shape)
     info["min_snr"] = cfg.min_snr

@@ -29,6 +29,7 @@ from ..detect.calibrate import (
 )
 from ..detect.config import resolve_config
 from ..detect.nms import nms
+from ..detect.saddle import array_region, saddle_merge_test
 from ..io import common_voxel_um, list_brains, read_volume, write_json
 from ..model import CALIBRATION_FIELDS, load_model, read_calibration, save_calibration
 from ..rescore import DEFAULT_FLOOR, fit_rescorer
@@ -326,7 +327,8 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
 
 
 def choose_nms_radius(paths, model_path: Path, brains: Sequence[str], *, radii: Sequence[float],
-                      radius: float = 6.0, radius_um: float | None = None) -> tuple[float | None, dict]:
+                      radius: float = 6.0, radius_um: float | None = None,
+                      saddle: float | None = None) -> tuple[float | None, dict]:
     """The NMS radius, among ``radii``, of the best pooled detection F1 on ``brains`` (complete
     labels only), each radius at its own best threshold.
 
@@ -350,6 +352,10 @@ def choose_nms_radius(paths, model_path: Path, brains: Sequence[str], *, radii: 
         brains of a stated voxel size: :func:`clarity.detect.physical_config`).
     radius, radius_um : keyword-only
         The matching, as in :func:`calibrate_on_brains`.
+    saddle : float or None, keyword-only
+        NMS merges only pairs with no intensity dip below ``saddle`` times the dimmer end
+        between them (``DetectionConfig.nms_saddle``, :mod:`clarity.detect.saddle`), on the
+        brains' corrected volumes; None: plain NMS.
 
     Returns
     -------
@@ -367,28 +373,36 @@ def choose_nms_radius(paths, model_path: Path, brains: Sequence[str], *, radii: 
     vox = common_voxel_um(list_brains(paths.data_dir, names=list(brains)))
     radius, scale, _ = match_rule(radius=radius, radius_um=radius_um, voxel_um=vox, cell_um=cfg.cell_diameter_um)
     floor = float(np.min(DEFAULT_THRESHOLDS))
-    raw = [detect_block(np.asarray(v, np.float32), model=loaded, config=cfg.replace(nms_radius=0.0), threshold=floor)
-           for v in vols]
+    vols = [np.asarray(v, np.float32) for v in vols]
+    raw = [detect_block(v, model=loaded, config=cfg.replace(nms_radius=0.0), threshold=floor) for v in vols]
+    merges = [None if saddle is None else saddle_merge_test(array_region(v), beta=float(saddle), scale=cfg.nms_scale)
+              for v in vols]
     f1 = {}
     for r in radii:
         dets = [d.iloc[nms(d[["z", "y", "x"]].to_numpy(float), d["score"].to_numpy(float), radius=r,
-                           scale=cfg.nms_scale)] for d in raw]
+                           scale=cfg.nms_scale, merge=m)] for d, m in zip(raw, merges)]
         f1[r] = float(pooled_sweep(dets, pts, DEFAULT_THRESHOLDS, radius=radius, scale=scale).f1.max())
     best = max(radii, key=lambda r: (round(f1[r], 6), -r))
     return best, f1
 
 
 def calibrate_with_nms_search(paths, model_path: Path, brains: Sequence[str], *, radii: Sequence[float] = (),
-                              **options):
+                              saddle: float | None = None, **options):
     """:func:`calibrate_on_brains`, then the NMS radius of ``radii`` chosen on the same brains
     (:func:`choose_nms_radius`, complete labels only) and, when it is not the radius calibrated
     under, the calibration again at it; the choice and each radius's F1 go into the calibration
-    file's provenance (``nms_rule``, ``nms_f1``). ``options``: :func:`calibrate_on_brains`'s
-    (``radius`` and ``radius_um`` also match the choice's detections). Returns what
-    :func:`calibrate_on_brains` returns, for the radius kept."""
+    file's provenance (``nms_rule``, ``nms_f1``). ``saddle``: NMS keeps pairs with an intensity
+    dip below that fraction apart (``DetectionConfig.nms_saddle``), in the calibration and the
+    search alike. ``options``: :func:`calibrate_on_brains`'s (``radius`` and ``radius_um`` also
+    match the choice's detections). Returns what :func:`calibrate_on_brains` returns, for the
+    radius kept."""
+    if saddle is not None:
+        base = resolve_config(load_model(model_path, device="cpu"), options.get("config"))
+        options = {**options, "config": base.replace(nms_saddle=float(saddle))}
     thr, table, source = calibrate_on_brains(paths, model_path, brains, **options)
     best, f1 = (choose_nms_radius(paths, model_path, brains, radii=radii, radius=options.get("radius", 6.0),
-                                  radius_um=options.get("radius_um")) if thr is not None and radii else (None, {}))
+                                  radius_um=options.get("radius_um"), saddle=saddle)
+                if thr is not None and radii else (None, {}))
     if best is None:
         if thr is not None and radii:  # said, not silently skipped: partial annotations favour merging
             write_calibration(model_path, drop=("nms_f1",), provenance={
@@ -399,6 +413,8 @@ def calibrate_with_nms_search(paths, model_path: Path, brains: Sequence[str], *,
         thr, table, source = calibrate_on_brains(paths, model_path, brains,
                                                  **{**options, "config": cfg.replace(nms_radius=best)})
     write_calibration(model_path, provenance={
-        "nms_rule": f"radius {best:g} of {sorted(f1)} by pooled detection F1 on {', '.join(brains)}",
+        "nms_rule": f"radius {best:g} of {sorted(f1)} by pooled detection F1 on {', '.join(brains)}"
+                    + (f", pairs with an intensity dip below {saddle:g} of the dimmer end kept apart"
+                       if saddle is not None else ""),
         "nms_f1": {f"{r:g}": round(v, 4) for r, v in f1.items()}})
     return thr, table, source

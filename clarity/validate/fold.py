@@ -88,6 +88,10 @@ class SplitConfig:
         NMS radii (reference voxels) tried on the calibration brains after the threshold
         (:func:`clarity.validate.calibrate.choose_nms_radius`, complete labels only); the best
         one is calibrated again and kept. Empty: the detection default.
+    nms_saddle : float or None
+        NMS keeps two detections apart where the intensity between them dips below this
+        fraction of the dimmer end (``DetectionConfig.nms_saddle``), in the calibration, the
+        radius search and the fold model's detection; None: plain NMS.
     """
 
     patchset: str = "patches"
@@ -106,6 +110,7 @@ class SplitConfig:
     calibrate_on: str = "val"
     rescore: bool = True
     nms_search: tuple = ()
+    nms_saddle: float | None = None
 
     def __post_init__(self):
         if self.calibrate_on not in ("val", "train"):
@@ -114,6 +119,8 @@ class SplitConfig:
         if any(not r > 0 for r in radii):
             raise ValueError(f"nms_search: radii must be > 0, not {list(radii)}")
         object.__setattr__(self, "nms_search", radii)
+        if self.nms_saddle is not None and not 0 < float(self.nms_saddle) <= 1:
+            raise ValueError(f"nms_saddle must be in (0, 1] or None, not {self.nms_saddle}")
         object.__setattr__(self, "cell_diameter_um", cell_size_option(self.cell_diameter_um))
 
     def resolved(self, patch_size: int) -> "SplitConfig":
@@ -279,7 +286,7 @@ def _calibrate(run: _SplitRun, variant: str) -> None:
         size = measure_cell_size(run.paths, run.parts.fit_brains + run.parts.val_brains)
     brains = run.parts.val_brains if run.cfg.calibrate_on == "val" else run.parts.fit_brains + run.parts.val_brains
     thr, table, source = calibrate_with_nms_search(
-        run.paths, run.model_paths[variant], brains, radii=run.cfg.nms_search, rescorer_brains=run.parts.val_brains,
+        run.paths, run.model_paths[variant], brains, radii=run.cfg.nms_search, saddle=run.cfg.nms_saddle, rescorer_brains=run.parts.val_brains,
         rescore=run.cfg.rescore, radius_um=run.cfg.match_radius_um, cell_diameter_um=size,
         screen_recall=run.cfg.screen_recall)
     if thr is not None:

@@ -129,3 +129,25 @@ def test_nms_radius_chosen_on_the_brains(data_root, tmp_path):
         assert abs(table.f1.max() - f1[r]) < 1e-12, r
     shutil.rmtree(data_root / "truth")
     assert choose_nms_radius(paths, model, ["b1"], radii=radii) == (None, {})
+
+
+def test_nms_radius_chosen_with_the_saddle_test(data_root, tmp_path):
+    """With ``saddle``, each radius's F1 is still exactly what a calibration with that radius and
+    saddle test finds, and the calibration file keeps the test for detection."""
+    from clarity.detect import DetectionConfig
+    from clarity.validate.calibrate import calibrate_with_nms_search, choose_nms_radius
+
+    paths, model = _preprocessed_with_model(data_root, tmp_path)
+    calibrate_on_brains(paths, model, ["b1", "b2"], rescore=False)
+    base = DetectionConfig.from_dict(load_model(model, device="cpu").detection_config).replace(nms_saddle=0.6)
+    radii = (base.effective_nms_radius, 12.0)
+    best, f1 = choose_nms_radius(paths, model, ["b1", "b2"], radii=radii, saddle=0.6)
+    _, plain = choose_nms_radius(paths, model, ["b1", "b2"], radii=radii)
+    assert f1[12.0] != plain[12.0]  # the test changed what the wide radius merges
+    for r in radii:
+        _, table, _ = calibrate_on_brains(paths, model, ["b1", "b2"], rescore=False, config=base.replace(nms_radius=r))
+        assert abs(table.f1.max() - f1[r]) < 1e-12, r
+    calibrate_with_nms_search(paths, model, ["b1", "b2"], radii=radii, saddle=0.6, rescore=False)
+    m = load_model(model, device="cpu")
+    assert m.detection_config["nms_saddle"] == 0.6 and m.detection_config["nms_radius"] == best
+    assert "dip below 0.6" in m.provenance["nms_rule"]
