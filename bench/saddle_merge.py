@@ -4,10 +4,11 @@ finished report's held-out detections.
 Greedy by score, as NMS: a detection within ``--radius`` reference voxels of a kept, higher-scored
 detection is merged into it when the intensity along the segment between them never drops below
 ``beta`` times the dimmer end (no saddle: one irregular cell), and kept when it does (two touching
-cells). ``beta`` = -inf (``nms``) is plain NMS at that radius. Intensities are the report's corrected
-volumes (``interim/<volume>_corrected.npy``, smoothed by 0.5 x 1 x 1 voxels), sampled along the
-segment about once per voxel with trilinear interpolation. Only the report's detections
-(``06_candidates/``, ``detected`` = 1) are merged, so the threshold stays the fold's.
+cells): :mod:`clarity.detect.saddle`, what detection does with ``DetectionConfig.nms_saddle``
+(``NMS_SADDLE`` in notebook 04a), on the report's corrected volumes
+(``interim/<volume>_corrected.npy``). ``nms`` is plain NMS at that radius. Only the report's
+detections (``06_candidates/``, ``detected`` = 1) are merged, so the threshold stays the fold's
+(in the report itself the threshold and radius are calibrated with the test).
 
 Prints held-out F1 per brain and pooled for each radius and beta (matching: the report's,
 6 reference voxels scaled by the cell size, ``clarity.scale``).
@@ -25,39 +26,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.ndimage import gaussian_filter, map_coordinates
-from scipy.spatial import cKDTree
 
+from clarity.detect.nms import nms
+from clarity.detect.saddle import array_region, saddle_merge_test
 from clarity.io import list_brains, read_volume
 from clarity.matching import match_points
 from clarity.paths import Paths
 from clarity.scale import Matching
 from clarity.validate.calibrate import root_cell_size
-
-
-def saddle_merge(points, img, *, radius: float, beta: float, ref_scale, voxel_um=None) -> np.ndarray:
-    """Kept mask of ``points`` (z, y, x voxels, sorted by decreasing score): greedy merge within
-    ``radius`` (in units of ``points * ref_scale``) of pairs with no saddle below ``beta`` x the
-    dimmer end on ``img``; the segment sampled about once per finest voxel of ``voxel_um``."""
-    keep = np.ones(len(points), bool)
-    if radius <= 0 or len(points) < 2:
-        return keep
-    pts = np.asarray(points, float)
-    tree = cKDTree(pts * ref_scale)
-    vox = np.asarray(voxel_um if voxel_um is not None else (1.0, 1.0, 1.0), float)
-    step = vox / vox.min()
-    for i in range(len(pts)):
-        if not keep[i]:
-            continue
-        for j in tree.query_ball_point(pts[i] * ref_scale, radius):
-            if j <= i or not keep[j]:
-                continue
-            n = int(np.ceil(np.linalg.norm((pts[j] - pts[i]) * step))) + 2
-            line = pts[i][None] + (pts[j] - pts[i])[None] * np.linspace(0, 1, n)[:, None]
-            prof = map_coordinates(img, line.T, order=1, mode="nearest")
-            if prof.min() >= beta * min(prof[0], prof[-1]):
-                keep[j] = False
-    return keep
 
 
 def main(argv=None) -> int:
@@ -66,7 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--run", default="microglia")
     ap.add_argument("--radii", type=float, nargs="+", default=[0.0, 15.0, 20.0])
     ap.add_argument("--betas", default="nms,0.5,0.7,0.85",
-                    help="comma-separated; nms = -inf, plain NMS at the radius (default: nms,0.5,0.7,0.85)")
+                    help="comma-separated; nms = plain NMS at the radius (default: nms,0.5,0.7,0.85)")
     ap.add_argument("--cell-diameter-um", default="auto")
     ap.add_argument("--reports-root", type=Path)
     a = ap.parse_args(argv)
@@ -77,23 +53,23 @@ def main(argv=None) -> int:
     for b in vols:
         c = pd.read_csv(paths.reports / "06_candidates" / f"{b.name}.csv")
         c = c[c.detected == 1].sort_values("score", ascending=False, kind="stable")
-        img = gaussian_filter(np.asarray(read_volume(paths.corrected(b.name), check_finite=False), np.float32),
-                              (0.5, 1.0, 1.0))
+        img = np.asarray(read_volume(paths.corrected(b.name), check_finite=False), np.float32)
         radius, scale, _ = matching.rule(b.voxel_um)
-        data.append((b.group, c[["z", "y", "x"]].to_numpy(float), b.truth_points(), img, radius, np.asarray(scale),
-                     b.voxel_um))
+        data.append((b.group, c[["z", "y", "x"]].to_numpy(float), b.truth_points(), img, radius, np.asarray(scale)))
     groups = list(dict.fromkeys(g for g, *_ in data))
     rows = []
     for r in a.radii:
-        for beta in [-np.inf if b.strip() == "nms" else float(b) for b in a.betas.split(",")]:
+        for beta in [None if b.strip() == "nms" else float(b) for b in a.betas.split(",")]:
             counts = {g: np.zeros(3, np.int64) for g in groups}
-            for g, pts, truth, img, radius, scale, vox in data:
-                keep = saddle_merge(pts, img, radius=r, beta=beta, ref_scale=scale * 6.0 / radius, voxel_um=vox)
+            for g, pts, truth, img, radius, scale in data:
+                nms_scale = scale * 6.0 / radius  # reference voxels, as DetectionConfig.nms_scale
+                merge = None if beta is None else saddle_merge_test(array_region(img), beta=beta, scale=nms_scale)
+                keep = nms(pts, -np.arange(len(pts), dtype=float), radius=r, scale=nms_scale, merge=merge)
                 m = match_points(pts[keep], truth, radius=radius, scale=scale)
                 counts[g] += (m.tp, m.fp, m.fn)
             f1 = {g: 2 * c[0] / max(1, 2 * c[0] + c[1] + c[2]) for g, c in counts.items()}
             tot = sum(counts.values())
-            rows.append({"radius": r, "beta": beta, **f1, "pooled": 2 * tot[0] / max(1, 2 * tot[0] + tot[1] + tot[2])})
+            rows.append({"radius": r, "beta": "nms" if beta is None else beta, **f1, "pooled": 2 * tot[0] / max(1, 2 * tot[0] + tot[1] + tot[2])})
     pd.set_option("display.width", 250)
     print(pd.DataFrame(rows).round(3).to_string(index=False))
     return 0

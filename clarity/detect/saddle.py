@@ -94,11 +94,15 @@ def no_saddle(points, pairs, intensities: Intensities, *, beta: float,
         blo, bhi = np.maximum(lo - halo, 0), np.minimum(hi + halo, shape)
         img = np.asarray(intensities.read(tuple(slice(int(p), int(q)) for p, q in zip(blo, bhi))), np.float32)
         img = gaussian_filter(img, sigma, mode="reflect", truncate=TRUNCATE)
-        for k in sel:
-            t = np.linspace(0.0, 1.0, int(n_samples[k]))[:, None]
-            line = a[k][None] + (b[k] - a[k])[None] * t - blo[None]
-            prof = map_coordinates(img, line.T, order=1, mode="nearest")
-            out[k] = prof.min() >= beta * min(prof[0], prof[-1])
+        n = n_samples[sel]
+        starts = np.concatenate([[0], np.cumsum(n)[:-1]])
+        seg = np.repeat(np.arange(len(sel)), n)
+        t = (np.arange(int(n.sum())) - starts[seg]) / (n[seg] - 1)  # 0 .. 1 along each segment
+        line = a[sel][seg] + (b[sel] - a[sel])[seg] * t[:, None] - blo[None]
+        prof = map_coordinates(img, line.T, order=1, mode="nearest")
+        lowest = np.minimum.reduceat(prof, starts)
+        ends = np.minimum(prof[starts], prof[starts + n - 1])
+        out[sel] = lowest >= beta * ends
     return out
 
 
