@@ -84,8 +84,10 @@ def test_smoke_report_outputs(smoke_report):
             m = load_model(paths.fold_model(split, "cnn"), device="cpu")
             assert m.detection_threshold is not None
             assert sorted(m.provenance["nms_f1"]) == ["4", "6", "9"]  # NMS_SEARCH of smoke.yaml
+            assert m.detection_config["nms_saddle"] == 0.5 and "dip below 0.5" in m.provenance["nms_rule"]
             radii.append(m.detection_config["nms_radius"])
         assert set(radii) <= {4.0, 6.0, 9.0}
+        assert load_model(paths.models / "final.pt", device="cpu").detection_config["nms_saddle"] == 0.5
     # notebook 06 keeps every held-out candidate; notebook 08 counts each brain from simulated reviews
     index = pd.read_csv(paths.reports / "06_candidates" / "index.csv")
     assert len(index) == 8 and (index.n_candidates >= index.n_detected).all()
