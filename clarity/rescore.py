@@ -143,7 +143,7 @@ def feature_matrix(cnn_score, snr, response, shape) -> np.ndarray:
     """The (N, len(FEATURES)) rescorer input from CNN probabilities, SNRs, LoG responses and
     shape features (N, len(SHAPE_FEATURES))."""
     n = len(np.atleast_1d(cnn_score))
-    shape = np.asarray(shape, np.float64).reshape(n, -1)
+    shape = np.asarray(shape, np.float64).reshape(n, len(SHAPE_FEATURES))  # n = 0 too: a volume with no candidate
     return np.column_stack([_logit(cnn_score), np.asarray(snr, np.float64).reshape(n),
                             np.asarray(response, np.float64).reshape(n), shape])
 

@@ -144,6 +144,11 @@ def test_rescored_detection_chunked_equals_unchunked(tmp_path):
     np.testing.assert_array_equal(chunked.cells[["z", "y", "x"]].to_numpy(), whole[["z", "y", "x"]].to_numpy())
     np.testing.assert_allclose(chunked.cells.score, whole.score, atol=1e-5)
     assert chunked.estimated_count == pytest.approx(r.count_factor * chunked.n_cells)
+    # a volume with no candidate at all (a blank block of tissue) gives no cell, not an error
+    for empty in (detect_block(np.zeros((16, 40, 40), np.float32), model=m, threshold=0.0, run=RunOptions(device='cpu')),
+                  detect_volume(np.zeros((16, 40, 40), np.float32), model=m, preprocessed=True, threshold=0.0,
+                                run=RunOptions(progress=False, device='cpu')).cells):
+        assert len(empty) == 0 and {"z", "y", "x", "score", "cnn_score"} <= set(empty.columns)
     # rescore=False: the CNN alone at the model's detection threshold, with its own count factor
     alone = detect_volume(v, model=m, preprocessed=True, config=DetectionConfig(rescore=False), run=RunOptions(progress=False, device='cpu'))
     assert not alone.info["rescored"] and "cnn_score" not in alone.cells
