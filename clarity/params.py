@@ -263,10 +263,10 @@ _DECLARED = [
        accepts=(int, float, list), check=_cell_size),
     _p("SCREEN_RECALL", float, None, "validation", "widen the candidate screen until it keeps this share of the "
        "calibration brains' labelled cells; None: the default screen", "04a"),
-    _p("CALIBRATE_ON", str, "val", "validation", "brains the detection threshold is chosen on: the "
-       "inner-validation brains or all training brains (never the test brains)", "04a", choices=("val", "train")),
-    _p("RESCORE", bool, True, "validation", "fit the second-stage rescorer on the inner-validation brains; "
-       "False: the CNN alone", "04a"),
+    _p("CALIBRATE_ON", str, "val", "validation", "brains the detection threshold and the rescorer are chosen on: "
+       "the inner-validation brains or all training brains (never the test brains)", "04a", choices=("val", "train")),
+    _p("RESCORE", bool, True, "validation", "fit the second-stage rescorer on the calibration brains "
+       "(CALIBRATE_ON); False: the CNN alone", "04a"),
     _p("NMS_SEARCH", list, [], "validation", "NMS radii tried on the calibration brains after the threshold (complete "
        "labels): the best by pooled detection F1 is kept, the final model takes the folds' median; empty: the "
        "detection default (6)", "04a", unit="reference voxels", check=_radii),

@@ -214,8 +214,9 @@ def finish_detections(points, scores, responses, snr, *, config: DetectionConfig
                       rescorer=None, threshold: float | None = None,
                       keep_features: bool = False, intensities=None) -> pd.DataFrame:
     """NMS on the CNN score (with ``config.nms_saddle``, only pairs with no intensity dip between
-    them merge: ``intensities``, a :class:`clarity.detect.saddle.Intensities`, is then needed); then, with a ``rescorer``, the rescored probability and its
-    ``threshold`` (default: the rescorer's); then the SNR gate of ``config`` (so a gated cell
+    them merge: ``intensities``, a :class:`clarity.detect.saddle.Intensities`, is then needed);
+    then, with a ``rescorer``, the rescored probability and its ``threshold`` (default: the
+    rescorer's); then the SNR gate of ``config`` (so a gated cell
     never hands its place to a weaker neighbour); sorted by (z, y, x). ``snr`` is one value per
     point, or a function of points giving theirs: then it is computed for the NMS survivors only
     (NMS does not read it), the same values for a fraction of the work."""

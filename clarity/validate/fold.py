@@ -80,10 +80,11 @@ class SplitConfig:
         split's training brains (fitting and inner validation), as the LoG baseline's threshold
         is: more brains, so a choice that transfers better when brains are labelled
         differently, at the price of scores the network learned from. The rescorer is fitted on
-        the inner-validation brains either way. Never the test brains.
+        the same brains. Never the test brains.
     rescore : bool
-        Fit the second stage (:func:`clarity.rescore.fit_rescorer`) on the inner-validation
-        brains (complete labels only); False: the fold models detect with the CNN alone.
+        Fit the second stage (:func:`clarity.rescore.fit_rescorer`) on the calibration brains
+        (``calibrate_on``; complete labels only); False: the fold models detect with the CNN
+        alone.
     nms_search : tuple of float
         NMS radii (reference voxels) tried on the calibration brains after the threshold
         (:func:`clarity.validate.calibrate.choose_nms_radius`, complete labels only); the best
@@ -277,8 +278,8 @@ def _score_variant(run: _SplitRun, variant: str, trained: TrainResult, extra: di
 
 
 def _calibrate(run: _SplitRun, variant: str) -> None:
-    """Whole-volume detection threshold on the inner-validation brains, or on all training
-    brains (``calibrate_on``); folds only: in the coarse split those brains hold the test patches."""
+    """Whole-volume detection threshold (and the rescorer) on the inner-validation brains, or on
+    all training brains (``calibrate_on``); folds only: in the coarse split those brains hold the test patches."""
     if run.split == "coarse":
         return
     size = run.cfg.cell_diameter_um
@@ -286,8 +287,8 @@ def _calibrate(run: _SplitRun, variant: str) -> None:
         size = measure_cell_size(run.paths, run.parts.fit_brains + run.parts.val_brains)
     brains = run.parts.val_brains if run.cfg.calibrate_on == "val" else run.parts.fit_brains + run.parts.val_brains
     thr, table, source = calibrate_with_nms_search(
-        run.paths, run.model_paths[variant], brains, radii=run.cfg.nms_search, saddle=run.cfg.nms_saddle, rescorer_brains=run.parts.val_brains,
-        rescore=run.cfg.rescore, radius_um=run.cfg.match_radius_um, cell_diameter_um=size,
+        run.paths, run.model_paths[variant], brains, radii=run.cfg.nms_search, saddle=run.cfg.nms_saddle,
+        rescorer_brains=brains, rescore=run.cfg.rescore, radius_um=run.cfg.match_radius_um, cell_diameter_um=size,
         screen_recall=run.cfg.screen_recall)
     if thr is not None:
         run.detection_thresholds[variant] = thr

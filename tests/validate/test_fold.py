@@ -218,6 +218,9 @@ def test_physical_settings_per_fold_never_see_the_test_brain(tiny_root, run_smal
         rule = m.provenance["detection_threshold_rule"]
         assert "8 um" in rule and all(b in rule for b in res.fit_brains + res.val_brains)
         assert not any(b in rule for b in res.test_brains)
+        # calibrate_on="train": the rescorer learns on the same brains as the threshold
+        assert m.rescorer is not None
+        assert set(m.provenance["rescorer_brains"]) == set(res.fit_brains + res.val_brains)
         # the NMS radius: the best of the three on the same brains, the threshold calibrated at it
         f1 = m.provenance["nms_f1"]
         assert sorted(f1) == ["4.5", "6", "9"] and f1[f"{cfg['nms_radius']:g}"] == max(f1.values())
