@@ -36,6 +36,7 @@ from ..rescore import DEFAULT_FLOOR, fit_rescorer
 from ..scale import CellScale, cell_size_option, match_rule
 
 __all__ = ["KEEP", "write_calibration", "calibrate_on_brains", "choose_nms_radius", "calibrate_with_nms_search",
+           "fit_rescorer_on_brains",
            "measure_cell_size", "root_cell_size"]
 
 
@@ -324,6 +325,32 @@ def calibrate_on_brains(paths, model_path: Path, brains: Sequence[str], *, radiu
                                   "calibration_brains": list(brains), "calibration_labels": source,
                                   "count_factor_rule": factor_rule, **screen, **extra})
     return thr, table, source
+
+
+def fit_rescorer_on_brains(paths, model_path: Path, brains: Sequence[str], *, radius: float = 6.0,
+                           radius_um: float | None = None, seed: int = 0):
+    """Fit the second stage of a calibrated model on ``brains`` (complete labels only) under the
+    detection settings its calibration file holds, and store it there beside the threshold,
+    which is kept (:func:`clarity.rescore.fit_rescorer`, as :func:`calibrate_on_brains` does).
+
+    Used for the final model when the folds fitted theirs on their training brains
+    (``CALIBRATE_ON: train``): the same recipe on every brain. ``radius`` / ``radius_um``: the
+    matching, as in :func:`calibrate_on_brains`. Returns the rescorer, or None when the labels
+    are not complete on every brain or the fit fails (the calibration file is then unchanged).
+    """
+    vols, pts, source = _labelled_volumes(paths, brains)
+    if source != "complete" or not vols:
+        return None
+    loaded = load_model(model_path, device="cpu")
+    cfg = resolve_config(loaded, None)
+    vox = common_voxel_um(list_brains(paths.data_dir, names=list(brains)))
+    radius, scale, within = match_rule(radius=radius, radius_um=radius_um, voxel_um=vox, cell_um=cfg.cell_diameter_um)
+    frames = _rescorer_frames(loaded, [np.asarray(v, np.float32) for v in vols], cfg)
+    rescorer, extra = _fit_rescorer(frames, pts, brains=brains, radius=radius, scale=scale, within=within,
+                                    seed=seed, source=source)
+    if rescorer is not None:
+        write_calibration(model_path, rescorer=rescorer, provenance=extra)
+    return rescorer
 
 
 def choose_nms_radius(paths, model_path: Path, brains: Sequence[str], *, radii: Sequence[float],

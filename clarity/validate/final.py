@@ -15,7 +15,7 @@ from ..io import ClarityInputError, list_brains, natural_key
 from ..model import ModelConfig, load_model, read_calibration, save_model
 from ..sampling import PatchSet
 from ..train import TrainConfig
-from .calibrate import measure_cell_size, write_calibration
+from .calibrate import fit_rescorer_on_brains, measure_cell_size, write_calibration
 from .summary import cv_detection_thresholds, cv_thresholds
 from .training import patchset_key, run_fingerprint, train_variant
 
@@ -57,6 +57,15 @@ def _fold_calibrations(paths, folds) -> tuple[dict[str, float], dict | None]:
     return factors, (configs[0] if same else None)
 
 
+def _folds_rescore_on_training_brains(paths, folds) -> bool:
+    """True when every ``cnn`` fold model of ``folds`` carries a rescorer fitted on brains its
+    network learned from (``CALIBRATE_ON: train``): the final model then fits one the same way."""
+    cals = [read_calibration(paths.fold_model(f, "cnn")) for f in folds if paths.fold_model(f, "cnn").exists()]
+    cals = [c or {} for c in cals]
+    return bool(cals) and all(c.get("rescorer") and set(c.get("provenance", {}).get("rescorer_brains", []))
+                              & set(c.get("provenance", {}).get("fit_brains", [])) for c in cals)
+
+
 def _fold_calibration_brains(paths, folds) -> list[str]:
     """The brains the ``cnn`` models of ``folds`` were calibrated on (their calibration files)."""
     brains = set()
@@ -68,7 +77,8 @@ def _fold_calibration_brains(paths, folds) -> list[str]:
 
 def train_final(paths, *, patchset: str = "patches", train_config=None, model_config=None,
                 seed: int = 0, threshold: float | None = None, inner_val: int = 1,
-                detection_threshold: float | None = None, progress: bool = True):
+                detection_threshold: float | None = None, progress: bool = True,
+                match_radius_um: float | None = None):
     """Train the model shipped for detection on ALL brains; save ``models/<run>/final.pt`` and
     its calibration ``models/<run>/final.calibration.json``.
 
@@ -82,7 +92,11 @@ def train_final(paths, *, patchset: str = "patches", train_config=None, model_co
     else the mean of the folds' calibrated ones (:func:`cv_detection_thresholds`, read from the
     fold models' calibration files), with the folds' mean count factor and the detection config
     they were calibrated under (when they agree), else none (detection then uses the patch
-    threshold); and the rules and fold values they came from.
+    threshold); and the rules and fold values they came from. When the folds fitted their
+    rescorer on their training brains (``CALIBRATE_ON: train``), the final model fits one on
+    every completely labelled brain of the root, matching within ``match_radius_um`` um (None:
+    6 reference voxels) as the folds did (:func:`fit_rescorer_on_brains`); otherwise it detects
+    without one (no brain is left to fit it on).
 
     Returns
     -------
@@ -132,4 +146,7 @@ def train_final(paths, *, patchset: str = "patches", train_config=None, model_co
                                   "calibration_brains": _fold_calibration_brains(paths, fold_det) if from_folds else [],
                                   "fold_detection_thresholds": fold_det, "fold_count_factors": fold_factor,
                                   "fold_thresholds": fold_thr})
+    if from_folds and fold_config is not None and _folds_rescore_on_training_brains(paths, fold_det):
+        fit_rescorer_on_brains(paths, path, [b.name for b in list_brains(paths.data_dir)],
+                               radius_um=match_radius_um, seed=seed)
     return load_model(path)

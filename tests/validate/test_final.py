@@ -36,6 +36,8 @@ def test_final_model(fold1, tiny):
     assert set(factors) == set(det) and lm.count_factor == pytest.approx(np.mean(list(factors.values())))
     # the detection settings the folds were calibrated under travel with their mean threshold
     assert lm.detection_config == load_model(paths.fold_model("fold1", "cnn"), device="cpu").detection_config
+    # the fold's rescorer learned on its inner-validation brain: no brain is left for the final one
+    assert load_model(paths.fold_model("fold1", "cnn"), device="cpu").rescorer is not None and lm.rescorer is None
     lm2 = V.train_final(paths, train_config=tiny.train, model_config=tiny.model, seed=0, threshold=0.7,
                         detection_threshold=0.8, progress=False)
     assert lm2.threshold == pytest.approx(0.7) and lm2.detection_threshold == pytest.approx(0.8)

@@ -185,7 +185,7 @@ def test_hard_example_truth_without_mined_patches():
     assert list(out.columns) == V.HARD_EXAMPLE_COLUMNS and len(out) == 0
 
 
-def test_physical_settings_per_fold_never_see_the_test_brain(tiny_root, run_small, tmp_path):
+def test_physical_settings_per_fold_never_see_the_test_brain(tiny_root, run_small, tmp_path, tiny):
     """With voxel sizes stated, ``cell_diameter_um="auto"`` measures the cells of each fold's
     fitting and inner-validation brains only; the screen is fitted on the inner-validation brain,
     calibration matches in um; the final model's config is measured on every brain."""
@@ -232,3 +232,7 @@ def test_physical_settings_per_fold_never_see_the_test_brain(tiny_root, run_smal
     assert tuple(final["cell_diameter_um"]) == everything
     assert final["candidate_threshold"] == min(c["candidate_threshold"] for c in configs)
     assert final["nms_radius"] == float(np.median([c["nms_radius"] for c in configs]))
+    # the folds' rescorers learned on their training brains: the final model's learns on every brain
+    lm = V.train_final(paths, train_config=tiny.train, model_config=tiny.model, seed=0, progress=False)
+    assert lm.rescorer is not None and sorted(lm.provenance["rescorer_brains"]) == [f"b{i}" for i in range(1, 5)]
+    assert lm.detection_threshold == pytest.approx(np.mean(list(V.cv_detection_thresholds(paths.reports).values())))
