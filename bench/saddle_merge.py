@@ -69,7 +69,8 @@ def main(argv=None) -> int:
                 counts[g] += (m.tp, m.fp, m.fn)
             f1 = {g: 2 * c[0] / max(1, 2 * c[0] + c[1] + c[2]) for g, c in counts.items()}
             tot = sum(counts.values())
-            rows.append({"radius": r, "beta": "nms" if beta is None else beta, **f1, "pooled": 2 * tot[0] / max(1, 2 * tot[0] + tot[1] + tot[2])})
+            pooled = 2 * tot[0] / max(1, 2 * tot[0] + tot[1] + tot[2])
+            rows.append({"radius": r, "beta": "nms" if beta is None else beta, **f1, "pooled": pooled})
     pd.set_option("display.width", 250)
     print(pd.DataFrame(rows).round(3).to_string(index=False))
     return 0

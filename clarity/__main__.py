@@ -91,7 +91,8 @@ def _positive_float(text: str, *, most: float | None = None) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not v > 0 or (most is not None and v > most):
-        raise argparse.ArgumentTypeError(f"must be positive{'' if most is None else f' and at most {most:g}'}, not {text}")
+        limit = "" if most is None else f" and at most {most:g}"
+        raise argparse.ArgumentTypeError(f"must be positive{limit}, not {text}")
     return v
 
 
@@ -430,8 +431,8 @@ def _calibrate(args) -> int:
     if args.fresh:  # replace a calibration of other weights (or a corrupt one): start from the weights alone
         calibration_path(model).unlink(missing_ok=True)
     thr, _, source = calibrate_with_nms_search(
-        paths, model, brains, radii=args.nms_search or (), saddle=args.nms_saddle, radius=args.radius, radius_um=args.radius_um,
-        cell_diameter_um=args.cell_diameter_um, screen_recall=args.screen_recall, rescorer_brains=rescorer_brains,
+        paths, model, brains, radii=args.nms_search or (), saddle=args.nms_saddle, radius=args.radius,
+        radius_um=args.radius_um, cell_diameter_um=args.cell_diameter_um, screen_recall=args.screen_recall, rescorer_brains=rescorer_brains,
         rescore=args.rescore, seed=args.seed)
     if thr is None:
         raise _CLIError(f"{paths.data_dir}: no labels (truth/ or raw/<volume>.csv) on brain(s) {', '.join(brains)}")
@@ -476,8 +477,9 @@ def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
                    help="fit no second stage (rescorer)")
     p.add_argument("--nms-search", type=_positive_float, nargs="+", metavar="R", help="NMS radii (reference voxels) "
                    "tried after the threshold; the best by F1 is kept (complete labels only; default: the model's)")
-    p.add_argument("--nms-saddle", type=lambda t: _positive_float(t, most=1.0), metavar="BETA", help="NMS keeps two detections apart where the "
-                   "intensity between them dips below BETA (0-1] of the dimmer end (default: plain NMS)")
+    p.add_argument("--nms-saddle", type=lambda t: _positive_float(t, most=1.0), metavar="BETA",
+                   help="NMS keeps two detections apart where the intensity between them dips below BETA "
+                        "(0-1] of the dimmer end (default: plain NMS)")
     p.add_argument("--seed", type=int, default=0, help="seeds the rescorer's fit (default: 0)")
     p.add_argument("--fresh", action="store_true",
                    help="ignore and replace the calibration file there (e.g. one of other weights), "

@@ -145,8 +145,9 @@ def test_rescored_detection_chunked_equals_unchunked(tmp_path):
     np.testing.assert_allclose(chunked.cells.score, whole.score, atol=1e-5)
     assert chunked.estimated_count == pytest.approx(r.count_factor * chunked.n_cells)
     # a volume with no candidate at all (a blank block of tissue) gives no cell, not an error
-    for empty in (detect_block(np.zeros((16, 40, 40), np.float32), model=m, threshold=0.0, run=RunOptions(device='cpu')),
-                  detect_volume(np.zeros((16, 40, 40), np.float32), model=m, preprocessed=True, threshold=0.0,
+    blank = np.zeros((16, 40, 40), np.float32)
+    for empty in (detect_block(blank, model=m, threshold=0.0, run=RunOptions(device='cpu')),
+                  detect_volume(blank, model=m, preprocessed=True, threshold=0.0,
                                 run=RunOptions(progress=False, device='cpu')).cells):
         assert len(empty) == 0 and {"z", "y", "x", "score", "cnn_score"} <= set(empty.columns)
     # rescore=False: the CNN alone at the model's detection threshold, with its own count factor

@@ -34,7 +34,6 @@ TRUNCATE = 4.0  # scipy's default: the Gaussian's support is int(4 sigma + 0.5) 
 TILE = 64  # pairs grouped by the tile (voxels per axis) of their lower corner
 
 
-
 @dataclass(frozen=True)
 class Intensities:
     """Where a saddle test reads: ``read(box)`` (a tuple of three slices inside ``shape``) returns
@@ -58,7 +57,7 @@ def no_saddle(points, pairs, intensities: Intensities, *, beta: float,
     Parameters
     ----------
     points : array (N, 3)
-        (z, y, x) voxels of the grid ``region`` reads.
+        (z, y, x) voxels of the grid ``intensities`` reads.
     pairs : int array (M, 2)
         Indices into ``points``.
     intensities : Intensities
@@ -156,4 +155,3 @@ def volume_region(reader, shape: Sequence[int], *, field, norm, preprocessed: bo
         return v[cut]
 
     return Intensities(read=region, shape=model_shape(shape_in, factors))
-

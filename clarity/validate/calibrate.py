@@ -36,8 +36,7 @@ from ..rescore import DEFAULT_FLOOR, fit_rescorer
 from ..scale import CellScale, cell_size_option, match_rule
 
 __all__ = ["KEEP", "write_calibration", "calibrate_on_brains", "choose_nms_radius", "calibrate_with_nms_search",
-           "fit_rescorer_on_brains",
-           "measure_cell_size", "root_cell_size"]
+           "fit_rescorer_on_brains", "measure_cell_size", "root_cell_size"]
 
 
 class _Keep:
@@ -344,7 +343,8 @@ def fit_rescorer_on_brains(paths, model_path: Path, brains: Sequence[str], *, ra
     loaded = load_model(model_path, device="cpu")
     cfg = resolve_config(loaded, None)
     vox = common_voxel_um(list_brains(paths.data_dir, names=list(brains)))
-    radius, scale, within = match_rule(radius=radius, radius_um=radius_um, voxel_um=vox, cell_um=cfg.cell_diameter_um)
+    radius, scale, within = match_rule(radius=radius, radius_um=radius_um, voxel_um=vox,
+                                       cell_um=cfg.cell_diameter_um)
     frames = _rescorer_frames(loaded, [np.asarray(v, np.float32) for v in vols], cfg)
     rescorer, extra = _fit_rescorer(frames, pts, brains=brains, radius=radius, scale=scale, within=within,
                                     seed=seed, source=source)
