@@ -336,3 +336,14 @@ def test_calibrate_command_and_detect_uses_the_calibration(data_root, tmp_path, 
     with pytest.raises(SystemExit):
         _run(argv + ["--nms-search", "0"], capsys)
     assert "must be positive" in capsys.readouterr().err
+    # --nms-saddle: kept in the calibration, and detect reads the volume's intensities for it
+    rc, out, err = _run(argv + ["--fresh", "--nms-search", "6", "12", "--nms-saddle", "0.5"], capsys)
+    assert rc == 0, err
+    m = load_model(model, device="cpu")
+    assert m.detection_config["nms_saddle"] == 0.5 and "dip below 0.5" in out
+    rc, out, err = _run(["detect", vol, "--model", model, "--out", tmp_path / "saddle", "--no-progress"], capsys)
+    assert rc == 0, err
+    assert len(pd.read_csv(tmp_path / "saddle" / "b2.csv")) > 0
+    with pytest.raises(SystemExit):
+        _run(argv + ["--nms-saddle", "1.5"], capsys)
+    assert "at most 1" in capsys.readouterr().err
