@@ -288,7 +288,7 @@ _DECLARED = [
     _p("MATCH_RADIUS", float, 6.0, "detection", "a detection within this distance of a labelled cell matches it",
        "06 07 08", unit="reference voxels"),
     _p("MATCH_RADIUS_UM", float, None, "detection", "match within this distance instead, on volumes whose voxel "
-       "size brains.csv states; None: MATCH_RADIUS reference voxels (04a: 6)", "04a 06 07 08", unit="um"),
+       "size brains.csv states; None: MATCH_RADIUS reference voxels (04a: 6)", "04a 04b 06 07 08", unit="um"),
     _p("LOG_BASELINE", bool, True, "detection", "also run the classical LoG detector", "06"),
     _p("REAL_COUNT", bool, False, "detection", "count the real planes with the final model and a decoy "
        "FDR gate (about 40 s: two passes over 71 Mvox on the model's grid; a model trained on synthetic "
