@@ -23,7 +23,6 @@ other; torch's threads use the cores (CUDA when there is one).
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Sequence
@@ -35,12 +34,12 @@ from tqdm.auto import tqdm
 from ..detect.chunks import ModelBlob, chunk_boxes, plan_chunk
 from ..detect.config import SNR_OUTER, DetectionConfig
 from ..detect.filters import local_snr
-from ..detect.grid import model_shape, resample_block, scale_factors, to_input_voxels
+from ..detect.grid import model_shape, read_model_box, scale_factors, to_input_voxels
 from ..detect.nms import nms
 from ..detect.resume import ChunkState, preprocessing_key, volume_key
 from ..detect.volume import DetectionResult, n4_config, norm_stride
-from ..io import ClarityInputError, open_source
-from ..preprocess import N4Config, correct_volume, estimate_normalisation, fit_bias_field
+from ..io import open_source
+from ..preprocess import N4Config, estimate_normalisation, fit_bias_field
 from ..scale import CellScale
 from .files import TrainedUNet, load_unet
 from .predict import PEAK_NMS_RADIUS, map_maxima, peak_reach, probability_map
@@ -59,37 +58,6 @@ def unet_halo(unet: TrainedUNet) -> tuple[int, int, int]:
     ctx = unet.model.config.context()
     reach = peak_reach(voxel_um=unet.voxel_um, cell_um=unet.cell_um)
     return tuple(max(c + r, s) for c, r, s in zip(ctx, reach, SNR_OUTER))
-
-
-def _input_box(lo_m: Sequence[int], hi_m: Sequence[int], factors, shape) -> tuple[slice, ...]:
-    """The input voxels whose resampling gives model voxels [lo_m, hi_m) exactly (2 voxels more
-    on each side for the interpolation)."""
-    box = []
-    for a, (lo, hi, f) in enumerate(zip(lo_m, hi_m, factors)):
-        if f == 1.0:
-            box.append(slice(int(lo), int(hi)))
-            continue
-        x0 = math.floor((lo + 0.5) / f - 0.5) - 2
-        x1 = math.ceil((hi - 0.5) / f - 0.5) + 3
-        box.append(slice(max(0, x0), min(int(shape[a]), x1)))
-    return tuple(box)
-
-
-def _chunk_block(reader, box_m, *, factors, shape, field, norm, preprocessed) -> np.ndarray:
-    """The normalised block of the U-Net's grid ``box_m`` (slices, global model voxels)."""
-    lo_m = [b.start for b in box_m]
-    hi_m = [b.stop for b in box_m]
-    box = _input_box(lo_m, hi_m, factors, shape)
-    raw = reader.read(box)
-    if np.issubdtype(raw.dtype, np.floating) and not np.isfinite(raw).all():
-        raise ClarityInputError(f"{getattr(reader, 'name', 'volume')}: contains NaN or infinite values; "
-                         "clean the volume before running clarity")
-    v = (np.asarray(raw, np.float32) if preprocessed else
-         correct_volume(raw, field, norm, box=box, slab=8))
-    if all(f == 1.0 for f in factors):
-        return v
-    vm, origin = resample_block(v, [b.start for b in box], factors, full_shape=shape)
-    return vm[tuple(slice(a - o, b - o) for a, b, o in zip(lo_m, hi_m, origin))]
 
 
 def detect_volume_unet(source, unet, *, threshold: float | None = None, voxel_um=None,
@@ -203,8 +171,8 @@ def _run_core(core, unet: TrainedUNet, *, reader, shape, shape_m, halo, mult, fa
     # the block starts on the pooling grid: it pools as the whole volume does
     box_m = tuple(slice(max(0, (c.start - h) // m * m), min(n, c.stop + h))
                   for c, h, m, n in zip(core, halo, mult, shape_m))
-    v = _chunk_block(reader, box_m, factors=factors, shape=shape, field=field, norm=norm,
-                     preprocessed=preprocessed)
+    v = read_model_box(reader, box_m, factors=factors, shape=shape, field=field, norm=norm,
+                       preprocessed=preprocessed)
     prob = probability_map(unet.model, v, device=device)
     p, s = map_maxima(prob, voxel_um=unet.voxel_um, cell_um=unet.cell_um)
     lo = np.array([b.start for b in box_m])

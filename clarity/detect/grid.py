@@ -16,7 +16,10 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["scale_factors", "model_shape", "model_range", "resample_block", "to_input_voxels"]
+from ..io import ClarityInputError
+from ..preprocess import correct_volume
+
+__all__ = ["scale_factors", "model_shape", "model_range", "resample_block", "to_input_voxels", "read_model_box"]
 
 
 def scale_factors(input_um: Sequence[float] | None, model_um: Sequence[float] | None) -> tuple[float, float, float]:
@@ -83,3 +86,37 @@ def to_input_voxels(points, factors: Sequence[float], shape: Sequence[int]) -> n
     p = np.asarray(points, np.float64).reshape(-1, 3)
     x = np.stack([_coord(p[:, a], float(f)) for a, f in enumerate(factors)], axis=1)
     return np.clip(np.floor(x + 0.5), 0, np.asarray(shape) - 1).astype(np.int64)
+
+
+def _input_box(lo_m: Sequence[int], hi_m: Sequence[int], factors, shape) -> tuple[slice, ...]:
+    """The input voxels whose resampling gives model voxels [lo_m, hi_m) exactly (2 voxels more
+    on each side for the interpolation)."""
+    box = []
+    for a, (lo, hi, f) in enumerate(zip(lo_m, hi_m, factors)):
+        if f == 1.0:
+            box.append(slice(int(lo), int(hi)))
+            continue
+        x0 = math.floor((lo + 0.5) / f - 0.5) - 2
+        x1 = math.ceil((hi - 0.5) / f - 0.5) + 3
+        box.append(slice(max(0, x0), min(int(shape[a]), x1)))
+    return tuple(box)
+
+
+def read_model_box(reader, box_m, *, factors, shape, field, norm, preprocessed: bool) -> np.ndarray:
+    """The corrected, normalised block of the model grid's ``box_m`` (slices, global model voxels)
+    of a volume read lazily: the input voxels it needs read from ``reader`` (a volume of
+    ``shape``), corrected with ``field`` and ``norm`` (:func:`clarity.preprocess.correct_volume`;
+    as read when ``preprocessed``) and resampled (:func:`resample_block`, exact per box)."""
+    lo_m = [b.start for b in box_m]
+    hi_m = [b.stop for b in box_m]
+    box = _input_box(lo_m, hi_m, factors, shape)
+    raw = reader.read(box)
+    if np.issubdtype(raw.dtype, np.floating) and not np.isfinite(raw).all():
+        raise ClarityInputError(f"{getattr(reader, 'name', 'volume')}: contains NaN or infinite values; "
+                                "clean the volume before running clarity")
+    v = (np.asarray(raw, np.float32) if preprocessed else
+         correct_volume(raw, field, norm, box=box, slab=8))
+    if all(f == 1.0 for f in factors):
+        return v
+    vm, origin = resample_block(v, [b.start for b in box], factors, full_shape=shape)
+    return vm[tuple(slice(a - o, b - o) for a, b, o in zip(lo_m, hi_m, origin))]

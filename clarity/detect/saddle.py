@@ -18,15 +18,13 @@ Arrays are (z, y, x) voxels.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates
 
-from ..preprocess import correct_volume
-from .grid import model_shape, resample_block
+from .grid import model_shape, read_model_box
 
 __all__ = ["Intensities", "saddle_sigma", "no_saddle", "saddle_merge_test", "array_region", "volume_region"]
 
@@ -87,8 +85,9 @@ def no_saddle(points, pairs, intensities: Intensities, *, beta: float,
     n_samples = np.ceil(np.linalg.norm((b - a) * step, axis=1)).astype(np.int64) + 2
     tile = low // TILE
     keys = np.ravel_multi_index(tile.T, tuple(int(n) for n in shape // TILE + 1))
-    for key in np.unique(keys):
-        sel = np.flatnonzero(keys == key)
+    order = np.argsort(keys, kind="stable")
+    bounds = np.flatnonzero(np.diff(keys[order])) + 1
+    for sel in np.split(order, bounds):  # the pairs of one tile
         lo, hi = low[sel].min(axis=0), high[sel].max(axis=0)
         blo, bhi = np.maximum(lo - halo, 0), np.minimum(hi + halo, shape)
         img = np.asarray(intensities.read(tuple(slice(int(p), int(q)) for p, q in zip(blo, bhi))), np.float32)
@@ -120,38 +119,13 @@ def array_region(v: np.ndarray) -> Intensities:
 
 def volume_region(reader, shape: Sequence[int], *, field, norm, preprocessed: bool,
                   factors: Sequence[float]) -> Intensities:
-    """The intensities of a volume read lazily: each box read from ``reader`` (input voxels), corrected
-    and normalised as the chunks are (:func:`clarity.preprocess.correct_volume`), and resampled
-    to the model's grid (:func:`clarity.detect.grid.resample_block`, exact per box) when
-    ``factors`` differ from 1; ``box`` and the returned array are on the model's grid."""
+    """The intensities of a volume read lazily: each box of the model's grid read from ``reader``
+    (input voxels), corrected, normalised and resampled as the chunks are
+    (:func:`clarity.detect.grid.read_model_box`)."""
     shape_in = tuple(int(s) for s in shape)
 
-    def read(box_in):
-        raw = reader.read(box_in)
-        if preprocessed:
-            return np.asarray(raw, np.float32)
-        v = np.empty(raw.shape, np.float32)
-        correct_volume(raw, field, norm, box=box_in, out=v, slab=8)
-        return v
+    def read(box):
+        return read_model_box(reader, box, factors=factors, shape=shape_in, field=field, norm=norm,
+                              preprocessed=preprocessed)
 
-    if all(float(f) == 1.0 for f in factors):
-        return Intensities(read=read, shape=shape_in)
-
-    def region(box):
-        lo_in, hi_in = [], []
-        for s, f, n in zip(box, factors, shape_in):
-            f = float(f)
-            if f == 1.0:
-                lo_in.append(s.start), hi_in.append(s.stop)
-                continue
-            # input coordinates of the model voxels [start, stop), one input voxel beyond each end
-            lo_in.append(max(0, math.floor((s.start + 0.5) / f - 0.5) - 1))
-            hi_in.append(min(n, math.ceil((s.stop - 0.5) / f - 0.5) + 2))
-        v, origin = resample_block(read(tuple(slice(p, q) for p, q in zip(lo_in, hi_in))), lo_in, factors,
-                                   full_shape=shape_in)
-        cut = tuple(slice(s.start - o, s.stop - o) for s, o in zip(box, origin))
-        if any(c.start < 0 or c.stop > n for c, n in zip(cut, v.shape)):
-            raise RuntimeError(f"saddle test: model box {box} not covered by input box {lo_in}-{hi_in}")
-        return v[cut]
-
-    return Intensities(read=region, shape=model_shape(shape_in, factors))
+    return Intensities(read=read, shape=model_shape(shape_in, factors))
