@@ -9,12 +9,19 @@ rows), at the brain's oracle threshold (never a result: it sees the brain's labe
   as one), inside a component nothing matched (the match is too far from its centre of mass);
 - missed labels whose component holds a detection, and those whose component holds none;
 - for the misses, whether a candidate lies within the matching radius and its score (a cell
-  ranked just below the threshold, or not proposed at all).
+  ranked just below the threshold, or not proposed at all);
+- the false positives and misses within half a cell of a face of their volume (a cell cut by the
+  face: partial cells are labelled in some crops and not in others), and the F1 of the rest of
+  the volume (labels and detections at least half a cell inside every face; a match counts where
+  its label lies). A guard zone, as in a stereological counting frame: a diagnostic of where the
+  errors are, not a score to report instead of the whole volume's.
+
+``--at report`` splits at the report's own threshold (the candidates' ``detected`` column) instead.
 
 Usage::
 
     python bench/error_breakdown.py --data-dir data/delivr_cfos --run real \\
-        --masks ../shared/data/real_annotated/delivr_cfos/masks [--cell-diameter-um auto]
+        --masks ../shared/data/real_annotated/delivr_cfos/masks [--cell-diameter-um auto] [--at report]
 
 Matching is the report's (6 reference voxels scaled by the cell size, ``clarity.scale``).
 """
@@ -36,12 +43,14 @@ from clarity.scale import Matching
 from clarity.validate.calibrate import root_cell_size
 
 
-def breakdown(frames, truths, masks, thr, radius, scale) -> dict:
-    """Counts of the error kinds of the module doc at threshold ``thr``."""
+def breakdown(frames, truths, masks, thr, radius, scale, keep=None) -> dict:
+    """Counts of the error kinds of the module doc at threshold ``thr`` (or of the detections
+    ``keep`` selects: a boolean per row of each frame)."""
     out = dict.fromkeys(["fp_outside", "fp_twice", "fp_off_centre", "fn_with_detection", "fn_without"], 0)
     near_scores = []
-    for c, t, mask in zip(frames, truths, masks):
-        p = c[c.score >= thr]
+    keep = keep if keep is not None else [c.score.to_numpy() >= thr for c in frames]
+    for c, t, mask, k in zip(frames, truths, masks, keep):
+        p = c[np.asarray(k, bool)]
         pts = p[["z", "y", "x"]].to_numpy().astype(int)
         m = match_points(pts, t, radius=radius, scale=scale)
         ids = mask[tuple(pts.T)] if len(pts) else np.zeros(0, mask.dtype)
@@ -61,6 +70,36 @@ def breakdown(frames, truths, masks, thr, radius, scale) -> dict:
     return out
 
 
+def border_split(frames, truths, shapes, keep, radius, scale, margin) -> dict:
+    """False positives and misses within ``margin`` (voxels per axis) of a face of their volume,
+    and the F1 of the rest. ``keep`` selects each frame's detections (boolean per row);
+    ``shapes`` are the volumes' (z, y, x) shapes."""
+    out = {"fp_border": 0, "fn_border": 0, "labelled_border": 0}
+    tp_in = fp_in = fn_in = 0
+    margin = np.asarray(margin, float)
+    for c, t, shape, k in zip(frames, truths, shapes, keep):
+        hi = np.asarray(shape, float) - 1 - margin
+
+        def near(p):
+            p = np.asarray(p, float).reshape(-1, 3)
+            return ((p < margin) | (p > hi)).any(axis=1)
+
+        pts = c[np.asarray(k, bool)][["z", "y", "x"]].to_numpy(float)
+        t = np.asarray(t, float).reshape(-1, 3)
+        m = match_points(pts, t, radius=radius, scale=scale)
+        t_near, p_near = near(t), near(pts)
+        out["labelled_border"] += int(t_near.sum())
+        fp = np.asarray(m.unmatched_pred, np.int64)
+        fn = np.asarray(m.unmatched_true, np.int64)
+        out["fp_border"] += int(p_near[fp].sum())
+        out["fn_border"] += int(t_near[fn].sum())
+        fp_in += int((~p_near[fp]).sum())
+        fn_in += int((~t_near[fn]).sum())
+        tp_in += int((~t_near[m.pairs[:, 1]]).sum()) if len(m.pairs) else 0
+    out["f1_inside"] = 2 * tp_in / max(2 * tp_in + fp_in + fn_in, 1)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, default=Path("data/delivr_cfos"))
@@ -68,11 +107,14 @@ def main(argv=None) -> int:
     ap.add_argument("--masks", type=Path, help="folder of <volume>_labels.tif (default: the data root's masks/)")
     ap.add_argument("--cell-diameter-um", default="auto")
     ap.add_argument("--reports-root", type=Path)
+    ap.add_argument("--at", choices=("oracle", "report"), default="oracle",
+                    help="split at each brain's own best threshold, or at the report's (its detections)")
     a = ap.parse_args(argv)
     paths = Paths(data_dir=a.data_dir, run=a.run, reports_root=a.reports_root)
     masks_dir = a.masks or paths.data_dir / "masks"
     vols = list_brains(paths.data_dir)
-    matching = Matching(cell_um=root_cell_size(paths, a.cell_diameter_um))
+    cell_um = root_cell_size(paths, a.cell_diameter_um)
+    matching = Matching(cell_um=cell_um)
     rows = []
     for group in dict.fromkeys(b.group for b in vols):
         mine = [b for b in vols if b.group == group]
@@ -83,10 +125,21 @@ def main(argv=None) -> int:
         grid = np.unique(np.quantile(np.concatenate([f.score.to_numpy() for f in frames]), np.linspace(0.2, 0.999, 120)))
         f1s = pooled_sweep(frames, truths, grid, radius=radius, scale=scale).f1.to_numpy()
         thr = float(grid[int(np.argmax(f1s))])
+        keep = [f.score.to_numpy() >= thr for f in frames]
+        if a.at == "report":  # the report's detections (its threshold and gates)
+            keep = [f["detected"].to_numpy() == 1 for f in frames]
+            thr = float("nan")
+        margin = np.asarray(cell_um, float) / 2 / np.asarray(mine[0].voxel_um, float)
         rows.append({"brain": group, "labelled": int(sum(map(len, truths))), "oracle_f1": float(f1s.max()),
-                     "threshold": thr, **breakdown(frames, truths, masks, thr, radius, np.asarray(scale))})
+                     "threshold": thr, **breakdown(frames, truths, masks, thr, radius, np.asarray(scale), keep),
+                     **border_split(frames, truths, [m.shape for m in masks], keep, radius, np.asarray(scale),
+                                    margin)})
     pd.set_option("display.width", 250)
-    print(pd.DataFrame(rows).round(3).to_string(index=False))
+    table = pd.DataFrame(rows)
+    print(table.round(3).to_string(index=False))
+    errors = table[["fp_outside", "fp_twice", "fp_off_centre", "fn_with_detection", "fn_without"]].to_numpy().sum()
+    print(f"errors within half a cell of a volume face: {int(table.fp_border.sum() + table.fn_border.sum())} "
+          f"of {int(errors)}; labelled cells there: {int(table.labelled_border.sum())} of {int(table.labelled.sum())}")
     return 0
 
 

@@ -19,3 +19,23 @@ def test_each_error_kind_is_counted(bench_script):
     assert out["fn_without"] == 2 and out["fn_with_detection"] == 0
     # of the two misses, one has a candidate within the radius (score 0.3)
     assert out["fn_candidate_within_radius"] == 0.5 and out["fn_candidate_median_score"] == 0.3
+    # the report's detections given as a selection (``--at report``): the same split
+    keep = [cands.score.to_numpy() >= 0.5]
+    assert bench_script("error_breakdown").breakdown([cands], [truth], [mask], float("nan"), 1.5, np.ones(3),
+                                                     keep) == out
+
+
+def test_errors_at_the_faces_are_split_from_the_inside(bench_script):
+    truth = np.array([[5, 1, 20], [5, 20, 20]], float)          # a cell cut by the y face, one inside
+    cands = pd.DataFrame({"z": [5, 5, 5, 5], "y": [20, 30, 20, 10], "x": [20, 38, 5, 10],
+                          "score": [0.9, 0.8, 0.7, 0.1]})
+    keep = [cands.score.to_numpy() >= 0.5]                      # the last is below the threshold
+    out = bench_script("error_breakdown").border_split([cands], [truth], [(10, 40, 40)], keep, 1.5,
+                                                       np.ones(3), margin=(1, 3, 3))
+    # the face cell is missed, the detection at x = 38 is at a face, the one at x = 5 is inside
+    assert out["labelled_border"] == 1 and out["fn_border"] == 1 and out["fp_border"] == 1
+    assert out["f1_inside"] == 2 * 1 / (2 * 1 + 1 + 0)
+    # the same detections selected by the report's flag instead of the score
+    flagged = cands.assign(score=[0.9, 0.8, 0.7, 0.95])
+    mod = bench_script("error_breakdown")
+    assert mod.border_split([flagged], [truth], [(10, 40, 40)], keep, 1.5, np.ones(3), margin=(1, 3, 3)) == out
