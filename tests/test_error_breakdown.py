@@ -39,3 +39,18 @@ def test_errors_at_the_faces_are_split_from_the_inside(bench_script):
     flagged = cands.assign(score=[0.9, 0.8, 0.7, 0.95])
     mod = bench_script("error_breakdown")
     assert mod.border_split([flagged], [truth], [(10, 40, 40)], keep, 1.5, np.ones(3), margin=(1, 3, 3)) == out
+
+
+def test_gallery_of_face_errors_is_written(bench_script, tmp_path):
+    vol = np.random.default_rng(0).random((10, 40, 40)).astype(np.float32)
+    mask = np.zeros(vol.shape, np.uint16)
+    mask[3:7, 0:3, 18:23] = 1
+    found = []
+    truth = np.array([[5, 1, 20]], float)
+    cands = pd.DataFrame({"z": [5], "y": [30], "x": [38], "score": [0.9]})
+    mod = bench_script("error_breakdown")
+    mod.border_split([cands], [truth], [vol.shape], [np.array([True])], 1.5, np.ones(3), (1, 3, 3), found=found)
+    assert [k for _, k, _ in found] == ["false positive", "missed label"]
+    out = tmp_path / "faces.png"
+    mod.draw_gallery([("v", vol, mask, p, k) for _, k, p in found], out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob("*.tmp.png"))
