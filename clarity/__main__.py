@@ -44,6 +44,7 @@ from .detect.config import resolve_config
 from .detect.resume import STATE_FOLDER
 from .count import CountSettings, default_floor, VolumeSpec, count_from_review, draw_review_files
 from .count.design import DEFAULT_SCHEME, SCHEMES
+from .count.spread import describe_count, spread_of_model
 from .io import ClarityInputError, VolumeReader, is_zarr, list_brains, read_volume, volume_shape, voxel_size_of, zarr_stem
 from .dense.cli import detect_with_unet, is_unet_file
 from .model import calibration_path, load_model
@@ -246,11 +247,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
         voxel = voxel_size_of(v, given=args.voxel_size, level=args.level, stated=reader.voxel_um)
         res = detect_volume(reader, model=model, config=config, run=run.replace(state_dir=out / STATE_FOLDER / name),
                             threshold=args.threshold, voxel_um=voxel, preprocessed=args.preprocessed, name=name)
-        csv_path = res.write_csv(out / f"{name}.csv")
-        written = [str(csv_path)]
+        written = [str(res.write_csv(out / f"{name}.csv"))]
         if args.xml:
             written.append(str(res.write_xml(out / f"{name}.xml", image_filename=Path(v).name)))
-        est = (f" (estimated total {res.estimated_count:.0f})" if res.estimated_count is not None
+        spread = spread_of_model(model, rescored=bool(res.info.get("rescored")))
+        est = (f" ({describe_count(res.estimated_count, spread)})" if res.estimated_count is not None
                else f" ({uncorrected_reason(model, config, args)})" if model is not None else "")
         print(f"{name}: {res.n_cells} cells, {time.perf_counter() - t0:.1f} s -> "
               f"{', '.join(written)}{est}", flush=True)

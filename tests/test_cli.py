@@ -305,6 +305,14 @@ def test_calibrate_command_and_detect_uses_the_calibration(data_root, tmp_path, 
     found = pd.read_csv(tmp_path / "cal" / "b2.csv")
     assert len(found) > 0 and (found["score"] >= m.detection_threshold - 1e-6).all()
     assert f"(estimated total {len(found) * m.count_factor:.0f})" in out
+    # with the held-out brains' count spread stored beside the weights (notebook 06), the interval too
+    from clarity.count.spread import count_interval, record_count_spread
+    spread = {"k": 4, "mean_log": 0.1, "sd_log": 0.2, "per_brain": {}, "method": "CNN (cnn)", "rule": "test"}
+    assert record_count_spread(model, {"rescored": None, "not_rescored": spread})
+    rc, out, err = _run(["detect", vol, "--model", model, "--out", tmp_path / "spread", "--no-progress"], capsys)
+    lo, hi = count_interval(len(found) * m.count_factor, spread)
+    assert rc == 0 and f"95 % for a new brain {lo:.0f}-{hi:.0f} (from 4 held-out brains" in out, out
+    assert model.read_bytes() == data  # the spread went into the calibration file
     rc, _, err = _run(["detect", vol, "--model", model, "--out", tmp_path / "hand", "--no-progress",
                        "--threshold", repr(m.detection_threshold)], capsys)
     pd.testing.assert_frame_equal(found, pd.read_csv(tmp_path / "hand" / "b2.csv"))

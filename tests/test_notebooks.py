@@ -87,7 +87,16 @@ def test_smoke_report_outputs(smoke_report):
             assert m.detection_config["nms_saddle"] == 0.5 and "dip below 0.5" in m.provenance["nms_rule"]
             radii.append(m.detection_config["nms_radius"])
         assert set(radii) <= {4.0, 6.0, 9.0}
-        assert load_model(paths.models / "final.pt", device="cpu").detection_config["nms_saddle"] == 0.5
+        final = load_model(paths.models / "final.pt", device="cpu")
+        assert final.detection_config["nms_saddle"] == 0.5
+        # notebook 06 stored the held-out brains' count spread beside the final model's weights
+        from clarity.count.spread import spread_of_model
+
+        spread = spread_of_model(final, rescored=True)
+        by_brain = pd.read_csv(paths.reports / "06_counts_per_brain.csv")
+        cnn = by_brain[by_brain.method == "CNN (cnn)"]
+        assert spread["k"] == len(cnn) and spread["per_brain"] == pytest.approx(
+            dict(zip(cnn.brain, cnn.estimated_count_error)))
     # notebook 06 keeps every held-out candidate; notebook 08 counts each brain from simulated reviews
     index = pd.read_csv(paths.reports / "06_candidates" / "index.csv")
     assert len(index) == 8 and (index.n_candidates >= index.n_detected).all()
@@ -280,6 +289,9 @@ def test_report_runs_on_a_root_with_annotations_only(tmp_path):
     nb04 = nbformat.read(paths.reports / "04a_validate_fold_fold1.ipynb", as_version=4)
     text = "".join(o.get("text", "") for c in nb04.cells for o in c.get("outputs", []))
     assert "NMS not searched: the labels of" in text and "are annotations, not complete" in text
+    nb06 = nbformat.read(paths.reports / "06_detect.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in nb06.cells for o in c.get("outputs", []))
+    assert "no count spread (it needs complete labels" in text
     summary = (paths.reports / "summary.md").read_text()
     assert "annotations only" in summary and "Skipped: the review loop needs complete labels" in summary
     assert "against the complete truth" not in summary  # no truth: that table does not apply

@@ -23,6 +23,7 @@ Modules:
 ``figure``     count.png
 ``run``        the two steps of the command line (draw; count from the decisions)
 ``simulate``   simulated reviews from a brain's labels: count error, coverage, F1 per seed
+``spread``     without a review: the held-out brains' count errors, a new brain's 95 % interval
 ``review_file`` review.csv as the gallery's decision store (every click saved; the gallery itself:
               :func:`clarity.review.count_gallery`)
 
