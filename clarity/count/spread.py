@@ -33,7 +33,7 @@ from scipy import stats
 from ..io import ClarityInputError, write_json
 
 __all__ = ["heldout_count_spread", "heldout_spreads", "count_interval", "spread_path", "record_count_spread",
-           "spread_of_model", "describe_count"]
+           "spread_of_model", "describe_count", "leave_one_out_coverage"]
 
 
 def heldout_count_spread(by_brain: pd.DataFrame, *, method: str) -> dict | None:
@@ -97,6 +97,23 @@ def count_interval(estimate: float, spread: Mapping, *, level: float = 0.95) -> 
     half = stats.t.ppf((1 + level) / 2, k - 1) * float(spread["sd_log"]) * math.sqrt(1 + 1 / k)
     m = float(spread["mean_log"])
     return float(estimate * math.exp(-(m + half))), float(estimate * math.exp(-(m - half)))
+
+
+def leave_one_out_coverage(spread: Mapping, *, level: float = 0.95) -> tuple[int, int]:
+    """How many of the spread's brains the interval from the *other* brains holds: (held, tried).
+    A check of the interval on brains it was not made from; brains are tried while at least two
+    others remain."""
+    per = dict(spread["per_brain"])
+    held = tried = 0
+    for b, e in per.items():
+        logs = np.log1p([v for k, v in per.items() if k != b])
+        if len(logs) < 2:
+            continue
+        others = {"k": len(logs), "mean_log": float(logs.mean()), "sd_log": float(logs.std(ddof=1))}
+        lo, hi = count_interval(1 + float(e), others, level=level)  # the brain's cells: 1, its estimate 1 + e
+        held += lo <= 1 <= hi
+        tried += 1
+    return held, tried
 
 
 def spread_path(model_path) -> Path:

@@ -96,3 +96,14 @@ def test_spread_stored_beside_the_weights_and_dropped_when_none(tmp_path):
     (tmp_path / "final.count_spread.json").write_text('{"rescored": {"k": 3}}')
     with pytest.raises(ClarityInputError, match="final.count_spread.json: not a count spread file"):
         spread_of_model(m, rescored=True)
+
+
+def test_leave_one_out_coverage_tries_each_brain_against_the_others():
+    from clarity.count.spread import leave_one_out_coverage
+
+    steady = heldout_count_spread(_table([0.02, -0.03, 0.01, 0.0, -0.01]), method="CNN (cnn)")
+    assert leave_one_out_coverage(steady) == (5, 5)
+    outlier = heldout_count_spread(_table([0.02, -0.03, 0.01, 0.0, 2.0]), method="CNN (cnn)")
+    held, tried = leave_one_out_coverage(outlier)
+    assert tried == 5 and held == 4          # the brain counted 3x is outside the other four's interval
+    assert leave_one_out_coverage(heldout_count_spread(_table([0.1, 0.2]), method="CNN (cnn)")) == (0, 0)
