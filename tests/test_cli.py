@@ -311,7 +311,7 @@ def test_calibrate_command_and_detect_uses_the_calibration(data_root, tmp_path, 
     assert record_count_spread(model, {"rescored": None, "not_rescored": spread})
     rc, out, err = _run(["detect", vol, "--model", model, "--out", tmp_path / "spread", "--no-progress"], capsys)
     lo, hi = count_interval(len(found) * m.count_factor, spread)
-    assert rc == 0 and f"95 % for a new brain {lo:.0f}-{hi:.0f} (from 4 held-out brains" in out, out
+    assert rc == 0 and f"; 95 % for a new brain {lo:.0f}-{hi:.0f}, from the errors of 4 held-out brains" in out, out
     assert model.read_bytes() == data  # the spread went into the calibration file
     rc, _, err = _run(["detect", vol, "--model", model, "--out", tmp_path / "hand", "--no-progress",
                        "--threshold", repr(m.detection_threshold)], capsys)

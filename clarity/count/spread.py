@@ -158,5 +158,5 @@ def describe_count(estimate: float, spread: dict | None) -> str:
     if spread is None:
         return f"estimated total {estimate:.0f}"
     lo, hi = count_interval(estimate, spread)
-    return (f"estimated total {estimate:.0f}, 95 % for a new brain {lo:.0f}-{hi:.0f} "
-            f"(from {spread['k']} held-out brains; review candidates with `clarity count` for this brain's own)")
+    return (f"estimated total {estimate:.0f}; 95 % for a new brain {lo:.0f}-{hi:.0f}, from the errors of "
+            f"{spread['k']} held-out brains; `clarity count` gives this brain's own from a review")
