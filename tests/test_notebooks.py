@@ -104,7 +104,9 @@ def test_smoke_report_outputs(smoke_report):
         sim = pd.read_csv(paths.reports / "08_count_summary.csv")
         assert set(sim.n_review) == {10, 20} and set(sim.brain) == set(index.group.astype(str))
         assert (sim.seeds == 3).all() and sim.coverage.between(0, 1).all()
-        assert "## A brain counted from a review of its own candidates" in (paths.reports / "summary.md").read_text()
+        summary = (paths.reports / "summary.md").read_text()
+        assert "## A brain counted from a review of its own candidates" in summary
+        assert "Without a review, a new brain's cells lie within these factors" in summary  # notebook 06's spread
 
 
 def test_rerun_resumes_finished_splits(smoke_report):

@@ -225,6 +225,7 @@ def summary_section(reports_dir) -> list[str]:
                      f"{r.median_abs_error:.1%} | {r.coverage:.0%} | {r.median_relative_width:.0%} | "
                      f"{r.median_f1:.3f} | {r.oracle_f1:.3f} | {r.screen_recall_here:.3f} |")
     lines += ["", "See `08_count_simulation.csv` (one row per review) and `08_count_simulation.png`.", ""]
+    lines += _no_review_lines(reports_dir)
     d = reports_dir / "08_count_designs.csv"
     if d.exists():
         t = pd.read_csv(d)
@@ -237,3 +238,28 @@ def summary_section(reports_dir) -> list[str]:
                                                       for r in g.itertuples()) + " |")
         lines.append("")
     return lines
+
+
+def _no_review_lines(reports_dir) -> list[str]:
+    """Notebook 06's interval for a count *without* review (:mod:`clarity.count.spread`), beside
+    the counts from a review; nothing where 06 stored no spread."""
+    import json
+
+    from .spread import count_interval, leave_one_out_coverage
+
+    f = reports_dir / "06_detect_metrics.json"
+    spreads = (json.loads(f.read_text()).get("count_spread") or {}) if f.exists() else {}
+    out = []
+    for kind, what in (("rescored", "with the second stage"), ("not_rescored", "with the CNN alone")):
+        sp = spreads.get(kind)
+        if not sp:
+            continue
+        lo, hi = count_interval(1.0, sp)
+        held, tried = leave_one_out_coverage(sp)
+        out.append(f"* {what}: x{lo:.2f} to x{hi:.2f} (each held-out brain inside the other brains' interval "
+                   f"on {held} of {tried})")
+    if not out:
+        return []
+    return ["Without a review, a new brain's cells lie within these factors of the estimated count `clarity detect` "
+            f"prints (95 % prediction interval from the held-out brains' errors, notebook 06; "
+            "`clarity detect` uses the one of the model it runs):", "", *out, ""]

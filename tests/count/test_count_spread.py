@@ -107,3 +107,17 @@ def test_leave_one_out_coverage_tries_each_brain_against_the_others():
     held, tried = leave_one_out_coverage(outlier)
     assert tried == 5 and held == 4          # the brain counted 3x is outside the other four's interval
     assert leave_one_out_coverage(heldout_count_spread(_table([0.1, 0.2]), method="CNN (cnn)")) == (0, 0)
+
+
+def test_summary_lines_without_review(tmp_path):
+    import json
+
+    from clarity.count.report import _no_review_lines
+
+    assert _no_review_lines(tmp_path) == []                          # notebook 06 did not run
+    sp = heldout_count_spread(_table([0.1, -0.05, 0.2]), method="CNN (cnn)")
+    (tmp_path / "06_detect_metrics.json").write_text(json.dumps({"count_spread": {"not_rescored": sp}}))
+    lines = _no_review_lines(tmp_path)
+    lo, hi = count_interval(1.0, sp)
+    assert any(f"with the CNN alone: x{lo:.2f} to x{hi:.2f}" in ln for ln in lines)
+    assert not any("with the second stage" in ln for ln in lines)
