@@ -245,21 +245,14 @@ def _no_review_lines(reports_dir) -> list[str]:
     the counts from a review; nothing where 06 stored no spread."""
     import json
 
-    from .spread import count_interval, leave_one_out_coverage
+    from .spread import factors_text
 
     f = reports_dir / "06_detect_metrics.json"
     spreads = (json.loads(f.read_text()).get("count_spread") or {}) if f.exists() else {}
-    out = []
-    for kind, what in (("rescored", "with the second stage"), ("not_rescored", "with the CNN alone")):
-        sp = spreads.get(kind)
-        if not sp:
-            continue
-        lo, hi = count_interval(1.0, sp)
-        held, tried = leave_one_out_coverage(sp)
-        out.append(f"* {what}: x{lo:.2f} to x{hi:.2f} (each held-out brain inside the other brains' interval "
-                   f"on {held} of {tried})")
+    out = [f"* {what}: {factors_text(spreads[kind])}"
+           for kind, what in (("rescored", "with the second stage"), ("not_rescored", "with the CNN alone"))
+           if spreads.get(kind)]
     if not out:
         return []
     return ["Without a review, a new brain's cells lie within these factors of the estimated count `clarity detect` "
-            f"prints (95 % prediction interval from the held-out brains' errors, notebook 06; "
-            "`clarity detect` uses the one of the model it runs):", "", *out, ""]
+            "prints (notebook 06; `clarity detect` uses the one of the model it runs):", "", *out, ""]

@@ -33,7 +33,7 @@ from scipy import stats
 from ..io import ClarityInputError, write_json
 
 __all__ = ["heldout_count_spread", "heldout_spreads", "count_interval", "spread_path", "record_count_spread",
-           "spread_of_model", "describe_count", "leave_one_out_coverage"]
+           "spread_of_model", "describe_count", "leave_one_out_coverage", "factors_text"]
 
 
 def heldout_count_spread(by_brain: pd.DataFrame, *, method: str) -> dict | None:
@@ -64,12 +64,16 @@ def heldout_count_spread(by_brain: pd.DataFrame, *, method: str) -> dict | None:
     ok = np.isfinite(err) & (err > -1)
     if ok.sum() < 2:
         return None
-    logs = np.log1p(err[ok])
     per = {str(g): float(e) for g, e in zip(rows[brain].to_numpy()[ok], err[ok])}
-    return {"method": method, "per_brain": per, "k": int(ok.sum()), "mean_log": float(logs.mean()),
-            "sd_log": float(logs.std(ddof=1)),
+    return {"method": method, "per_brain": per, **_log_stats(err[ok]),
             "rule": (f"estimated count against complete labels on {int(ok.sum())} brains, each detected by "
                      "the cross-validation fold that held it out (notebook 06)")}
+
+
+def _log_stats(errors) -> dict:
+    """``k``, ``mean_log`` and ``sd_log`` of ``log(1 + error)`` over the brains' count errors."""
+    logs = np.log1p(np.asarray(errors, float))
+    return {"k": int(len(logs)), "mean_log": float(logs.mean()), "sd_log": float(logs.std(ddof=1))}
 
 
 def heldout_spreads(by_brain: pd.DataFrame, *, variant: str = "cnn") -> dict:
@@ -106,14 +110,22 @@ def leave_one_out_coverage(spread: Mapping, *, level: float = 0.95) -> tuple[int
     per = dict(spread["per_brain"])
     held = tried = 0
     for b, e in per.items():
-        logs = np.log1p([v for k, v in per.items() if k != b])
-        if len(logs) < 2:
+        if len(per) - 1 < 2:
             continue
-        others = {"k": len(logs), "mean_log": float(logs.mean()), "sd_log": float(logs.std(ddof=1))}
+        others = _log_stats([v for k, v in per.items() if k != b])
         lo, hi = count_interval(1 + float(e), others, level=level)  # the brain's cells: 1, its estimate 1 + e
         held += lo <= 1 <= hi
         tried += 1
     return held, tried
+
+
+def factors_text(spread: Mapping) -> str:
+    """``"x0.92 to x1.08 (...)"``: the interval as factors of the estimate, and its check on brains
+    it was not made from (:func:`leave_one_out_coverage`); for notebook 06 and ``summary.md``."""
+    lo, hi = count_interval(1.0, spread)
+    held, tried = leave_one_out_coverage(spread)
+    return (f"x{lo:.2f} to x{hi:.2f} (95 % prediction interval from {spread['k']} held-out brains; each held-out "
+            f"brain inside the other brains' interval on {held} of {tried})")
 
 
 def spread_path(model_path) -> Path:
